@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install curator and its test tools into ./.venv on a fresh machine.
+# Idempotent; safe to re-run. Used by README's commands and by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+pip_q() { python -m pip install -q --disable-pip-version-check "$@"; }
+pip_q --upgrade pip wheel setuptools
+# torch first and pinned: installing the project without it lets pip resolve
+# `torch` to the multi-GB CUDA build. 2.13.0 is the CPU wheel on these machines.
+python -c "import torch" 2>/dev/null || pip_q "torch==${CURATOR_TORCH_VERSION:-2.13.0}"
+pip_q -e '.[test]'
+# insightface depends on opencv-python and fiftyone on opencv-python-headless;
+# both unpack into the same cv2/ folder and the second install leaves a mix.
+# Keep exactly one: the headless build (no GUI libraries needed on servers).
+headless=$(python -m pip show opencv-python-headless 2>/dev/null | sed -n 's/^Version: //p')
+if python -m pip show opencv-python >/dev/null 2>&1; then
+  python -m pip uninstall -y -q opencv-python
+  pip_q --force-reinstall --no-deps "opencv-python-headless==${headless}"
+fi
+python -c "import cv2, av, insightface, onnxruntime, fiftyone, torch, sklearn, pyarrow; print('curator install ok: cv2', cv2.__version__, '| torch', torch.__version__)"

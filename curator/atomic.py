@@ -1,0 +1,94 @@
+"""Crash-safe file writes and folder-safe names.
+
+Every file curator writes goes through here: the data lands under a temporary
+name in the same folder, is flushed to disk, then renamed over the target.
+A crash or a full disk therefore leaves either the old file or the new one,
+never half of either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it over `target` on success.
+
+    The caller writes the whole file to the yielded path. On any exception the
+    temporary file is removed and `target` is untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # The suffix is kept so writers that pick a format from it (pyarrow, cv2) still work.
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        _fsync_file(tmp_path)
+        os.replace(tmp_path, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(target: str | os.PathLike, obj: Any) -> None:
+    write_bytes(target, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+
+
+def _json_default(o: Any) -> Any:
+    # numpy scalars and paths show up in summaries; write them as plain values.
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, os.PathLike):
+        return os.fspath(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str, max_len: int = 120) -> str:
+    """A file name that cannot leave its folder: no separators, no `..`, no leading dot."""
+    cleaned = _UNSAFE.sub("_", name).strip("._") or "_"
+    return cleaned[:max_len]
+
+
+def inside(folder: str | os.PathLike, relative: str | os.PathLike) -> Path:
+    """Join `relative` under `folder`, refusing any result that escapes `folder`."""
+    base = Path(folder).resolve()
+    candidate = (base / relative).resolve()
+    if candidate != base and base not in candidate.parents:
+        raise ValueError(f"path {os.fspath(relative)!r} escapes {base}")
+    return candidate

@@ -1,0 +1,494 @@
+"""`curator extract`: footage in, one table row per face out.
+
+    footage -> sampled frames -> detect (5 keypoints) -> align -> crop
+            -> identity embedding, head pose, expression, lighting, quality
+            -> staged parts -> merged into faces.parquet + embeddings.npy
+
+Work is checkpointed in `staging/` every few hundred analysed frames, each
+part naming how far into which source it got, so a killed run resumes inside
+a long video instead of starting it over. Face ids are deterministic
+(source hash, frame, face number), which makes the final merge idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import descriptors, faces, media, pose
+from .align import DEFAULT_MARGIN, align_matrix, template, transform_points, warp
+from .atomic import atomic_path
+from .workspace import (
+    Workspace,
+    WorkspaceError,
+    locked,
+    now,
+    open_workspace,
+    read_embeddings,
+    read_meta,
+    read_table,
+    write_embeddings,
+    write_meta,
+    write_table,
+)
+
+PART_META_KEY = b"curator.progress"
+
+
+@dataclass
+class ExtractSettings:
+    fps: float = 2.0  # frames analysed per second of video
+    every: int | None = None  # or: every Nth decoded frame (overrides fps)
+    size: int = 256  # side of the aligned crops written to crops/
+    margin: float = DEFAULT_MARGIN
+    det_size: int = 640  # detector input, long side
+    det_thresh: float = 0.6  # SCRFD scores 0.5-0.6 were non-faces or faces too dim to train on in our footage
+    static_threshold: float = 1.5  # mean grey-level change below which a due frame is a near-duplicate
+    jpeg_quality: int = 95
+    checkpoint_frames: int = 200
+    checkpoint_seconds: float = 60.0
+
+    # Settings that, once a workspace has crops, every later run must share.
+    FIXED = ("size", "margin")
+
+
+@dataclass
+class ExtractSummary:
+    workspace: str
+    files: int = 0
+    new_files: int = 0
+    already_in_workspace: int = 0
+    resumed_files: int = 0
+    failed: int = 0
+    frames_decoded: int = 0
+    frames_analysed: int = 0
+    frames_skipped_static: int = 0
+    faces: int = 0
+    rows_total: int = 0
+    seconds: float = 0.0
+    problems: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+Reporter = Callable[[str, str], None]  # (path, reason)
+
+
+def extract(
+    footage: Iterable[str | os.PathLike],
+    workspace: str | os.PathLike,
+    *,
+    models: str | None = None,
+    settings: ExtractSettings | None = None,
+    explicit: Iterable[str] = (),
+    consent: str | None = None,
+    device: str = "auto",
+    on_problem: Reporter | None = None,
+    on_progress: Callable[[int, str], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> ExtractSummary:
+    """Extract every face from `footage` into `workspace` (created if needed).
+
+    `explicit` names the settings the user set on purpose; the others are
+    taken from the workspace when it has them, so re-running with fewer
+    options continues the same way.
+    """
+    t0 = time.monotonic()
+    report = on_problem or (lambda path, reason: None)
+    ws = open_workspace(workspace, create=True)
+    summary = ExtractSummary(workspace=str(ws.root))
+    found, problems = media.discover(footage)
+    for path, reason in problems:
+        _problem(summary, report, path, reason)
+    summary.files = len(found)
+
+    with locked(ws, "curator extract"):
+        commit_staging(ws)  # an interrupted run's finished parts come first
+        meta = read_meta(ws)
+        settings = _effective_settings(meta, settings or ExtractSettings(), set(explicit))
+        progress = staged_progress(ws)
+
+        todo: list[tuple[media.Footage, str, dict]] = []
+        for item in found:
+            try:
+                sha, stat = _source_hash(meta, item.path)
+            except OSError as e:
+                _problem(summary, report, str(item.path), f"cannot read: {e.strerror or e}")
+                continue
+            if meta["sources"].get(sha, {}).get("status") == "complete" or progress.get(sha, {}).get("complete"):
+                summary.already_in_workspace += 1
+                continue
+            todo.append((item, sha, {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
+
+        if todo:
+            fm = faces.load_models(models, device=device, det_thresh=settings.det_thresh)
+            _check_models(meta, fm)
+            if on_total:
+                on_total(sum(_frame_estimate(item) for item, _, _ in todo))
+            writer = _PartWriter(ws, settings)
+            for item, sha, stat in todo:
+                record = {"path": str(item.path), "kind": item.kind, "consent": consent, "added": now(), **stat,
+                          "settings": {"fps": settings.fps, "every": settings.every}}
+                resume_after = progress.get(sha, {}).get("last_frame", -1)
+                if resume_after >= 0:
+                    summary.resumed_files += 1
+                try:
+                    _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress)
+                except media.MediaError as e:
+                    _problem(summary, report, str(item.path), str(e))
+                    writer.fail(sha, record, str(e))
+                    continue
+                summary.new_files += 1
+                if record.get("warning"):
+                    report(str(item.path), record["warning"] + "; kept the faces found before it")
+            writer.flush(force=True)
+            meta = read_meta(ws)
+            if meta.get("models") is None:
+                meta["models"] = fm.describe()
+                meta["embeddings"]["dim"] = fm.embedding_dim
+            meta["settings"] = {k: getattr(settings, k) for k in ("size", "margin", "det_size", "det_thresh", "static_threshold")}
+            if consent:
+                meta["consent"].append({"text": consent, "recorded": now(), "sources": [s for _, s, _ in todo]})
+            write_meta(ws, meta)
+        summary.rows_total = commit_staging(ws)
+    summary.seconds = round(time.monotonic() - t0, 3)
+    return summary
+
+
+def _problem(summary: ExtractSummary, report: Reporter, path: str, reason: str) -> None:
+    summary.failed += 1
+    summary.problems.append({"file": path, "reason": reason})
+    report(path, reason)
+
+
+def _effective_settings(meta: dict, requested: ExtractSettings, explicit: set[str]) -> ExtractSettings:
+    stored = meta.get("settings") or {}
+    values = asdict(requested)
+    for key, value in stored.items():
+        if key not in values:
+            continue
+        if key in explicit and key in ExtractSettings.FIXED and meta.get("rows") and value != values[key]:
+            raise WorkspaceError(
+                f"this workspace's crops were made with --{key} {value}; a different --{key} would mix crop "
+                "geometries (use a new workspace)"
+            )
+        if key not in explicit:
+            values[key] = value
+    return ExtractSettings(**values)
+
+
+def _check_models(meta: dict, fm: faces.FaceModels) -> None:
+    recorded = meta.get("models")
+    if not recorded:
+        return
+    if recorded.get("files") != fm.files:
+        changed = sorted(set(recorded.get("files", {}).items()) ^ set(fm.files.items()))
+        raise faces.ModelError(
+            f"this workspace was extracted with model pack {recorded.get('pack')} and the models now loaded differ "
+            f"({', '.join(name for name, _ in changed[:4])}); embeddings from different models cannot be compared. "
+            f"Use --models {recorded.get('path')} or a new workspace"
+        )
+
+
+def _source_hash(meta: dict, path: Path) -> tuple[str, os.stat_result]:
+    """sha256 of a source, reusing the recorded one when path, size and mtime are unchanged."""
+    st = path.stat()
+    for sha, rec in meta["sources"].items():
+        if rec.get("path") == str(path) and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+            return sha, st
+    return media.sha256_file(path), st
+
+
+def _frame_estimate(item: media.Footage) -> int:
+    if item.kind == "image":
+        return 1
+    try:
+        container, stream = media.open_video(item.path)
+    except media.MediaError:
+        return 0
+    try:
+        return media.video_info(stream, container).frames
+    finally:
+        container.close()
+
+
+# --- per source -------------------------------------------------------------
+
+def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress) -> None:
+    advance = on_progress or (lambda n, desc: None)
+    name = item.path.name
+    if item.kind == "image":
+        image = media.read_image(item.path)
+        record.update({"width": image.shape[1], "height": image.shape[0], "frames": 1})
+        rows, emb = analyse_frame(fm, image, sha, str(item.path), "image", 0, 0.0, settings, ws)
+        writer.add(rows, emb, sha, record, last_frame=0, complete=True)
+        summary.frames_decoded += 1
+        summary.frames_analysed += 1
+        summary.faces += len(rows)
+        advance(1, name)
+        return
+
+    stats = media.SampleStats()
+    container, stream = media.open_video(item.path)  # fail early with a clear reason
+    info = media.video_info(stream, container)
+    container.close()
+    record.update({"width": info.width, "height": info.height, "fps": info.fps, "codec": info.codec,
+                   "duration_s": round(info.duration_s, 3)})
+    frames = media.sample_video(item.path, fps=settings.fps, every=settings.every,
+                                static_threshold=settings.static_threshold, resume_after=resume_after, stats=stats)
+    reported = 0
+    last = resume_after
+    for sf in prefetch(frames, depth=4):
+        rows, emb = analyse_frame(fm, sf.image, sha, str(item.path), "video", sf.index, sf.time_s, settings, ws)
+        summary.faces += len(rows)
+        last = sf.index
+        writer.add(rows, emb, sha, record, last_frame=last, complete=False)
+        advance(stats.decoded - reported, name)
+        reported = stats.decoded
+    advance(stats.decoded - reported, name)
+    if stats.decoded == 0 and resume_after < 0:
+        raise media.MediaError(stats.error or "no decodable video frames")
+    record["frames"] = max(stats.decoded, resume_after + 1)
+    if stats.error:
+        record["warning"] = stats.error
+    summary.frames_decoded += stats.decoded
+    summary.frames_analysed += stats.analysed
+    summary.frames_skipped_static += stats.skipped_static
+    writer.add([], None, sha, record, last_frame=max(last, record["frames"] - 1), complete=True)
+
+
+def analyse_frame(fm, image, sha, source, kind, frame, time_s, settings, ws) -> tuple[list[dict], np.ndarray]:
+    """Detect, align, crop and describe every face in one frame; crops are written to the workspace."""
+    boxes, kpss = faces.detect(fm, image, settings.det_size)
+    if len(boxes) == 0:
+        return [], np.zeros((0, fm.embedding_dim), np.float32)
+    emb = faces.embed(fm, image, kpss)
+    h, w = image.shape[:2]
+    rows = []
+    face_box = settings.size / (1.0 + 2.0 * settings.margin)  # template face box side in crop px
+    for k, (box, kps) in enumerate(zip(boxes, kpss)):
+        m_crop = align_matrix(kps, settings.size, settings.margin)
+        m_analysis = align_matrix(kps, descriptors.ANALYSIS_SIZE, DEFAULT_MARGIN)
+        dense = faces.landmarks(fm, image, box)
+        lmk68 = dense.get("lmk68")
+        desc = descriptors.describe(image, kps, m_analysis, lmk68)
+        if "pose_pyr" in dense:
+            yaw, pitch, roll = pose.pose_from_insightface(dense["pose_pyr"])
+            pose_method = "landmark_3d68"
+        else:
+            yaw, pitch, roll = pose.estimate_pose_kps5(kps, (h, w))
+            pose_method = "kps5_pnp"
+        face_id = f"{sha[:12]}_{frame:07d}_{k:02d}"
+        crop_rel = f"crops/{sha[:12]}/{frame:07d}_{k:02d}.jpg"
+        _write_crop(ws.root / crop_rel, warp(image, m_crop, settings.size), settings.jpeg_quality)
+        scale = float(np.hypot(m_crop[0, 0], m_crop[0, 1]))
+        rows.append({
+            "face_id": face_id,
+            "source": source,
+            "source_sha256": sha,
+            "source_kind": kind,
+            "frame": int(frame),
+            "time_s": round(float(time_s), 4),
+            "face_index": k,
+            "frame_w": w,
+            "frame_h": h,
+            "bbox": [float(v) for v in box[:4]],
+            "kps": [float(v) for v in kps.reshape(-1)],
+            "det_score": float(box[4]),
+            "face_px": round(face_box / scale, 2),
+            "yaw": float(yaw),
+            "pitch": float(pitch),
+            "roll": float(roll),
+            "pose_method": pose_method,
+            **desc,
+            "lmk68": None if lmk68 is None else [float(v) for v in np.asarray(lmk68)[:, :2].reshape(-1)],
+            "align_matrix": [float(v) for v in m_crop.reshape(-1)],
+            "crop_size": settings.size,
+            "crop_path": crop_rel,
+        })
+    return rows, emb
+
+
+def _write_crop(path: Path, crop: np.ndarray, quality: int) -> None:
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise OSError(f"could not encode crop {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.tobytes())
+    # No fsync per crop (thousands per minute); the staged part that references
+    # them is fsynced, and `curator verify` finds crops lost to a power cut.
+    os.replace(tmp, path)
+
+
+def prefetch(iterable: Iterable, depth: int = 4) -> Iterator:
+    """Run a generator in a background thread, `depth` items ahead.
+
+    Decoding (FFmpeg) and inference (onnxruntime) both release the GIL, so
+    decoding the next frames overlaps the network work on this one.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+# --- staging: checkpoints and the merge ---------------------------------------
+
+class _PartWriter:
+    """Buffers rows and writes them as staged parts with the progress they stand for."""
+
+    def __init__(self, ws: Workspace, settings: ExtractSettings):
+        self.ws = ws
+        self.settings = settings
+        self.rows: list[dict] = []
+        self.embs: list[np.ndarray] = []
+        self.progress: dict[str, dict] = {}
+        self.frames = 0
+        self.last_flush = time.monotonic()
+        existing = sorted(ws.staging_dir.glob("part-*.parquet"))
+        self.seq = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+
+    def add(self, rows, emb, sha, record, *, last_frame: int, complete: bool) -> None:
+        self.rows.extend(rows)
+        if emb is not None and len(emb):
+            self.embs.append(emb)
+        self.progress[sha] = {**record, "last_frame": int(last_frame), "complete": complete, "status": "complete" if complete else "partial"}
+        self.frames += 1
+        self.flush()
+
+    def fail(self, sha, record, reason) -> None:
+        self.progress[sha] = {**record, "last_frame": -1, "complete": False, "status": "failed", "error": reason}
+        self.flush(force=True)
+
+    def flush(self, force: bool = False) -> None:
+        due = self.frames >= self.settings.checkpoint_frames or time.monotonic() - self.last_flush > self.settings.checkpoint_seconds
+        if not (force or due) or not self.progress:
+            return
+        write_part(self.ws, self.seq, self.rows, np.concatenate(self.embs) if self.embs else None, self.progress)
+        self.seq += 1
+        self.rows, self.embs, self.progress, self.frames = [], [], {}, 0
+        self.last_flush = time.monotonic()
+
+
+def write_part(ws: Workspace, seq: int, rows: list[dict], emb: np.ndarray | None, progress: dict) -> None:
+    df = pd.DataFrame(rows)
+    if len(df):
+        df["embedding"] = list(np.asarray(emb, np.float32))
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), PART_META_KEY: json.dumps(progress).encode()})
+    with atomic_path(ws.staging_dir / f"part-{seq:06d}.parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def _part_progress(path: Path) -> dict:
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta.get(PART_META_KEY, b"{}"))
+
+
+def staged_progress(ws: Workspace) -> dict[str, dict]:
+    """Per source sha: the furthest frame staged and whether the source is finished."""
+    merged: dict[str, dict] = {}
+    for part in sorted(ws.staging_dir.glob("part-*.parquet")):
+        for sha, rec in _part_progress(part).items():
+            prev = merged.get(sha)
+            if prev is None or rec.get("complete") or rec.get("last_frame", -1) >= prev.get("last_frame", -1):
+                merged[sha] = {**(prev or {}), **rec, "complete": bool(rec.get("complete") or (prev or {}).get("complete"))}
+    return merged
+
+
+def commit_staging(ws: Workspace) -> int:
+    """Merge staged parts into the table and embeddings; returns the table's row count.
+
+    Safe to repeat after a crash at any point (see workspace module doc).
+    """
+    parts = sorted(ws.staging_dir.glob("part-*.parquet")) if ws.staging_dir.is_dir() else []
+    table = read_table(ws)
+    if not parts:
+        return len(table)
+    emb = read_embeddings(ws, len(table)) if len(table) else None
+    known = set(table["face_id"]) if len(table) else set()
+    new_frames, new_embs = [], []
+    for part in parts:
+        df = pq.read_table(part).to_pandas()
+        if not len(df):
+            continue
+        df = df[~df["face_id"].isin(known)].drop_duplicates("face_id")
+        known.update(df["face_id"])
+        if len(df):
+            new_embs.append(np.stack(df.pop("embedding").to_numpy()).astype(np.float32))
+            new_frames.append(df)
+    meta = read_meta(ws)
+    progress = staged_progress(ws)
+    if new_frames:
+        added = pd.concat(new_frames, ignore_index=True)
+        merged = pd.concat([table, added], ignore_index=True) if len(table) else added
+        all_emb = np.concatenate(([np.asarray(emb)] if emb is not None else []) + new_embs)
+        # Embeddings first: a crash between the two renames leaves extra
+        # trailing embedding rows, which readers ignore (module doc of workspace).
+        write_embeddings(ws, all_emb)
+        write_table(ws, merged)
+        table = merged
+        meta["embeddings"]["dim"] = int(all_emb.shape[1])
+    counts = table.groupby("source_sha256").size().to_dict() if len(table) else {}
+    for sha, rec in progress.items():
+        entry = {k: v for k, v in rec.items() if k not in ("complete", "last_frame")}
+        if not rec.get("complete"):
+            if rec.get("status") == "failed" and meta["sources"].get(sha, {}).get("status") == "complete":
+                continue
+            entry["last_frame"] = rec.get("last_frame", -1)
+        entry["faces"] = int(counts.get(sha, 0))
+        meta["sources"][sha] = {**meta["sources"].get(sha, {}), **entry}
+    meta["rows"] = len(table)
+    write_meta(ws, meta)
+    # Partial sources keep their parts until they complete, so resume still knows where they stopped.
+    for part in parts:
+        if all(progress.get(sha, {}).get("complete") or progress.get(sha, {}).get("status") == "failed"
+               for sha in _part_progress(part)):
+            part.unlink()
+    return len(table)

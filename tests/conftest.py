@@ -1,0 +1,55 @@
+"""Shared fixtures: real test data from ../shared/testdata, real models, real workspaces.
+
+Nothing here is mocked. Extraction is the slow part, so workspaces that
+several tests read are built once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTDATA = Path(os.environ.get("CURATOR_TESTDATA", ROOT.parent / "shared" / "testdata"))
+if not (TESTDATA / "README.md").is_file():
+    raise RuntimeError(
+        f"test data not found at {TESTDATA}: the tests need ../shared/testdata beside the repository "
+        "(or CURATOR_TESTDATA pointing at it)"
+    )
+PACK = TESTDATA / "models" / "pack-small"
+VIDEOS = TESTDATA / "videos"
+IMAGES = TESTDATA / "images"
+
+# Every curator command started by the tests loads the shared pack.
+os.environ["CURATOR_MODELS"] = str(PACK)
+
+
+def clip(name: str) -> Path:
+    matches = sorted(VIDEOS.rglob(name))
+    if not matches:
+        raise FileNotFoundError(f"{name} not found under {VIDEOS}")
+    return matches[0]
+
+
+def curator(*args: str, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    """Run the real `curator` command line in a subprocess."""
+    proc = subprocess.run([sys.executable, "-m", "curator", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"}, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"curator {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def curator_json(*args: str) -> dict:
+    proc = curator(*args, "--json", check=True)
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    return TESTDATA
