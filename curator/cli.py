@@ -144,6 +144,222 @@ def extract(
         raise typer.Exit(1)
 
 
+def _errors():
+    from .export import ExportError
+    from .faces import ModelError
+    from .identify import IdentityError
+    from .workspace import WorkspaceError
+
+    return (WorkspaceError, ModelError, IdentityError, ExportError, ValueError)
+
+
+def run_identify(workspace: Path, refs: Optional[List[Path]], cluster: Optional[int], threshold: Optional[float],
+                 models: Optional[str], device: str = "auto") -> dict:
+    from . import faces as faces_mod
+    from .identify import identify as do_identify
+    from .identify import reference_embeddings
+    from .workspace import locked, open_workspace, read_meta, update_columns
+
+    ws = open_workspace(workspace)
+    ref_emb = None
+    with locked(ws, "curator identify"):
+        if refs:
+            meta = read_meta(ws)
+            recorded = (meta.get("models") or {}).get("path")
+            fm = faces_mod.load_models(models or recorded, device=device)
+            ref_emb = reference_embeddings(fm, refs)
+        result = do_identify(ws, refs=ref_emb, cluster=cluster, threshold=threshold)
+        update_columns(ws, result.table)
+    return result.summary()
+
+
+@app.command()
+def identify(
+    workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace folder."),
+    ref: Optional[List[Path]] = typer.Option(None, "--ref", help="Reference photo of the target (one face). Repeatable."),
+    cluster: Optional[int] = typer.Option(None, "--cluster", help="Target = this cluster of `curator identities`."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Same-person cosine similarity [default: per recogniser, see docs/identity.md]."),
+    models: Optional[str] = typer.Option(None, "--models", help=MODELS_HELP + " Default: the workspace's."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    """Pick the target identity; writes `identity_score`, `is_target`, `identity_cluster` and `track_id`.
+
+    Without --ref the largest identity cluster is the target.
+
+    Examples:
+
+        curator identify -w ws --ref jane1.jpg --ref jane2.jpg
+
+        curator identities ws && curator identify -w ws --cluster 2
+    """
+    try:
+        summary = run_identify(workspace, ref, cluster, threshold, models)
+    except _errors() as e:
+        fail(str(e))
+    emit(as_json, summary, f"target: {summary['target_faces']} of {summary['faces']} faces "
+         f"({summary['method']}, threshold {summary['threshold']:.2f})")
+
+
+@app.command()
+def identities(
+    workspace: Path = typer.Argument(..., help="Workspace folder."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Same-person cosine similarity."),
+    as_json: bool = typer.Option(False, "--json", help="Print the clusters as JSON on stdout."),
+) -> None:
+    """List identity clusters with face counts and write a contact sheet image per cluster (WS/identities/).
+
+    Examples:
+
+        curator identities ws
+
+        curator identities ws --json | jq '.[0]'
+    """
+    from .identify import identities as list_identities
+    from .workspace import open_workspace
+
+    try:
+        listing = list_identities(open_workspace(workspace), threshold=threshold)
+    except _errors() as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(listing, indent=2))
+        return
+    for c in listing:
+        print(f"cluster {c['cluster']:3d}: {c['faces']:6d} faces from {c['sources']} source(s)  {c['contact_sheet']}")
+
+
+def run_curate(workspace: Path, budget: Optional[int], minutes: Optional[float], fps: float, seed: int) -> dict:
+    from .curate import budget_from, curate as do_curate
+    from .identify import identify as do_identify
+    from .workspace import locked, open_workspace, read_table, update_columns
+
+    ws = open_workspace(workspace)
+    n = budget_from(budget, minutes, fps)
+    with locked(ws, "curator curate"):
+        table = read_table(ws)
+        note = None
+        if len(table) and "is_target" not in table:
+            update_columns(ws, do_identify(ws).table)
+            table = read_table(ws)
+            note = "no target chosen: used the largest identity cluster (see `curator identities`)"
+        result = do_curate(table, n, seed=seed)
+        update_columns(ws, result.columns)
+    if note:
+        result.summary["identify"] = note
+    return result.summary
+
+
+def _curate_line(s: dict) -> str:
+    a, b = s["coverage_before"], s["coverage_after"]
+    return (f"{s['selected']} selected of {s['candidates']} target faces ({s['near_duplicates_removed']} near-duplicates); "
+            f"pose bins {b.get('pose_bins_covered', 0)}/{a['pose_bins']}, expression {b['expression_coverage']:.0%}, "
+            f"lighting {b['light_coverage']:.0%}" + (f"\n{s['note']}" if s.get("note") else ""))
+
+
+@app.command()
+def curate(
+    workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace folder."),
+    budget: Optional[int] = typer.Option(None, "--budget", help="Number of faces to select."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Or: a budget in minutes of footage at --fps."),
+    fps: float = typer.Option(25.0, "--fps", help="Frames per second that --minutes counts."),
+    seed: int = typer.Option(0, "--seed", help="Tie-break seed; the same seed gives the same selection."),
+    as_json: bool = typer.Option(False, "--json", help="Print counts and coverage as JSON on stdout."),
+) -> None:
+    """Remove near-duplicates among the target's faces and select the most diverse BUDGET.
+
+    Writes `quality`, `dup_group`, `pose_cluster`, `expr_cluster`, `light_cluster`, `selected` and `reason`.
+
+    Examples:
+
+        curator curate -w ws --budget 2000
+
+        curator curate -w ws --minutes 9 --fps 25 --json
+    """
+    try:
+        summary = run_curate(workspace, budget, minutes, fps, seed)
+    except _errors() as e:
+        fail(str(e))
+    emit(as_json, summary, _curate_line(summary))
+
+
+@app.command()
+def export(
+    workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Export folder."),
+    include_all: bool = typer.Option(False, "--all", help="Every face, selected or not (never those rejected in review)."),
+    val_fraction: float = typer.Option(0.1, "--val", help="Share of faces for validation (whole sources)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing export folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    """Write the selected faces, a manifest and provenance to OUT (the trainer's input).
+
+    Examples:
+
+        curator export -w ws --out faceset
+
+        curator export -w ws --out everything --all --force
+    """
+    from .export import export as do_export
+    from .workspace import open_workspace
+
+    try:
+        summary = do_export(open_workspace(workspace), out, include_all=include_all, val_fraction=val_fraction, force=force)
+    except _errors() as e:
+        fail(str(e))
+    emit(as_json, summary, f"{summary['faces']} faces ({summary['train']} train, {summary['val']} val, "
+         f"split by {summary['split_by']}) -> {summary['out']}")
+
+
+@app.command()
+def run(
+    footage: List[Path] = typer.Argument(..., help="Video files, image files, or folders of them."),
+    out: Path = typer.Option(..., "--out", "-o", help="Export folder for the curated faces."),
+    ref: Optional[List[Path]] = typer.Option(None, "--ref", help="Reference photo of the target. Repeatable."),
+    budget: int = typer.Option(2000, "--budget", help="Number of faces to select."),
+    workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="Workspace folder [default: OUT.workspace]."),
+    models: Optional[str] = typer.Option(None, "--models", help=MODELS_HELP),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frames analysed per second of video [default: 2]."),
+    size: Optional[int] = typer.Option(None, "--size", help="Side of the aligned face crops [default: 256]."),
+    consent: Optional[str] = typer.Option(None, "--consent", help="Who agreed to what, recorded with these sources."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing export folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """The whole job: extract, identify, curate and export in one command.
+
+    Examples:
+
+        curator run interviews/ --out faceset --ref jane.jpg --budget 3000
+
+        curator run clip.mp4 --out faceset --models ~/models/buffalo_l --consent "Jane Doe, signed 2026-03-01"
+    """
+    from .export import export as do_export
+    from .extract import ExtractSettings
+    from .extract import extract as run_extract
+    from .workspace import open_workspace
+
+    ws_path = workspace or out.with_name(out.name + ".workspace")
+    given = {"fps": fps, "size": size}
+    try:
+        with progress_bar(not quiet and not as_json, "extract") as (set_total, advance):
+            ex = run_extract(footage, ws_path, models=models, settings=ExtractSettings(**{k: v for k, v in given.items() if v}),
+                             explicit={k for k, v in given.items() if v}, consent=consent, on_problem=problem,
+                             on_progress=advance, on_total=set_total)
+        if ex.rows_total == 0:
+            fail("no faces found in the footage", 1)
+        ident = run_identify(ws_path, ref, None, None, models)
+        cur = run_curate(ws_path, budget, None, 25.0, 0)
+        exp = do_export(open_workspace(ws_path), out, force=force)
+    except _errors() as e:
+        fail(str(e))
+    payload = {"workspace": str(Path(ws_path).resolve()), "extract": ex.as_dict(), "identify": ident, "curate": cur, "export": exp}
+    emit(as_json, payload,
+         f"extract: {ex.faces} new faces from {ex.new_files} file(s), {ex.rows_total} in workspace {payload['workspace']}\n"
+         f"identify: {ident['target_faces']} target faces ({ident['method']})\n"
+         f"curate: {_curate_line(cur)}\n"
+         f"export: {exp['faces']} faces ({exp['train']} train, {exp['val']} val) -> {exp['out']}")
+
+
 def main() -> None:
     app()
 

@@ -125,6 +125,24 @@ def expression_from_lmk68(lmk: np.ndarray) -> dict[str, float]:
     }
 
 
+APPEARANCE_SIDE = 8
+
+
+def appearance(crop_bgr: np.ndarray, mask: np.ndarray = FACE_MASK) -> np.ndarray:
+    """A tiny picture of the face: the grey face ellipse at 8x8, zero mean, unit norm (64 floats).
+
+    Near-duplicate detection compares these: two frames that look alike at 8x8
+    in the face region differ by nothing a model would learn from, while a
+    hand over the mouth, a microphone or a new background shows up.
+    """
+    grey = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    ys, xs = np.nonzero(mask)
+    face = grey[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
+    small = cv2.resize(face, (APPEARANCE_SIDE, APPEARANCE_SIDE), interpolation=cv2.INTER_AREA).ravel()
+    small -= small.mean()
+    return (small / max(float(np.linalg.norm(small)), 1e-6)).astype(np.float32)
+
+
 def analysis_crop(image: np.ndarray, matrix_to_analysis: np.ndarray) -> np.ndarray:
     return cv2.warpAffine(image, matrix_to_analysis, (ANALYSIS_SIZE, ANALYSIS_SIZE), flags=cv2.INTER_AREA,
                           borderMode=cv2.BORDER_REPLICATE)
@@ -135,6 +153,7 @@ def describe(image: np.ndarray, kps: np.ndarray, matrix_to_analysis: np.ndarray,
     crop = analysis_crop(image, matrix_to_analysis)
     out = lighting(crop)
     out["sharpness"] = sharpness(crop)
+    out["appearance"] = [float(v) for v in appearance(crop)]
     if lmk68 is not None:
         out.update(expression_from_lmk68(lmk68))
         out["expression_method"] = "lmk68"

@@ -164,17 +164,17 @@ def embed(models: FaceModels, image: np.ndarray, kps: np.ndarray) -> np.ndarray:
 
 
 def landmarks(models: FaceModels, image: np.ndarray, box: np.ndarray) -> dict:
-    """Dense landmarks when the pack has landmark models: {'lmk68': (68,3), 'pose_pyr': (3,), 'lmk106': (106,2)}."""
+    """Dense landmarks when the pack has a 3D-68 model: {'lmk68': (68,3), 'pose_pyr': (3,)}."""
     from insightface.app.common import Face
 
     out: dict = {}
-    if models.landmarks_3d68 is None and models.landmarks_2d106 is None:
+    if models.landmarks_3d68 is None:
         return out
     face = Face(bbox=np.asarray(box[:4], np.float32))
     if models.landmarks_3d68 is not None:
         out["lmk68"] = np.asarray(models.landmarks_3d68.get(image, face), np.float32)
         if "pose" in face:
             out["pose_pyr"] = np.asarray(face["pose"], np.float32)
-    if models.landmarks_2d106 is not None:
-        out["lmk106"] = np.asarray(models.landmarks_2d106.get(image, face), np.float32)
+    # The 2D-106 model (buffalo_l has one) is not run: the 68 points carry every
+    # descriptor we compute, and running it would cost a network call per face.
     return out

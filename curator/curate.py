@@ -1,0 +1,272 @@
+"""`curator curate`: no near-duplicates, then the most diverse N target faces.
+
+1. Candidates: target faces (from `identify`), not rejected in review, at
+   least `min_face_px` source pixels.
+2. Near-duplicates: faces whose pose, expression, lighting *and* 8x8
+   appearance all match (module `dedupe_features` gives the units) form a
+   group around a leader, the best-quality face; groups are bounded (every
+   member is within the radius of its leader, no chaining), so a slow head
+   turn is not collapsed into one face. A first pass runs along each track in
+   time order (cheap, and where most duplicates are), a second one across all
+   sources with a KD-tree (repeated segments, looped footage).
+3. Selection, in priority levels, each level taking the best-quality face of
+   every cell it has not covered yet:
+      L1 each 10-degree yaw x pitch bin (rare poses are kept),
+      L2 each (pose bin, expression cell),
+      L3 each (pose bin, expression cell, lighting cell),
+      then round-robin over L3 cells by quality rank until the budget is met.
+   Within a level, when the budget runs out first, pose bins are taken
+   farthest-first from the most common pose and other cells rarest-first.
+
+Every face gets `dup_group` (the face_id of its group's leader), `selected`
+and a one-line `reason`; nothing is dropped from the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .workspace import Workspace, WorkspaceError, read_meta, read_table
+
+MIN_FACE_PX = 40.0
+DEDUPE_RADIUS = 1.5
+APPEARANCE_RADIUS = 0.35  # Euclidean distance between unit 8x8 appearance vectors (cos ~0.94)
+
+# One unit in the dedupe space: a just-noticeable difference for training.
+POSE_UNIT_DEG = 4.0
+LIGHT_UNITS = {"lum": 3.0, "contrast": 2.0, "light_lr": 3.0, "light_tb": 3.0, "cast_a": 2.0, "cast_b": 2.0}
+EXPRESSION_UNIT_STD = 0.5  # expression descriptors have method-specific scales: use half a robust std
+
+
+@dataclass
+class CurateResult:
+    columns: pd.DataFrame  # face_id + the columns curate writes
+    summary: dict
+
+
+def quality_score(table: pd.DataFrame) -> np.ndarray:
+    """Sharper, larger, more confidently detected is better: sum of robust z-scores.
+
+    log(sharpness) and log(face_px) because both span orders of magnitude.
+    """
+    parts = [np.log1p(table["sharpness"].to_numpy(float)), np.log(table["face_px"].to_numpy(float).clip(1)),
+             table["det_score"].to_numpy(float)]
+    return np.nan_to_num(sum(_robust_z(p) for p in parts), nan=-10.0)
+
+
+def _robust_z(v: np.ndarray) -> np.ndarray:
+    med = np.nanmedian(v) if np.isfinite(v).any() else 0.0
+    iqr = np.subtract(*np.nanpercentile(v, [75, 25])) if np.isfinite(v).any() else 0.0
+    return (v - med) / (iqr / 1.349 if iqr > 1e-9 else (np.nanstd(v) or 1.0))
+
+
+def dedupe_features(table: pd.DataFrame) -> np.ndarray:
+    """Pose, expression and lighting in just-noticeable-difference units (13 columns)."""
+    cols = [table[c].to_numpy(float) / POSE_UNIT_DEG for c in ("yaw", "pitch", "roll")]
+    for c in metrics.EXPRESSION_COLUMNS:
+        v = table[c].to_numpy(float)
+        iqr = np.subtract(*np.nanpercentile(v, [75, 25])) if np.isfinite(v).any() else 0.0
+        cols.append(v / max(iqr / 1.349 * EXPRESSION_UNIT_STD, 1e-3))
+    cols += [table[c].to_numpy(float) / unit for c, unit in LIGHT_UNITS.items()]
+    return np.nan_to_num(np.stack(cols, axis=1), nan=0.0).astype(np.float32)
+
+
+def appearance_matrix(table: pd.DataFrame) -> np.ndarray:
+    if "appearance" not in table:
+        return np.zeros((len(table), 1), np.float32)
+    return np.stack(table["appearance"].to_numpy()).astype(np.float32)
+
+
+def near_duplicate_groups(features: np.ndarray, appearance: np.ndarray, quality: np.ndarray, track: np.ndarray,
+                          time_order: np.ndarray, radius: float = DEDUPE_RADIUS,
+                          app_radius: float = APPEARANCE_RADIUS) -> np.ndarray:
+    """Leader index (into the inputs) of each face's near-duplicate group."""
+    from sklearn.neighbors import KDTree
+
+    n = len(features)
+    leader = np.arange(n)
+    if n == 0:
+        return leader
+
+    def close(i: int, js: np.ndarray) -> np.ndarray:
+        df = np.linalg.norm(features[js] - features[i], axis=1) <= radius
+        da = np.linalg.norm(appearance[js] - appearance[i], axis=1) <= app_radius
+        return js[df & da]
+
+    # Pass 1: runs along each track in time; a run's members are all close to its first face.
+    order = np.lexsort((time_order, track))
+    run_start = order[0]
+    for a, b in zip(order[:-1], order[1:]):
+        if track[b] == track[a] and len(close(run_start, np.array([b]))):
+            leader[b] = run_start
+        else:
+            run_start = b
+    runs = pd.Series(np.arange(n)).groupby(leader)
+    # The run's best face represents it in pass 2.
+    rep_of_run = runs.apply(lambda s: s.to_numpy()[np.argmax(quality[s.to_numpy()])])
+    reps = rep_of_run.to_numpy()
+
+    # Pass 2: across everything, best quality first, each leader absorbs what is within reach.
+    tree = KDTree(features[reps])
+    neighbours = tree.query_radius(features[reps], r=radius)
+    owner = np.full(len(reps), -1)
+    for i in np.lexsort((reps, -quality[reps])):
+        if owner[i] >= 0:
+            continue
+        owner[i] = i
+        cand = neighbours[i]
+        cand = cand[owner[cand] < 0]
+        if len(cand):
+            ok = np.linalg.norm(appearance[reps[cand]] - appearance[reps[i]], axis=1) <= app_radius
+            owner[cand[ok]] = i
+    rep_leader = reps[owner]
+    # Every face takes its run representative's group leader.
+    run_index = pd.Series(np.arange(len(reps)), index=rep_of_run.index)
+    return rep_leader[run_index.loc[leader].to_numpy()]
+
+
+def _tiebreak(face_ids: pd.Series, seed: int) -> np.ndarray:
+    return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{f}".encode(), digest_size=8).digest(), "big")
+                     for f in face_ids], dtype=np.uint64)
+
+
+def select(cands: pd.DataFrame, budget: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Choose `budget` rows of `cands` (needs quality, pose_bin, expr_cluster, light_cluster); returns (mask, reasons)."""
+    n = len(cands)
+    if n == 0 or budget <= 0:
+        return np.zeros(n, bool), ["over budget"] * n
+    tb = _tiebreak(cands["face_id"], seed)
+    by_quality = np.lexsort((tb, -cands["quality"].to_numpy()))
+    pose = cands["pose_bin"].to_numpy()
+    keys = {
+        1: pose,
+        2: pose * 100 + cands["expr_cluster"].to_numpy(),
+        3: (pose * 100 + cands["expr_cluster"].to_numpy()) * 100 + cands["light_cluster"].to_numpy(),
+    }
+    level = np.full(n, 99, np.int64)
+    within = np.zeros(n, np.float64)  # order inside a level
+    reasons = [""] * n
+    taken = np.zeros(n, bool)
+    labels = {1: "best face of its pose bin", 2: "best face of its pose x expression cell",
+              3: "best face of its pose x expression x lighting cell"}
+    pose_order = _pose_order(cands)
+    for lvl in (1, 2, 3):
+        key = keys[lvl]
+        counts = pd.Series(key).map(pd.Series(key).value_counts()).to_numpy()
+        seen: set = set(key[taken])
+        for i in by_quality:
+            if taken[i] or key[i] in seen:
+                continue
+            seen.add(key[i])
+            taken[i] = True
+            level[i] = lvl
+            within[i] = pose_order.get(pose[i], 0) if lvl == 1 else counts[i]  # rarest cells first
+            reasons[i] = "selected: " + labels[lvl]
+    # Round-robin fill: quality rank inside the L3 cell, rarest cells first at each rank.
+    rest = ~taken
+    rank = pd.Series(-cands["quality"].to_numpy()).groupby(keys[3]).rank(method="first").to_numpy()
+    level[rest] = 10 + rank[rest].astype(np.int64)
+    counts3 = pd.Series(keys[3]).map(pd.Series(keys[3]).value_counts()).to_numpy()
+    within[rest] = counts3[rest]
+    order = np.lexsort((tb, within, level))
+    chosen = np.zeros(n, bool)
+    chosen[order[:budget]] = True
+    for i in range(n):
+        if not chosen[i]:
+            reasons[i] = "over budget"
+        elif level[i] >= 10:
+            reasons[i] = f"selected: quality rank {int(rank[i])} in its pose x expression x lighting cell"
+    return chosen, reasons
+
+
+def _pose_order(cands: pd.DataFrame) -> dict:
+    """Pose bins in farthest-first order from the most common one, so a small budget spreads over angles."""
+    bins = cands["pose_bin"].value_counts()
+    centres = {b: np.array(metrics.pose_bin_centre(b)) for b in bins.index}
+    order, rest = [bins.index[0]], list(bins.index[1:])
+    dist = {b: np.linalg.norm(centres[b] - centres[order[0]]) for b in rest}
+    while rest:
+        nxt = max(rest, key=lambda b: (dist[b], -rest.index(b)))
+        rest.remove(nxt)
+        order.append(nxt)
+        for b in rest:
+            dist[b] = min(dist[b], np.linalg.norm(centres[b] - centres[nxt]))
+    return {b: i for i, b in enumerate(order)}
+
+
+def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: float = MIN_FACE_PX) -> CurateResult:
+    """Dedupe and select on a face table that has identify's columns. Pure: reads nothing, writes nothing."""
+    if not len(table):
+        raise WorkspaceError("the workspace has no faces")
+    if "is_target" not in table:
+        raise WorkspaceError("no target identity chosen yet: run `curator identify` first")
+    t = table.reset_index(drop=True)
+    quality = quality_score(t)
+    rejected = t["rejected"].fillna(False).to_numpy(bool) if "rejected" in t else np.zeros(len(t), bool)
+    target = t["is_target"].to_numpy(bool)
+    big = t["face_px"].to_numpy(float) >= min_face_px
+    pool = target & ~rejected & big
+
+    reasons = np.where(~target, "not the target identity",
+                       np.where(rejected, "rejected in review",
+                                np.where(~big, f"face too small (< {min_face_px:g} px)", ""))).astype(object)
+    dup_group = np.array([None] * len(t), dtype=object)
+    idx = np.flatnonzero(pool)
+    if not len(idx):
+        raise WorkspaceError("no faces of the target identity to curate (see `curator identities`)")
+    sub = t.iloc[idx]
+    track = sub["track_id"].to_numpy() if "track_id" in sub else np.arange(len(sub))
+    lead = near_duplicate_groups(dedupe_features(sub), appearance_matrix(sub), quality[idx], track,
+                                 sub["frame"].to_numpy())
+    dup_group[idx] = sub["face_id"].to_numpy()[lead]
+    is_leader = lead == np.arange(len(idx))
+    for j in np.flatnonzero(~is_leader):
+        reasons[idx[j]] = f"near-duplicate of {dup_group[idx[j]]}"
+
+    # Clusters are defined over the whole pool, so cell membership does not depend on dedupe.
+    exp_edges = metrics.tertile_edges(sub, metrics.EXPRESSION_COLUMNS)
+    light_edges = metrics.tertile_edges(sub, metrics.LIGHT_COLUMNS)
+    pose_bin = np.full(len(t), -1)
+    pose_bin[idx] = metrics.pose_bins(sub).to_numpy()
+    expr = np.full(len(t), -1)
+    expr[idx] = metrics.tertile_cells(sub, exp_edges).to_numpy()
+    light = np.full(len(t), -1)
+    light[idx] = metrics.tertile_cells(sub, light_edges).to_numpy()
+
+    leaders = idx[is_leader]
+    cands = pd.DataFrame({"face_id": t["face_id"].to_numpy()[leaders], "quality": quality[leaders],
+                          "pose_bin": pose_bin[leaders], "expr_cluster": expr[leaders], "light_cluster": light[leaders]})
+    chosen, why = select(cands, budget, seed)
+    selected = np.zeros(len(t), bool)
+    selected[leaders] = chosen
+    reasons[leaders] = why
+
+    pose_cluster = np.array([metrics.pose_label(y, p) for y, p in zip(t["yaw"], t["pitch"])], dtype=object)
+    columns = pd.DataFrame({
+        "face_id": t["face_id"], "quality": quality.astype(np.float32), "dup_group": dup_group,
+        "pose_cluster": pose_cluster, "expr_cluster": expr, "light_cluster": light,
+        "selected": selected, "reason": reasons.astype(str),
+    })
+    ref = t.iloc[idx]
+    summary = {
+        "faces": len(t), "target_faces": int(target.sum()), "rejected": int(rejected.sum()),
+        "too_small": int((target & ~rejected & ~big).sum()), "candidates": len(idx),
+        "near_duplicate_groups": int(is_leader.sum()), "near_duplicates_removed": int((~is_leader).sum()),
+        "budget": int(budget), "selected": int(selected.sum()),
+        "coverage_before": metrics.coverage(ref, ref),
+        "coverage_after": metrics.coverage(t[selected], ref),
+    }
+    if budget > is_leader.sum():
+        summary["note"] = f"budget {budget} is more than the {int(is_leader.sum())} distinct target faces; all are selected"
+    return CurateResult(columns, summary)
+
+
+def budget_from(budget: int | None, minutes: float | None, fps: float) -> int:
+    if (budget is None) == (minutes is None):
+        raise ValueError("give exactly one of --budget or --minutes")
+    return int(budget) if budget is not None else int(round(minutes * 60 * fps))

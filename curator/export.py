@@ -1,0 +1,142 @@
+"""`curator export`: the curated faces as a folder a trainer can read.
+
+    OUT/faces/<face_id>.jpg    aligned crops (the workspace's --size)
+    OUT/manifest.parquet       every table column of the exported faces + `split`
+    OUT/manifest.csv           the same, list columns as JSON, for spreadsheets
+    OUT/embeddings.npy         identity embeddings, row-aligned with the manifest
+    OUT/provenance.json        source hashes, consent notes, models, settings
+
+The train/validation split is by source file, so near-identical frames never
+sit on both sides; with a single source it falls back to one contiguous time
+block at the end of the footage. The folder is built under a temporary name
+and renamed into place, so OUT is either the old export or the complete new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .atomic import inside, safe_name, write_json
+from .workspace import Workspace, WorkspaceError, now, read_embeddings, read_meta, read_table
+
+VAL_FRACTION = 0.1
+
+
+class ExportError(Exception):
+    pass
+
+
+def faces_to_export(table: pd.DataFrame, include_all: bool = False) -> pd.DataFrame:
+    """Selected faces (or all with include_all), never those rejected in review."""
+    if not include_all and "selected" not in table:
+        raise ExportError("nothing is selected yet: run `curator curate` first (or export --all)")
+    keep = np.ones(len(table), bool) if include_all else table["selected"].fillna(False).to_numpy(bool)
+    if "rejected" in table:
+        keep &= ~table["rejected"].fillna(False).to_numpy(bool)
+    return table[keep]
+
+
+def split_by_source(rows: pd.DataFrame, val_fraction: float = VAL_FRACTION, seed: int = 0) -> tuple[np.ndarray, str]:
+    """'train'/'val' per row, whole sources on one side; ('time-block' fallback for a single source)."""
+    if not len(rows):
+        return np.array([], dtype=object), "source"
+    counts = rows.groupby("source_sha256").size()
+    if len(counts) >= 2:
+        order = sorted(counts.index, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+        val, n_val, target = set(), 0, max(1, round(val_fraction * len(rows)))
+        for sha in order:
+            if n_val >= target or len(val) == len(counts) - 1:
+                break
+            val.add(sha)
+            n_val += counts[sha]
+        return np.where(rows["source_sha256"].isin(val), "val", "train").astype(object), "source"
+    t = rows["time_s"].to_numpy(float)
+    cut = np.quantile(t, 1 - val_fraction) if len(t) > 1 else np.inf
+    return np.where(t > cut, "val", "train").astype(object), "time-block"
+
+
+def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, val_fraction: float = VAL_FRACTION,
+           force: bool = False, seed: int = 0) -> dict:
+    out = Path(out).expanduser().resolve()
+    if out == ws.root or ws.root in out.parents:
+        raise ExportError(f"export folder {out} is inside the workspace; choose another folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ExportError(f"{out} exists and is not empty; use --force to replace it")
+    table = read_table(ws)
+    if not len(table):
+        raise WorkspaceError(f"workspace {ws.root} has no faces")
+    emb = read_embeddings(ws, len(table))
+    rows = faces_to_export(table, include_all)
+    if not len(rows):
+        raise ExportError("no faces to export (none selected, or all rejected in review)")
+    meta = read_meta(ws)
+    split, split_by = split_by_source(rows, val_fraction, seed)
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise ExportError(f"cannot write to {out.parent}: {e.strerror or e}") from None
+    try:
+        faces_dir = tmp / "faces"
+        faces_dir.mkdir()
+        manifest = rows.copy()
+        names = []
+        for face_id, crop in zip(rows["face_id"], rows["crop_path"]):
+            name = safe_name(str(face_id)) + Path(crop).suffix
+            src = inside(ws.root, crop)  # a tampered table cannot make us read outside the workspace
+            shutil.copyfile(src, inside(faces_dir, name))
+            names.append(f"faces/{name}")
+        manifest["file"] = names
+        manifest["split"] = split
+        pq.write_table(pa.Table.from_pandas(manifest.reset_index(drop=True), preserve_index=False),
+                       tmp / "manifest.parquet", compression="zstd")
+        _to_csv(manifest).to_csv(tmp / "manifest.csv", index=False)
+        with open(tmp / "embeddings.npy", "wb") as f:
+            np.save(f, np.asarray(emb[rows.index.to_numpy()], np.float32), allow_pickle=False)
+        provenance = {
+            "tool": "curator", "tool_version": __version__, "exported": now(), "workspace": str(ws.root),
+            "faces": len(rows), "split_by": split_by, "train": int((split == "train").sum()), "val": int((split == "val").sum()),
+            "models": meta.get("models"), "settings": meta.get("settings"),
+            "consent": meta.get("consent", []),
+            "sources": {sha: {"path": meta["sources"].get(sha, {}).get("path"), "sha256": sha,
+                              "consent": meta["sources"].get(sha, {}).get("consent"), "faces": int(n)}
+                        for sha, n in rows.groupby("source_sha256").size().items()},
+        }
+        write_json(tmp / "provenance.json", provenance)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"out": str(out), "faces": len(rows), "train": provenance["train"], "val": provenance["val"],
+            "split_by": split_by, "sources": len(provenance["sources"])}
+
+
+def _to_csv(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype == object and out[c].map(lambda v: isinstance(v, (list, np.ndarray))).any():
+            out[c] = out[c].map(lambda v: json.dumps(np.asarray(v).tolist()) if v is not None else "")
+    return out
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put `new` at `target`; an existing `target` is moved aside first and removed only after."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

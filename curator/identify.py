@@ -1,0 +1,223 @@
+"""`curator identify` / `curator identities`: which faces are the target person.
+
+Two ways to name the target:
+- reference photos (`--ref`): a face's score is its best cosine similarity to
+  any reference embedding;
+- no references: embeddings are clustered and the largest cluster (or the one
+  chosen with `--cluster K` after looking at `curator identities`) is the
+  target; a face's score is its similarity to that cluster's centre.
+
+Faces are first linked into short *tracks* (the same box position in
+consecutive analysed frames of one video), and a track is the target when its
+typical member is. Profiles and blurred frames embed poorly on their own, but
+they sit in a track whose frontal frames identify it; this keeps the rare poses
+a training set needs without admitting other people.
+
+Thresholds are cosine similarities between L2-normalised embeddings, per
+recogniser (docs/identity.md has the calibration on the shared labelled
+photos).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from . import faces, media
+from .atomic import atomic_path
+from .workspace import Workspace, WorkspaceError, read_embeddings, read_meta, read_table
+
+# Same-person threshold per recogniser file. mobilefacenet_128 was calibrated
+# on the shared identity-labelled photos (all 67 same-person pairs >= 0.54,
+# 99.5% of 429 different-person pairs < 0.45). w600k_r50 (buffalo_l) was not
+# available to calibrate here; 0.35 is InsightFace users' usual operating point
+# for it and should be re-checked with `bench/identity.py` on real data.
+THRESHOLDS = {"mobilefacenet_128.onnx": 0.45, "w600k_r50.onnx": 0.35}
+DEFAULT_THRESHOLD = 0.45
+CLUSTER_SAMPLE = 4000  # agglomerative clustering is O(n^2); the rest are assigned to centres
+
+
+class IdentityError(Exception):
+    pass
+
+
+def default_threshold(meta: dict) -> float:
+    files = (meta.get("models") or {}).get("files", {})
+    for name, value in THRESHOLDS.items():
+        if name in files:
+            return value
+    return DEFAULT_THRESHOLD
+
+
+def reference_embeddings(fm: faces.FaceModels, photos: list[str | os.PathLike]) -> np.ndarray:
+    """One embedding per reference photo; a photo must show exactly one face."""
+    out = []
+    for photo in photos:
+        path = Path(photo)
+        try:
+            image = media.read_image(path)
+        except media.MediaError as e:
+            raise IdentityError(f"reference photo {path}: {e}") from None
+        boxes, kps = faces.detect(fm, image)
+        if len(boxes) == 0:
+            raise IdentityError(f"reference photo {path}: no face found")
+        if len(boxes) > 1:
+            raise IdentityError(f"reference photo {path}: {len(boxes)} faces found; use a photo of the target alone")
+        out.append(faces.embed(fm, image, kps)[0])
+    return np.stack(out)
+
+
+def link_tracks(table: pd.DataFrame, min_iou: float = 0.3) -> np.ndarray:
+    """Track ids: a face continues the track of the best-overlapping face in the previous analysed frame."""
+    track = np.full(len(table), -1, np.int64)
+    next_id = 0
+    order = table.sort_values(["source_sha256", "frame", "face_index"], kind="stable")
+    prev_key, prev_boxes, prev_ids = None, None, None
+    for (sha, frame), group in order.groupby(["source_sha256", "frame"], sort=False):
+        boxes = np.stack(group["bbox"].to_numpy()).astype(np.float64)
+        ids = np.full(len(group), -1, np.int64)
+        if prev_key == sha and prev_boxes is not None and group["source_kind"].iloc[0] == "video":
+            iou = _iou(boxes, prev_boxes)
+            # Greedy one-to-one matching, best overlaps first: crossing people do not swap tracks.
+            for flat in np.argsort(-iou, axis=None):
+                i, j = np.unravel_index(flat, iou.shape)
+                if iou[i, j] < min_iou:
+                    break
+                if ids[i] < 0 and prev_ids[j] not in ids:
+                    ids[i] = prev_ids[j]
+        for i in range(len(ids)):
+            if ids[i] < 0:
+                ids[i] = next_id
+                next_id += 1
+        track[table.index.get_indexer(group.index)] = ids
+        prev_key, prev_boxes, prev_ids = sha, boxes, ids
+    return track
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def cluster_embeddings(emb: np.ndarray, threshold: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Identity clusters: (labels [n], centres [k, dim]); label -1 for faces near no centre.
+
+    Average-linkage agglomerative clustering on cosine distance, cut at
+    1 - threshold, on at most CLUSTER_SAMPLE faces; every face is then assigned
+    to its most similar centre, so the cost stays linear in the number of faces.
+    Clusters are numbered by size, largest first.
+    """
+    from sklearn.cluster import AgglomerativeClustering
+
+    n = len(emb)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros((0, emb.shape[1] if emb.ndim == 2 else 0), np.float32)
+    if n == 1:
+        return np.zeros(1, np.int64), np.asarray(emb, np.float32)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, CLUSTER_SAMPLE, replace=False)) if n > CLUSTER_SAMPLE else np.arange(n)
+    labels = AgglomerativeClustering(n_clusters=None, metric="cosine", linkage="average",
+                                     distance_threshold=1.0 - threshold).fit_predict(np.asarray(emb[sample]))
+    centres = np.stack([np.asarray(emb[sample][labels == k]).mean(0) for k in range(labels.max() + 1)])
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    assigned, score = assign(emb, centres, threshold)
+    sizes = np.bincount(assigned[assigned >= 0], minlength=len(centres))
+    keep = np.argsort(-sizes, kind="stable")
+    keep = keep[sizes[keep] > 0]
+    remap = np.full(len(centres), -1)
+    remap[keep] = np.arange(len(keep))
+    return np.where(assigned >= 0, remap[np.maximum(assigned, 0)], -1), centres[keep]
+
+
+def assign(emb: np.ndarray, centres: np.ndarray, threshold: float, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.empty(len(emb), np.int64)
+    best = np.empty(len(emb), np.float32)
+    for start in range(0, len(emb), chunk):
+        sims = np.asarray(emb[start:start + chunk], np.float32) @ centres.T
+        labels[start:start + chunk] = sims.argmax(1)
+        best[start:start + chunk] = sims.max(1)
+    return np.where(best >= threshold, labels, -1), best
+
+
+@dataclass
+class IdentifyResult:
+    table: pd.DataFrame  # face_id, identity_cluster, identity_score, is_target, track_id
+    method: str
+    threshold: float
+    target_cluster: int | None
+    clusters: list[dict]
+
+    def summary(self) -> dict:
+        return {"method": self.method, "threshold": self.threshold, "target_cluster": self.target_cluster,
+                "faces": len(self.table), "target_faces": int(self.table["is_target"].sum()),
+                "clusters": self.clusters[:20]}
+
+
+def identify(ws: Workspace, *, refs: np.ndarray | None = None, cluster: int | None = None,
+             threshold: float | None = None, seed: int = 0) -> IdentifyResult:
+    """Score every face against the target; does not write (see `save`)."""
+    table = read_table(ws)
+    if not len(table):
+        raise WorkspaceError(f"workspace {ws.root} has no faces yet; run `curator extract` first")
+    meta = read_meta(ws)
+    emb = read_embeddings(ws, len(table))
+    threshold = default_threshold(meta) if threshold is None else threshold
+    labels, centres = cluster_embeddings(emb, threshold, seed)
+    clusters = [{"cluster": int(k), "faces": int((labels == k).sum()),
+                 "sources": int(table.loc[labels == k, "source_sha256"].nunique())} for k in range(len(centres))]
+    if refs is not None:
+        score = np.asarray(emb @ refs.T).max(1)
+        method, target = "reference", None
+    else:
+        if not len(centres):
+            raise IdentityError("no identity clusters found")
+        target = 0 if cluster is None else cluster
+        if not 0 <= target < len(centres):
+            raise IdentityError(f"no cluster {target}; `curator identities` lists clusters 0..{len(centres) - 1}")
+        score = np.asarray(emb @ centres[target])
+        method = "largest-cluster" if cluster is None else "cluster"
+    tracks = link_tracks(table)
+    track_score = pd.Series(score).groupby(tracks).transform(lambda s: np.percentile(s, 75)).to_numpy()
+    is_target = track_score >= threshold
+    out = pd.DataFrame({"face_id": table["face_id"], "identity_cluster": labels, "identity_score": score.astype(np.float32),
+                        "track_id": tracks, "is_target": is_target})
+    return IdentifyResult(out, method, float(threshold), target, clusters)
+
+
+def contact_sheet(ws: Workspace, crop_paths: list[str], out: Path, tile: int = 128, cols: int = 6) -> Path:
+    """A grid image of up to cols*cols crops, for a person to recognise a cluster at a glance."""
+    tiles = []
+    for rel in crop_paths[: cols * cols]:
+        img = cv2.imread(str(ws.root / rel))
+        tiles.append(cv2.resize(img, (tile, tile)) if img is not None else np.zeros((tile, tile, 3), np.uint8))
+    while len(tiles) % cols:
+        tiles.append(np.zeros((tile, tile, 3), np.uint8))
+    rows = [np.hstack(tiles[i:i + cols]) for i in range(0, len(tiles), cols)]
+    with atomic_path(out) as tmp:
+        cv2.imwrite(str(tmp), np.vstack(rows))
+    return out
+
+
+def identities(ws: Workspace, out_dir: Path | None = None, threshold: float | None = None, seed: int = 0) -> list[dict]:
+    """List identity clusters with counts and write a contact sheet per cluster."""
+    result = identify(ws, threshold=threshold, seed=seed)
+    table = read_table(ws, columns=["face_id", "crop_path", "det_score", "sharpness"])
+    out_dir = out_dir or ws.root / "identities"
+    listing = []
+    for c in result.clusters:
+        members = table[result.table["identity_cluster"].to_numpy() == c["cluster"]]
+        # Spread the sheet over the cluster (evenly spaced in extraction order), not its first frames.
+        picks = members.iloc[np.linspace(0, len(members) - 1, min(36, len(members))).astype(int)]
+        sheet = contact_sheet(ws, list(picks["crop_path"]), out_dir / f"cluster_{c['cluster']:03d}.jpg")
+        listing.append({**c, "contact_sheet": str(sheet)})
+    return listing

@@ -1,0 +1,73 @@
+"""Coverage measures shared by curate, audit, compare and the benchmarks.
+
+- pose bins: 10 deg x 10 deg cells of (yaw, pitch);
+- expression cells: tertiles of mouth_open x eyes_open x smile (27 cells);
+- lighting cells: tertiles of lum x light_lr x contrast (27 cells).
+
+Tertile edges come from a *reference* set (normally all target faces of the
+workspace), so "coverage" means: of the cells the footage occupies, how many
+does this subset occupy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+POSE_BIN = 10.0
+EXPRESSION_COLUMNS = ("mouth_open", "eyes_open", "smile")
+LIGHT_COLUMNS = ("lum", "light_lr", "contrast")
+
+
+def pose_bins(table: pd.DataFrame, size: float = POSE_BIN) -> pd.Series:
+    yb = np.floor(table["yaw"].to_numpy(float) / size).astype("int64")
+    pb = np.floor(table["pitch"].to_numpy(float) / size).astype("int64")
+    ok = np.isfinite(table["yaw"].to_numpy(float)) & np.isfinite(table["pitch"].to_numpy(float))
+    # One integer per bin, (yaw bin + 500) * 1000 + (pitch bin + 500); -1 when the pose is unknown.
+    return pd.Series(np.where(ok, (yb + 500) * 1000 + (pb + 500), -1), index=table.index)
+
+
+def pose_bin_centre(code: int, size: float = POSE_BIN) -> tuple[float, float]:
+    return ((code // 1000 - 500 + 0.5) * size, (code % 1000 - 500 + 0.5) * size)
+
+
+def pose_label(yaw: float, pitch: float, size: float = POSE_BIN) -> str:
+    if not (np.isfinite(yaw) and np.isfinite(pitch)):
+        return "unknown"
+    y0, p0 = int(np.floor(yaw / size) * size), int(np.floor(pitch / size) * size)
+    return f"y{y0:+d}p{p0:+d}"
+
+
+def tertile_edges(reference: pd.DataFrame, columns) -> dict[str, np.ndarray]:
+    edges = {}
+    for c in columns:
+        v = reference[c].to_numpy(float)
+        v = v[np.isfinite(v)]
+        edges[c] = np.quantile(v, [1 / 3, 2 / 3]) if len(v) else np.array([0.0, 0.0])
+    return edges
+
+
+def tertile_cells(table: pd.DataFrame, edges: dict[str, np.ndarray]) -> pd.Series:
+    code = np.zeros(len(table), np.int64)
+    for c, e in edges.items():
+        v = np.nan_to_num(table[c].to_numpy(float), nan=float(np.median(e)))
+        code = code * 3 + np.searchsorted(e, v, side="right")
+    return pd.Series(code, index=table.index)
+
+
+def coverage(subset: pd.DataFrame, reference: pd.DataFrame) -> dict:
+    """Shares of the reference's occupied pose bins, expression cells and lighting cells that `subset` occupies."""
+    if not len(reference):
+        return {"pose_bins": 0, "pose_coverage": 0.0, "expression_coverage": 0.0, "light_coverage": 0.0}
+    ref_pose = set(pose_bins(reference))
+    sub_pose = set(pose_bins(subset)) & ref_pose
+    ee, le = tertile_edges(reference, EXPRESSION_COLUMNS), tertile_edges(reference, LIGHT_COLUMNS)
+    ref_e, sub_e = set(tertile_cells(reference, ee)), set(tertile_cells(subset, ee))
+    ref_l, sub_l = set(tertile_cells(reference, le)), set(tertile_cells(subset, le))
+    return {
+        "pose_bins": len(ref_pose),
+        "pose_bins_covered": len(sub_pose),
+        "pose_coverage": round(len(sub_pose) / len(ref_pose), 4),
+        "expression_coverage": round(len(sub_e & ref_e) / len(ref_e), 4),
+        "light_coverage": round(len(sub_l & ref_l) / len(ref_l), 4),
+    }
