@@ -153,6 +153,32 @@ def coverage(naive: dict, ours_table, min_score: float) -> dict:
     }
 
 
+def _plausible(b: tuple[int, int]) -> bool:
+    """A bin a real head can be in and a 5-point fit can report: |yaw| <= 90, |pitch| <= 60 degrees."""
+    y, p = b
+    return -90 <= y * BIN_DEG and (y + 1) * BIN_DEG <= 90 and -60 <= p * BIN_DEG and (p + 1) * BIN_DEG <= 60
+
+
+def retention_breakdown(naive: dict, ours_table, min_score: float) -> dict:
+    """Retention over subsets of the naive bins: plausible poses only, bins seen in >= k naive frames."""
+    keep = (naive["det_score"] >= min_score) & np.isfinite(naive["yaw"]) & np.isfinite(naive["pitch"])
+    b = pose_bins(naive["yaw"][keep], naive["pitch"][keep])
+    frames = naive["frame"][keep]
+    seen: dict[tuple[int, int], set] = {}
+    for bb, f in zip(map(tuple, b), frames):
+        seen.setdefault(bb, set()).add(int(f))
+    ob = bin_set(ours_table["yaw"].to_numpy(), ours_table["pitch"].to_numpy())
+    out = {}
+    for name, pred in [("plausible", lambda k: _plausible(k)),
+                       ("seen_in_3+_frames", lambda k: len(seen[k]) >= 3),
+                       ("seen_in_13+_frames", lambda k: len(seen[k]) >= 13),
+                       ("plausible_and_3+_frames", lambda k: _plausible(k) and len(seen[k]) >= 3)]:
+        sel = {k for k in seen if pred(k)}
+        out[name] = {"bins_naive": len(sel), "bins_common": len(sel & ob),
+                     "retention": round(len(sel & ob) / len(sel), 4) if sel else None}
+    return out
+
+
 def _frame_to_clip(clip_table: list[dict]):
     starts = np.array([c["start_frame"] for c in clip_table])
 
@@ -210,6 +236,7 @@ def missed_bins_report(naive: dict, ours_table, cov: dict, clip_table: list[dict
         longest = max(len(r) for r in runs)
         neighbours = sum((b[0] + dy, b[1] + dp) in ob for dy in (-1, 0, 1) for dp in (-1, 0, 1) if dy or dp)
         sp = speed[sel]
+        heights = naive["bbox"][sel][:, 3] - naive["bbox"][sel][:, 1]
         missed.append({
             "bin": bin_label(b),
             "yaw_bin": int(b[0]), "pitch_bin": int(b[1]),
@@ -220,6 +247,8 @@ def missed_bins_report(naive: dict, ours_table, cov: dict, clip_table: list[dict
             "first_frame": int(frames[0]),
             "clips": sorted({clip_of(int(f)) for f in frames}),
             "median_det_score": round(float(np.median(naive["det_score"][sel])), 3),
+            "median_face_height_px": round(float(np.median(heights)), 1),
+            "plausible": _plausible(b),
             "median_pose_speed_deg_per_frame": None if np.isnan(sp).all() else round(float(np.nanmedian(sp)), 2),
             "ours_occupies_neighbour_bins": int(neighbours),
             "kind": ("singleton" if len(frames) <= 2 else "transient" if longest < period else "sustained"),
@@ -254,6 +283,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=str(common.REPO / "bench" / "results" / "extract.json"))
     ap.add_argument("--cache", default=None, help="where built footage is kept [CURATOR_BENCH_CACHE or ~/.cache/curator-bench]")
     ap.add_argument("--models", default=None, help="model pack directory [CURATOR_MODELS or ../shared/testdata/models/pack-small]")
+    ap.add_argument("--save-records", default=None, help="also save the subset's per-face records (naive and ours) to this .npz")
     ap.add_argument("--naive-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -340,6 +370,14 @@ def main(argv=None) -> int:
     cov_matched = coverage(naive_rec, ours_sub_table, defaults.det_thresh)
     cov_raw = coverage(naive_rec, ours_sub_table, 0.0)
     why = missed_bins_report(naive_rec, ours_sub_table, cov_matched, foot["clip_table"], spec.fps)
+    why["retention_breakdown"] = retention_breakdown(naive_rec, ours_sub_table, defaults.det_thresh)
+    if args.save_records:
+        rec_path = Path(args.save_records)
+        rec_path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(rec_path, **{f"naive_{k}": v for k, v in naive_rec.items()},
+                            **{f"ours_{k}": np.stack(ours_sub_table[k].to_numpy()) for k in ours_sub_table.columns},
+                            subset_path=str(sub_path), clip_table=json.dumps(foot["clip_table"]))
+        log(f"per-face records of the subset runs: {rec_path}")
     for c in (cov_matched, cov_raw):
         c["missed_bins"] = [bin_label(b) for b in c.pop("_missed")]
 

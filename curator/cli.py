@@ -150,7 +150,7 @@ def _errors():
     from .identify import IdentityError
     from .workspace import WorkspaceError
 
-    return (WorkspaceError, ModelError, IdentityError, ExportError, ValueError)
+    return (WorkspaceError, ModelError, IdentityError, ExportError)
 
 
 def run_identify(workspace: Path, refs: Optional[List[Path]], cluster: Optional[int], threshold: Optional[float],

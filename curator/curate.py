@@ -268,5 +268,5 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
 
 def budget_from(budget: int | None, minutes: float | None, fps: float) -> int:
     if (budget is None) == (minutes is None):
-        raise ValueError("give exactly one of --budget or --minutes")
+        raise WorkspaceError("give exactly one of --budget or --minutes")
     return int(budget) if budget is not None else int(round(minutes * 60 * fps))

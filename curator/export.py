@@ -43,7 +43,7 @@ def faces_to_export(table: pd.DataFrame, include_all: bool = False) -> pd.DataFr
         raise ExportError("nothing is selected yet: run `curator curate` first (or export --all)")
     keep = np.ones(len(table), bool) if include_all else table["selected"].fillna(False).to_numpy(bool)
     if "rejected" in table:
-        keep &= ~table["rejected"].fillna(False).to_numpy(bool)
+        keep = keep & ~table["rejected"].fillna(False).to_numpy(bool)
     return table[keep]
 
 

@@ -39,7 +39,10 @@ from .workspace import Workspace, WorkspaceError, read_embeddings, read_meta, re
 # for it and should be re-checked with `bench/identity.py` on real data.
 THRESHOLDS = {"mobilefacenet_128.onnx": 0.45, "w600k_r50.onnx": 0.35}
 DEFAULT_THRESHOLD = 0.45
-CLUSTER_SAMPLE = 4000  # agglomerative clustering is O(n^2); the rest are assigned to centres
+CLUSTER_SAMPLE = 4000
+# A reference must be a clear face: SCRFD scores clear photos of people at
+# 0.75-0.9, while animal faces and faint background faces reach 0.6-0.65.
+REF_DET_THRESH = 0.7  # agglomerative clustering is O(n^2); the rest are assigned to centres
 
 
 class IdentityError(Exception):
@@ -64,8 +67,10 @@ def reference_embeddings(fm: faces.FaceModels, photos: list[str | os.PathLike]) 
         except media.MediaError as e:
             raise IdentityError(f"reference photo {path}: {e}") from None
         boxes, kps = faces.detect(fm, image)
+        keep = boxes[:, 4] >= REF_DET_THRESH
+        boxes, kps = boxes[keep], kps[keep]
         if len(boxes) == 0:
-            raise IdentityError(f"reference photo {path}: no face found")
+            raise IdentityError(f"reference photo {path}: no face found (detector score >= {REF_DET_THRESH})")
         if len(boxes) > 1:
             raise IdentityError(f"reference photo {path}: {len(boxes)} faces found; use a photo of the target alone")
         out.append(faces.embed(fm, image, kps)[0])
