@@ -254,3 +254,11 @@ def test_consent_recorded_per_source(tmp_path):
 def test_help_has_examples():
     out = curator("extract", "--help", check=True).stdout
     assert "Examples" in out and "--workspace" in out and "--json" in out
+
+
+def test_unwritable_workspace_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = curator("extract", clip("face_1.mp4"), "-w", blocker / "ws", "-q")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "cannot create workspace" in proc.stderr
