@@ -360,6 +360,43 @@ def run(
          f"export: {exp['faces']} faces ({exp['train']} train, {exp['val']} val) -> {exp['out']}")
 
 
+@app.command()
+def verify(
+    workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace folder."),
+    do_repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed without guessing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Check that table, embeddings, crops and workspace.json agree; exit 1 when they do not.
+
+    --repair merges interrupted extract checkpoints, drops trailing embedding rows,
+    deletes orphan crops and marks rows whose crops are gone (`crop_missing`).
+
+    Examples:
+
+        curator verify -w ws
+
+        curator verify -w ws --repair --json
+    """
+    from .verify import check, repair
+    from .workspace import open_workspace
+
+    try:
+        ws = open_workspace(workspace)
+        report = repair(ws) if do_repair else check(ws)
+    except _errors() as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        for item in report["problems"] + report["notes"]:
+            print(f"{item['kind']}: {item['detail']} ({item['count']})" + (f": {', '.join(item['examples'])}" if item["examples"] else ""))
+        for line in report.get("repaired", []):
+            print(f"repaired: {line}")
+        print(f"{report['rows']} rows; " + ("consistent" if report["ok"] else f"{len(report['problems'])} problem(s)"))
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

@@ -208,13 +208,16 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
     t = table.reset_index(drop=True)
     quality = quality_score(t)
     rejected = t["rejected"].fillna(False).to_numpy(bool) if "rejected" in t else np.zeros(len(t), bool)
+    # Set by `curator verify --repair`: a face whose crop is gone has nothing to train on.
+    gone = t["crop_missing"].fillna(False).to_numpy(bool) if "crop_missing" in t else np.zeros(len(t), bool)
     target = t["is_target"].to_numpy(bool)
     big = t["face_px"].to_numpy(float) >= min_face_px
-    pool = target & ~rejected & big
+    pool = target & ~rejected & ~gone & big
 
     reasons = np.where(~target, "not the target identity",
                        np.where(rejected, "rejected in review",
-                                np.where(~big, f"face too small (< {min_face_px:g} px)", ""))).astype(object)
+                                np.where(gone, "crop file missing",
+                                         np.where(~big, f"face too small (< {min_face_px:g} px)", "")))).astype(object)
     dup_group = np.array([None] * len(t), dtype=object)
     idx = np.flatnonzero(pool)
     if not len(idx):

@@ -42,8 +42,9 @@ def faces_to_export(table: pd.DataFrame, include_all: bool = False) -> pd.DataFr
     if not include_all and "selected" not in table:
         raise ExportError("nothing is selected yet: run `curator curate` first (or export --all)")
     keep = np.ones(len(table), bool) if include_all else table["selected"].fillna(False).to_numpy(bool)
-    if "rejected" in table:
-        keep = keep & ~table["rejected"].fillna(False).to_numpy(bool)
+    for flag in ("rejected", "crop_missing"):  # crop_missing: set by `curator verify --repair`
+        if flag in table:
+            keep = keep & ~table[flag].fillna(False).to_numpy(bool)
     return table[keep]
 
 

@@ -426,7 +426,7 @@ def write_part(ws: Workspace, seq: int, rows: list[dict], emb: np.ndarray | None
         pq.write_table(table, tmp)
 
 
-def _part_progress(path: Path) -> dict:
+def part_progress(path: Path) -> dict:
     meta = pq.read_schema(path).metadata or {}
     return json.loads(meta.get(PART_META_KEY, b"{}"))
 
@@ -435,7 +435,7 @@ def staged_progress(ws: Workspace) -> dict[str, dict]:
     """Per source sha: the furthest frame staged and whether the source is finished."""
     merged: dict[str, dict] = {}
     for part in sorted(ws.staging_dir.glob("part-*.parquet")):
-        for sha, rec in _part_progress(part).items():
+        for sha, rec in part_progress(part).items():
             prev = merged.get(sha)
             if prev is None or rec.get("complete") or rec.get("last_frame", -1) >= prev.get("last_frame", -1):
                 merged[sha] = {**(prev or {}), **rec, "complete": bool(rec.get("complete") or (prev or {}).get("complete"))}
@@ -489,6 +489,6 @@ def commit_staging(ws: Workspace) -> int:
     # Partial sources keep their parts until they complete, so resume still knows where they stopped.
     for part in parts:
         if all(progress.get(sha, {}).get("complete") or progress.get(sha, {}).get("status") == "failed"
-               for sha in _part_progress(part)):
+               for sha in part_progress(part)):
             part.unlink()
     return len(table)

@@ -1,0 +1,156 @@
+"""`curator verify`: do the table, embeddings, crops and workspace.json agree?
+
+Checks, each reported with a count and examples:
+- workspace.json readable and of a version this curator reads;
+- faces.parquet readable, `face_id` unique;
+- embeddings.npy has at least as many rows as the table (extra trailing rows
+  are a merge that a crash interrupted: harmless, see docs/workspace.md), and
+  the dimension workspace.json records;
+- every row's crop file exists (`missing_crops`); no crop file is unreferenced
+  (`orphan_crops`); checkpoints of an interrupted extract are a note;
+- every source in the table is recorded in workspace.json, and the recorded
+  row count matches;
+- the model files recorded in workspace.json still have the recorded SHA-256
+  (`changed_models`): embeddings from a changed recogniser do not compare.
+
+`repair=True` fixes only what needs no guessing: merges staged parts, drops
+trailing embedding rows, deletes orphan crops, marks rows whose crops are gone
+(`crop_missing`, which curate and export skip) and corrects the row count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import faces
+from .extract import commit_staging, part_progress
+from .workspace import (
+    Workspace,
+    WorkspaceError,
+    locked,
+    read_meta,
+    read_table,
+    update_columns,
+    write_embeddings,
+    write_meta,
+)
+
+
+def _problem(kind: str, detail: str, items: list | None = None) -> dict:
+    items = list(items or [])
+    return {"kind": kind, "detail": detail, "count": len(items) or 1, "examples": [str(i) for i in items[:5]]}
+
+
+def check(ws: Workspace) -> dict:
+    """Inspect without changing anything; returns {'ok': bool, 'rows': n, 'problems': [...]}."""
+    meta = read_meta(ws)
+    table = read_table(ws)
+    problems: list[dict] = []
+    notes: list[dict] = []
+    n = len(table)
+    if n and not table["face_id"].is_unique:
+        dup = table["face_id"][table["face_id"].duplicated()].tolist()
+        problems.append(_problem("duplicate_ids", "face_id values repeated", dup))
+    if n:
+        try:
+            emb = np.load(ws.embeddings_path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            problems.append(_problem("embeddings_unreadable", f"{ws.embeddings_path.name}: {e}"))
+        else:
+            if emb.ndim != 2 or emb.shape[0] < n:
+                problems.append(_problem("embeddings_short", f"{emb.shape[0] if emb.ndim else 0} embedding rows for {n} table rows"))
+            elif emb.shape[0] > n:
+                notes.append(_problem("embeddings_trailing", f"{emb.shape[0] - n} embedding rows beyond the table (an interrupted merge)"))
+            dim = (meta.get("embeddings") or {}).get("dim")
+            if emb.ndim == 2 and dim and emb.shape[1] != dim:
+                problems.append(_problem("embeddings_dim", f"dimension {emb.shape[1]}, workspace.json says {dim}"))
+    referenced = set(table["crop_path"]) if n else set()
+    missing = [p for p in referenced if not (ws.root / p).is_file()]
+    if n and "crop_missing" in table:
+        missing = [p for p in missing if p not in set(table.loc[table["crop_missing"].fillna(False).astype(bool), "crop_path"])]
+    if missing:
+        problems.append(_problem("missing_crops", "rows whose crop file is gone", sorted(missing)))
+    staged = _staged_crops(ws)
+    on_disk = {p.relative_to(ws.root).as_posix() for p in ws.crops_dir.rglob("*") if p.is_file()} if ws.crops_dir.is_dir() else set()
+    orphans = sorted(on_disk - referenced - staged)
+    if orphans:
+        problems.append(_problem("orphan_crops", "crop files no row refers to", orphans))
+    parts = sorted(ws.staging_dir.glob("part-*.parquet")) if ws.staging_dir.is_dir() else []
+    if parts:
+        partial = sorted({rec.get("path", sha) for part in parts for sha, rec in part_progress(part).items()
+                          if not rec.get("complete")})
+        notes.append(_problem("interrupted_extract", "extract checkpoints from an interrupted run; "
+                              "`curator extract` with the same footage resumes it", partial or [p.name for p in parts]))
+    if n:
+        unknown = sorted(set(table["source_sha256"]) - set(meta.get("sources", {})))
+        if unknown:
+            problems.append(_problem("unknown_sources", "table rows from sources workspace.json does not list", unknown))
+    if meta.get("rows") != n:
+        problems.append(_problem("row_count", f"workspace.json says {meta.get('rows')} rows, the table has {n}"))
+    changed = _changed_models(meta)
+    if changed:
+        problems.append(_problem("changed_models", "model files differ from the ones the embeddings were made with", changed))
+    return {"workspace": str(ws.root), "ok": not problems, "rows": n, "problems": problems, "notes": notes}
+
+
+def _staged_crops(ws: Workspace) -> set[str]:
+    """Crops referenced by staged parts (a partial source keeps its parts until it completes)."""
+    import pyarrow.parquet as pq
+
+    out: set[str] = set()
+    if ws.staging_dir.is_dir():
+        for part in ws.staging_dir.glob("part-*.parquet"):
+            if "crop_path" in pq.read_schema(part).names:
+                out.update(pq.read_table(part, columns=["crop_path"]).column("crop_path").to_pylist())
+    return out
+
+
+def _changed_models(meta: dict) -> list[str]:
+    models = meta.get("models") or {}
+    folder = Path(models.get("path") or "")
+    changed = []
+    for name, sha in (models.get("files") or {}).items():
+        path = folder / name
+        if path.is_file() and faces._sha256(path) != sha:
+            changed.append(name)
+    return changed
+
+
+def repair(ws: Workspace) -> dict:
+    """Fix what can be fixed without guessing; returns the check after repair plus what was done."""
+    done: list[str] = []
+    with locked(ws, "curator verify --repair"):
+        before = check(ws)
+        kinds = {p["kind"] for p in before["problems"] + before["notes"]}
+        if "interrupted_extract" in kinds:
+            commit_staging(ws)
+            done.append("merged staged extract checkpoints")
+        table = read_table(ws)
+        n = len(table)
+        if n and ws.embeddings_path.exists():
+            emb = np.load(ws.embeddings_path, mmap_mode="r", allow_pickle=False)
+            if emb.ndim == 2 and emb.shape[0] > n:
+                write_embeddings(ws, np.asarray(emb[:n]))
+                done.append(f"dropped {emb.shape[0] - n} trailing embedding rows")
+        after = check(ws)
+        for p in after["problems"]:
+            if p["kind"] == "orphan_crops":
+                referenced = set(table["crop_path"]) if n else set()
+                on_disk = {q.relative_to(ws.root).as_posix() for q in ws.crops_dir.rglob("*") if q.is_file()}
+                for rel in on_disk - referenced - _staged_crops(ws):
+                    (ws.root / rel).unlink()
+                done.append(f"deleted {p['count']} orphan crop file(s)")
+            elif p["kind"] == "missing_crops":
+                gone = np.array([not (ws.root / c).is_file() for c in table["crop_path"]])
+                update_columns(ws, table.assign(crop_missing=gone)[["face_id", "crop_missing"]])
+                done.append(f"marked {int(gone.sum())} row(s) crop_missing")
+        meta = read_meta(ws)
+        if meta.get("rows") != len(read_table(ws, columns=["face_id"])):
+            meta["rows"] = len(read_table(ws, columns=["face_id"]))
+            write_meta(ws, meta)
+            done.append("corrected the row count in workspace.json")
+        result = check(ws)
+    result["repaired"] = done
+    return result
