@@ -133,6 +133,9 @@ def extract(
             )
     except (WorkspaceError, ModelError) as e:
         fail(str(e))
+    except OSError as e:
+        fail(f"cannot write to the workspace ({e.strerror or e}{': ' + str(e.filename) if e.filename else ''}); "
+             "what was already committed is intact, re-run to resume")
     s = summary
     processed = s.new_files + s.already_in_workspace
     emit(as_json, s.as_dict(),
@@ -150,7 +153,9 @@ def _errors():
     from .identify import IdentityError
     from .workspace import WorkspaceError
 
-    return (WorkspaceError, ModelError, IdentityError, ExportError)
+    # OSError: a full disk, a read-only folder, a file-size limit. What was
+    # committed before it stays (atomic writes); the user gets one line.
+    return (WorkspaceError, ModelError, IdentityError, ExportError, OSError)
 
 
 def run_identify(workspace: Path, refs: Optional[List[Path]], cluster: Optional[int], threshold: Optional[float],
