@@ -20,4 +20,13 @@ if python -m pip show opencv-python >/dev/null 2>&1; then
   python -m pip uninstall -y -q opencv-python
   pip_q --force-reinstall --no-deps "opencv-python-headless==${headless}"
 fi
+# Headless Chromium: tests/test_audit.py renders `curator audit` reports with it.
+# CI runs as root on Debian; elsewhere say what to install rather than fail the install.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq chromium
+  else
+    echo "note: install Chromium for tests/test_audit.py (e.g. sudo apt-get install chromium)" >&2
+  fi
+fi
 python -c "import cv2, av, insightface, onnxruntime, fiftyone, torch, sklearn, pyarrow; print('curator install ok: cv2', cv2.__version__, '| torch', torch.__version__)"

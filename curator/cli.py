@@ -294,25 +294,34 @@ def export(
     include_all: bool = typer.Option(False, "--all", help="Every face, selected or not (never those rejected in review)."),
     val_fraction: float = typer.Option(0.1, "--val", help="Share of faces for validation (whole sources)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing export folder."),
+    fmt: str = typer.Option("folder", "--format", help="folder, faceswap, dfl or fiftyone (docs/formats.md)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Write the selected faces, a manifest and provenance to OUT (the trainer's input).
+
+    --format faceswap / dfl write aligned faces with that tool's own metadata
+    (they need 68-point landmarks); --format fiftyone writes a FiftyOne dataset.
 
     Examples:
 
         curator export -w ws --out faceset
 
         curator export -w ws --out everything --all --force
+
+        curator export -w ws --out faceswap_A --format faceswap
     """
     from .export import export as do_export
     from .workspace import open_workspace
 
     try:
-        summary = do_export(open_workspace(workspace), out, include_all=include_all, val_fraction=val_fraction, force=force)
+        summary = do_export(open_workspace(workspace), out, include_all=include_all, val_fraction=val_fraction,
+                            force=force, fmt=fmt)
     except _errors() as e:
         fail(str(e))
+    for note in summary.get("notes", []):
+        problem("export", note)
     emit(as_json, summary, f"{summary['faces']} faces ({summary['train']} train, {summary['val']} val, "
-         f"split by {summary['split_by']}) -> {summary['out']}")
+         f"split by {summary['split_by']}, format {summary['format']}) -> {summary['out']}")
 
 
 @app.command()
@@ -400,6 +409,115 @@ def verify(
         print(f"{report['rows']} rows; " + ("consistent" if report["ok"] else f"{len(report['problems'])} problem(s)"))
     if not report["ok"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    a: Optional[Path] = typer.Option(None, "--a", help="Export folder of identity A, the face to replace (faces/ + manifest.parquet; its train split)."),
+    b: Optional[Path] = typer.Option(None, "--b", help="Export folder of identity B, the face drawn instead."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: model.safetensors, state.pt, loss.jsonl, previews/, tb/."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="Training resolution, 64-256, a multiple of 16 [default: 128]."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Faces of each identity per step, over all processes [default: 16]."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Stop at this step, counting earlier runs of OUT."),
+    time_limit: Optional[str] = typer.Option(None, "--time-limit", help="Or stop after this long: 45m, 2h, 1h30m, seconds."),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps, and always at exit [default: 1000]."),
+    preview_every: Optional[int] = typer.Option(None, "--preview-every", help="Preview grid into OUT/previews/ every N steps [default: 250]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT exactly where its checkpoint stopped."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: 0]."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda [default: auto]."),
+    width: Optional[int] = typer.Option(None, "--width", help="Base channel width of the network [default: 64]."),
+    latent: Optional[int] = typer.Option(None, "--latent", help="Bottleneck size [default: 512]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate [default: 5e-5]."),
+    pose_balance: Optional[bool] = typer.Option(None, "--pose-balance/--no-pose-balance", help="Draw faces by inverse frequency of their 10° yaw x pitch bin."),
+    eyes_mouth_weight: Optional[float] = typer.Option(None, "--eyes-mouth-weight", help="Extra loss weight on eyes and mouth [default: 1.0]."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a face swap from export A to export B: a shared encoder and one decoder per identity.
+
+    One device here; for several GPUs run `torchrun --nproc-per-node N -m trainer`
+    with the same options (docs/trainer.md). Ctrl-C saves a checkpoint first.
+
+    Examples:
+
+        curator train --a faces_jane --b faces_john --out run --steps 20000
+
+        curator train --a faces_jane --b faces_john --out run --time-limit 2h --resolution 192
+
+        curator train --out run --resume --steps 40000
+    """
+    from trainer.train import run as run_training
+
+    given = {"a": a, "b": b, "out": out, "resolution": resolution, "batch": batch, "steps": steps,
+             "time_limit": time_limit, "save_every": save_every, "preview_every": preview_every,
+             "resume": resume or None, "seed": seed, "device": device, "width": width, "latent": latent, "lr": lr,
+             "pose_balance": pose_balance, "eyes_mouth_weight": eyes_mouth_weight, "quiet": quiet or None}
+    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
+    code = run_training(overrides, prog="curator")
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def audit(
+    workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace folder."),
+    selected: bool = typer.Option(False, "--selected", help="Only the selected faces (after `curator curate`)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report file [default: WS/audit.html]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report's numbers as JSON on stdout."),
+) -> None:
+    """An offline HTML report of what a face set covers, and its holes in plain words.
+
+    Head-pose heatmap, expression, lighting and quality distributions, example
+    faces per pose bin, and the holes. Reports the target's faces when `identify` has run, else all faces. The
+    report embeds every image, so it opens offline and can be mailed as one file.
+
+    Examples:
+
+        curator audit -w ws
+
+        curator audit -w ws --selected --out selected.html
+
+        curator audit -w ws --json | jq '.holes[].words'
+    """
+    from .audit import AuditError, audit as do_audit, audit_line
+    from .workspace import WorkspaceError, open_workspace
+
+    try:
+        summary = do_audit(open_workspace(workspace), selected=selected, out=out)
+    except (AuditError, WorkspaceError) as e:
+        fail(str(e))
+    emit(as_json, summary, audit_line(summary))
+
+
+@app.command()
+def compare(
+    source: Path = typer.Argument(..., help="Workspace of the faces a model learns from (its selection if curated)."),
+    target: Path = typer.Argument(..., help="Workspace of the video to convert."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report file [default: TARGET/compare.html]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the gaps as JSON on stdout."),
+) -> None:
+    """What SOURCE lacks for converting TARGET: gap regions, a gap score, footage to look for.
+
+    Lists where TARGET has faces in a head pose, expression or lighting that
+    SOURCE lacks, with counts and example target frames, a gap score (0 = no
+    gaps) and what footage to look for, and writes an offline HTML report.
+
+    Pose is always compared; expression only when both workspaces measured it the same way
+    (`expression_method`). See docs/audit.md for the gap score.
+
+    Examples:
+
+        curator compare jane_ws john_video_ws
+
+        curator compare jane_ws john_video_ws --out gaps.html --json | jq .gap_score
+    """
+    from .audit import AuditError, compare as do_compare, compare_line
+    from .workspace import WorkspaceError, open_workspace
+
+    try:
+        result = do_compare(open_workspace(source), open_workspace(target), out=out)
+    except (AuditError, WorkspaceError) as e:
+        fail(str(e))
+    emit(as_json, result, compare_line(result))
 
 
 def main() -> None:

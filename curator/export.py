@@ -6,6 +6,10 @@
     OUT/embeddings.npy         identity embeddings, row-aligned with the manifest
     OUT/provenance.json        source hashes, consent notes, models, settings
 
+With --format faceswap|dfl|fiftyone the faces are written in that tool's own
+format instead of OUT/faces/ (curator/formats.py, docs/formats.md); the
+manifest, embeddings and provenance are written the same way for every format.
+
 The train/validation split is by source file, so near-identical frames never
 sit on both sides; with a single source it falls back to one contiguous time
 block at the end of the footage. The folder is built under a temporary name
@@ -27,7 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .atomic import inside, safe_name, write_json
+from . import formats
+from .atomic import inside, write_json
 from .workspace import Workspace, WorkspaceError, now, read_embeddings, read_meta, read_table
 
 VAL_FRACTION = 0.1
@@ -68,7 +73,9 @@ def split_by_source(rows: pd.DataFrame, val_fraction: float = VAL_FRACTION, seed
 
 
 def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, val_fraction: float = VAL_FRACTION,
-           force: bool = False, seed: int = 0) -> dict:
+           force: bool = False, seed: int = 0, fmt: str = "folder", face_size: int = formats.FACE_SIZE) -> dict:
+    if fmt not in formats.FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(formats.FORMATS)}")
     out = Path(out).expanduser().resolve()
     if out == ws.root or ws.root in out.parents:
         raise ExportError(f"export folder {out} is inside the workspace; choose another folder")
@@ -81,8 +88,13 @@ def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, 
     rows = faces_to_export(table, include_all)
     if not len(rows):
         raise ExportError("no faces to export (none selected, or all rejected in review)")
+    try:
+        formats.check(fmt, rows)  # before anything is written
+    except formats.FormatError as e:
+        raise ExportError(str(e)) from None
     meta = read_meta(ws)
     split, split_by = split_by_source(rows, val_fraction, seed)
+    names = formats.unique_names(list(rows["face_id"]))
 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -90,24 +102,10 @@ def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, 
     except OSError as e:
         raise ExportError(f"cannot write to {out.parent}: {e.strerror or e}") from None
     try:
-        faces_dir = tmp / "faces"
-        faces_dir.mkdir()
-        manifest = rows.copy()
-        names = []
-        for face_id, crop in zip(rows["face_id"], rows["crop_path"]):
-            name = safe_name(str(face_id)) + Path(crop).suffix
-            src = inside(ws.root, crop)  # a tampered table cannot make us read outside the workspace
-            shutil.copyfile(src, inside(faces_dir, name))
-            names.append(f"faces/{name}")
-        manifest["file"] = names
-        manifest["split"] = split
-        pq.write_table(pa.Table.from_pandas(manifest.reset_index(drop=True), preserve_index=False),
-                       tmp / "manifest.parquet", compression="zstd")
-        _to_csv(manifest).to_csv(tmp / "manifest.csv", index=False)
-        with open(tmp / "embeddings.npy", "wb") as f:
-            np.save(f, np.asarray(emb[rows.index.to_numpy()], np.float32), allow_pickle=False)
+        row_emb = np.asarray(emb[rows.index.to_numpy()], np.float32)
         provenance = {
             "tool": "curator", "tool_version": __version__, "exported": now(), "workspace": str(ws.root),
+            "format": fmt,
             "faces": len(rows), "split_by": split_by, "train": int((split == "train").sum()), "val": int((split == "val").sum()),
             "models": meta.get("models"), "settings": meta.get("settings"),
             "consent": meta.get("consent", []),
@@ -115,13 +113,50 @@ def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, 
                               "consent": meta["sources"].get(sha, {}).get("consent"), "faces": int(n)}
                         for sha, n in rows.groupby("source_sha256").size().items()},
         }
+        files, fmt_info = _write_faces(fmt, ws, rows, names, tmp, meta, row_emb, split, provenance, face_size)
+        if fmt_info:
+            provenance[fmt] = fmt_info
+        manifest = rows.copy()
+        manifest["file"] = files
+        manifest["split"] = split
+        pq.write_table(pa.Table.from_pandas(manifest.reset_index(drop=True), preserve_index=False),
+                       tmp / "manifest.parquet", compression="zstd")
+        _to_csv(manifest).to_csv(tmp / "manifest.csv", index=False)
+        with open(tmp / "embeddings.npy", "wb") as f:
+            np.save(f, row_emb, allow_pickle=False)
         write_json(tmp / "provenance.json", provenance)
         _replace_dir(tmp, out)
+    except formats.FormatError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(str(e)) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"out": str(out), "faces": len(rows), "train": provenance["train"], "val": provenance["val"],
-            "split_by": split_by, "sources": len(provenance["sources"])}
+    summary = {"out": str(out), "format": fmt, "faces": len(rows), "train": provenance["train"], "val": provenance["val"],
+               "split_by": split_by, "sources": len(provenance["sources"])}
+    if fmt_info and fmt_info.get("notes"):
+        summary["notes"] = fmt_info["notes"]
+    return summary
+
+
+def _write_faces(fmt: str, ws: Workspace, rows: pd.DataFrame, names: list[str], tmp: Path, meta: dict,
+                 emb: np.ndarray, split: np.ndarray, provenance: dict, face_size: int) -> tuple[list[str], dict | None]:
+    """Write the faces in `fmt` under `tmp`; returns each row's file (relative to tmp) and what provenance should record."""
+    if fmt == "faceswap":
+        return formats.write_faceswap(ws.root, rows, names, meta, tmp, face_size)
+    if fmt == "dfl":
+        return formats.write_dfl(ws.root, rows, names, meta, tmp, face_size)
+    if fmt == "fiftyone":
+        return formats.write_fiftyone(ws.root, rows, names, tmp, emb, split, provenance)
+    faces_dir = tmp / "faces"
+    faces_dir.mkdir()
+    files = []
+    for name, crop in zip(names, rows["crop_path"]):
+        file_name = name + Path(crop).suffix
+        src = inside(ws.root, crop)  # a tampered table cannot make us read outside the workspace
+        shutil.copyfile(src, inside(faces_dir, file_name))
+        files.append(f"faces/{file_name}")
+    return files, None
 
 
 def _to_csv(df: pd.DataFrame) -> pd.DataFrame:
