@@ -1,49 +1,47 @@
 """Benchmark `curator curate`: selection quality against three baselines, and scale.
 
+    eval "$(../shared/ci/mongod.sh start)"        # FiftyOne needs a MongoDB
     python bench/curate.py [--out bench/results/curate.json] [--scale-rows 1000000]
-                           [--skip-quality] [--skip-scale] [--cache DIR]
+                           [--markdown FILE] [--skip-quality] [--skip-scale] [--no-proposed]
+                           [--cache DIR] [--workspace DIR] [--profile-dir DIR]
 
-A. Quality (real footage, real models). One long video is built from the
-   shared clips (../shared/testdata/videos): a target person's clip looped
-   five times, interleaved with every other clip once (the multi-person
-   Hamilton stage clip twice), letterboxed to 640x360, resampled to 25 fps and
-   re-encoded with libx264 (cached outside the repo). `curator extract` runs
-   once at default settings. Ground truth comes from which clip each face was
-   cut from. Two scenarios share the extraction:
-     A  target = the man in liveportrait/driving_d9 (one clip, last 2 s held
-        out of the footage; the reference photo is a frame of that held-out
-        part);
-     B  target = the man in pc_avs/Audio_Source_00104 and
-        pc_avs/Pose_Source_741400163 (two different 224 px videos, one with red
-        sunglasses; the reference is a frame of the held-out last 2 s of
-        Audio_Source_00104).
-   At budgets of 2%, 5% and 10% of the analysed frames, each method picks
-   faces:
-     uniform    every Nth face in time order over all faces;
-     dfl_best   DeepFaceLab's `sort_best` (mainscripts/Sorter.py): 128 yaw bins
-                over +-1.2 rad, sharpest 10x quota per bin, pitch sub-bins,
-                histogram dissimilarity inside each; on all faces;
-     fo_unique  FiftyOne Brain: compute_similarity(embeddings=our identity
-                embeddings) then find_unique(N); on all faces;
+A. Quality (real footage, real models), two scenarios, each with its own
+   footage built from the shared clips (../shared/testdata/videos): the
+   target's clip(s) 4 times (repeated segments), each time followed by a
+   quarter of ~75 s of other people's single-person clips, and the
+   multi-person Hamilton stage clip in rounds 1 and 3; letterboxed to 640x360,
+   resampled to 25 fps and re-encoded with libx264 (cached outside the repo).
+     A  target = the man in liveportrait/driving_d9 (the other men with glasses,
+        driving_d12/d13, always among the others);
+     B  target = the man in pc_avs/Audio_Source_00104 and Pose_Source_741400163
+        (two different 224 px videos, one with red sunglasses).
+   The reference clip's last 2 s stay out of the footage; the `--ref` photo is
+   a frame from them. `curator extract` runs once per scenario at default
+   settings. Ground truth: which clip each face was cut from (multi-person
+   clips count as not the target). At budgets of 2%, 5% and 10% of the
+   analysed frames:
+     uniform        every Nth face in time order, all faces;
+     dfl_best       DeepFaceLab's `sort_best` (mainscripts/Sorter.py), all faces;
+     fo_unique      FiftyOne Brain compute_similarity(embeddings=our identity
+                    embeddings) + find_unique(N), all faces;
      fo_uniqueness  FiftyOne Brain compute_uniqueness(embeddings=...), top N;
-     ours       `curator identify --ref REF` then `curator curate --budget N`.
-   plus the same three baselines restricted to the faces `curator identify`
-   marked as the target ("+id"), to separate what identity filtering buys from
-   what the selection buys. Metrics are defined in docs/bench_curate.md.
+     ours           `curator identify --ref REF` + `curator curate --budget N`;
+   and, to compare the selection alone on one pool, the target faces found by
+   identify with a proposed track fix (a prototype in this file, equal to the
+   ground truth here): uniform@target, dfl_best@target, fo_unique@target and
+   ours@target (curator.curate.curate on that pool). Metrics: docs/bench_curate.md.
 
 B. Scale. `curator.curate.curate(table, budget)` on synthetic face tables
-   (100k, 300k, --scale-rows) whose descriptors follow the distributions
-   measured on the shared clips (random-walk pose along tracks, drifting
-   expression / lighting / 8x8 appearance, log-normal sharpness and face
-   size, 15% of tracks re-broadcast in other sources). Each size runs in its
-   own process; wall time of the curate() call and the peak resident memory
-   during it (VmHWM after resetting it, Linux) are reported.
+   (100k, 300k, --scale-rows) whose descriptors follow distributions measured
+   on the shared clips. Each size runs in its own process; wall and CPU time
+   of the curate() call and the peak resident memory during it (VmHWM reset
+   just before, Linux). A last run at --scale-rows swaps in a prototype of a
+   faster near_duplicate_groups and checks that the output is identical.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import hashlib
 import json
@@ -73,6 +71,697 @@ ND_POSE_DEG = 5.0
 
 def log(msg: str) -> None:
     print(f"[bench curate {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# =============================================================================
+# A. Quality: footage, ground truth, methods, metrics
+# =============================================================================
+
+FOOTAGE_VERSION = 2
+SPEC = common.FootageSpec(width=640, height=360, fps=25, crf=23, preset="veryfast")
+LOOPS = 4  # the target's clips appear this many times (repeated segments)
+OTHERS_SECONDS = 75.0  # single-person clips of other people, about this much in all, spread over the loops
+HOLD_OUT_S = 2.0  # the end of the reference clip stays out of the footage; the reference frame comes from it
+MULTI_CLIP = "face_recognition/short_hamilton_clip.mp4"  # stage scene, several people: in every other loop
+
+# Person behind each clip where it is not simply the clip (checked by eye and by embedding similarity:
+# face_3 and short_case_AOC_gt show the same woman, Audio_Source_00104 and Pose_Source_741400163 the same man).
+PERSON_ALIASES = {
+    "video_retalking/face_3.mp4": "aoc", "v_express/short_case_AOC_gt.mp4": "aoc",
+    "pc_avs/Audio_Source_00104.mp4": "rdj", "pc_avs/Pose_Source_741400163.mp4": "rdj",
+}
+MULTI_PERSON = {MULTI_CLIP, "v_express/short_case_10_gt.mp4", "v_express/short_case_tys_gt.mp4"}
+NO_FACES = {"dlib/MOT20-05-raw_even_shorter.mp4"}
+SCENARIOS = {
+    "A": {"person": "liveportrait/driving_d9.mp4", "clips": ["liveportrait/driving_d9.mp4"],
+          "ref_clip": "liveportrait/driving_d9.mp4",
+          # look-alikes first: other young men with glasses (d13's embedding reaches 0.51 against d9's)
+          "always": ["liveportrait/driving_d13.mp4", "liveportrait/driving_d12.mp4"],
+          "what": "man in liveportrait/driving_d9 (one 512 px studio clip, large pitch range)"},
+    "B": {"person": "rdj", "clips": ["pc_avs/Audio_Source_00104.mp4", "pc_avs/Pose_Source_741400163.mp4"],
+          "ref_clip": "pc_avs/Audio_Source_00104.mp4", "always": [],
+          "what": "man in pc_avs/Audio_Source_00104 + Pose_Source_741400163 (two 224 px interview clips, "
+                  "one with red sunglasses)"},
+}
+
+
+def person_of(clip: str) -> str:
+    if clip in MULTI_PERSON:
+        return "multi:" + clip
+    return PERSON_ALIASES.get(clip, clip)
+
+
+def clip_duration(path: Path) -> float:
+    import av
+
+    with av.open(str(path), metadata_errors="ignore") as c:
+        s = c.streams.video[0]
+        if s.duration and s.time_base:
+            return float(s.duration * s.time_base)
+        if c.duration:
+            return c.duration / 1e6
+        n = sum(1 for _ in c.decode(s))
+        return n / float(s.average_rate or 25)
+
+
+def footage_plan(key: str, seed: int = 0) -> list[dict]:
+    """Segments of one scenario's footage, in order: [{clip, start_s, end_s, loop}].
+
+    Each of LOOPS rounds plays the target's clips (the reference clip without its last HOLD_OUT_S)
+    followed by a share of the other people's clips; the multi-person stage clip comes in rounds 0 and 2.
+    """
+    sc = SCENARIOS[key]
+    clips = [p.relative_to(common.VIDEOS).as_posix() for p in common.source_clips()]
+    target_person = sc["person"]
+    pool = [c for c in clips if person_of(c) != target_person and c not in NO_FACES and c != MULTI_CLIP
+            and c not in sc["always"]]
+    rng = np.random.default_rng(seed)
+    pool = list(sc["always"]) + [pool[i] for i in rng.permutation(len(pool))]
+    others, total = [], 0.0
+    for c in pool:
+        if total >= OTHERS_SECONDS:
+            break
+        others.append(c)
+        total += clip_duration(common.VIDEOS / c)
+    others = [others[i] for i in rng.permutation(len(others))]
+    chunks = np.array_split(np.arange(len(others)), LOOPS)
+
+    def seg(clip: str, loop: int) -> dict:
+        dur = clip_duration(common.VIDEOS / clip)
+        end = dur - HOLD_OUT_S if clip == sc["ref_clip"] else dur
+        return {"clip": clip, "start_s": 0.0, "end_s": round(end, 3), "loop": loop}
+
+    plan = []
+    for loop, chunk in enumerate(chunks):
+        plan += [seg(c, loop) for c in sc["clips"]]
+        items = [others[i] for i in chunk] + ([MULTI_CLIP] if loop % 2 == 0 else [])
+        plan += [seg(c, loop) for c in items]
+    return plan
+
+
+def _clip_frames(path: Path, spec: common.FootageSpec, start_s: float, end_s: float):
+    """Letterboxed RGB frames of one clip on a spec.fps time grid from start_s to end_s (latest frame at each slot)."""
+    import av
+
+    container = av.open(str(path), metadata_errors="ignore")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    rate = float(stream.average_rate or stream.guessed_rate or spec.fps)
+    step = 1.0 / spec.fps
+    prev, prev_t, t0, k = None, 0.0, None, 0
+    try:
+        for i, frame in enumerate(container.decode(stream)):
+            t = float(frame.time) if frame.time is not None else i / rate
+            t0 = t if t0 is None else t0
+            t -= t0
+            if prev is not None:
+                while start_s + k * step < min(t, end_s) - 1e-6:
+                    yield prev
+                    k += 1
+            if t >= end_s:
+                return
+            if t + 1.0 / rate > start_s + k * step - 1e-6:  # could be shown at a slot: convert it
+                prev, prev_t = common._letterbox(frame, spec), t
+        if prev is not None:
+            stop = min(end_s, prev_t + 1.0 / rate)
+            while start_s + k * step < stop - 1e-6:
+                yield prev
+                k += 1
+    finally:
+        container.close()
+
+
+def build_footage(key: str, cache: Path, seed: int = 0) -> dict:
+    import av
+
+    plan = footage_plan(key, seed)
+    digest = hashlib.sha256(json.dumps({"v": FOOTAGE_VERSION, "spec": SPEC.__dict__, "plan": plan,
+                                     "sizes": {c: (common.VIDEOS / c).stat().st_size for c in {p["clip"] for p in plan}}},
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"curate_footage_v{FOOTAGE_VERSION}_{key}_{digest}_{SPEC.tag()}.mp4"
+    table_path = path.with_suffix(".json")
+    if path.exists() and table_path.exists():
+        info = json.loads(table_path.read_text())
+        info.update({"path": str(path), "cached": True})
+        return info
+    log(f"building footage ({len(plan)} segments) into {path} ...")
+    t0 = time.monotonic()
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".building-", suffix=".mp4")
+    os.close(fd)
+    out = av.open(tmp, "w")
+    st = out.add_stream("libx264", rate=Fraction(SPEC.fps, 1))
+    st.width, st.height, st.pix_fmt = SPEC.width, SPEC.height, "yuv420p"
+    st.options = {"crf": str(SPEC.crf), "preset": SPEC.preset}
+    segments = []
+    n = 0
+    try:
+        for p in plan:
+            start = n
+            for img in _clip_frames(common.VIDEOS / p["clip"], SPEC, p["start_s"], p["end_s"]):
+                for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    out.mux(pkt)
+                n += 1
+            segments.append({**p, "start_frame": start, "end_frame": n})
+        for pkt in st.encode(None):
+            out.mux(pkt)
+    finally:
+        out.close()
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    info = {"frames": n, "fps": SPEC.fps, "seconds": n / SPEC.fps, "spec": SPEC.__dict__ | {"codec": "libx264"},
+            "segments": segments, "build_s": round(time.monotonic() - t0, 1)}
+    table_path.write_text(json.dumps(info, indent=1))
+    info.update({"path": str(path), "cached": False})
+    log(f"built {n} frames ({n / SPEC.fps / 60:.1f} min) in {info['build_s']} s")
+    return info
+
+
+def save_reference(clip: str, out: Path, fm) -> dict:
+    """A frame from the held-out end of `clip` (never in the footage), saved as PNG; it must show one face."""
+    import av
+    import cv2
+
+    from curator import faces
+
+    dur = clip_duration(common.VIDEOS / clip)
+    wanted = [dur - HOLD_OUT_S / 2, dur - HOLD_OUT_S * 0.75, dur - HOLD_OUT_S * 0.25]
+    frames = {}
+    with av.open(str(common.VIDEOS / clip), metadata_errors="ignore") as c:
+        s = c.streams.video[0]
+        rate = float(s.average_rate or 25)
+        t0 = None
+        for i, f in enumerate(c.decode(s)):
+            t = float(f.time) if f.time is not None else i / rate
+            t0 = t if t0 is None else t0
+            for w in wanted:
+                if w not in frames and t - t0 >= w:
+                    frames[w] = (t - t0, f.to_ndarray(format="bgr24"))
+    for w in wanted:
+        if w not in frames:
+            continue
+        t, img = frames[w]
+        boxes, _ = faces.detect(fm, img)
+        if len(boxes) == 1:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(out), img)
+            return {"clip": clip, "time_s": round(t, 3), "held_out_from_s": round(dur - HOLD_OUT_S, 3), "path": str(out)}
+    raise RuntimeError(f"no held-out frame of {clip} with exactly one face")
+
+
+def _cli(args: list[str]) -> tuple[dict, float]:
+    cmd = [sys.executable, "-m", "curator"] + args
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:1])} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout), wall
+
+
+def label_faces(table: pd.DataFrame, segments: list[dict], fps: int) -> pd.DataFrame:
+    """Clip, loop, clip time (s) and person of each face, from the frame it was found in."""
+    starts = np.array([s["start_frame"] for s in segments])
+    frame = table["frame"].to_numpy()
+    k = np.searchsorted(starts, frame, side="right") - 1
+    seg = [segments[i] for i in k]
+    out = pd.DataFrame({
+        "clip": [s["clip"] for s in seg],
+        "loop": [s["loop"] for s in seg],
+        "clip_slot": frame - starts[k],  # slot on the 25 fps grid of the clip: same slot = same source picture
+    }, index=table.index)
+    out["clip_time_s"] = out["clip_slot"] / fps
+    out["person"] = [person_of(c) for c in out["clip"]]
+    return out
+
+
+# --- near-duplicate metric -----------------------------------------------------
+
+def near_duplicate_flags(emb: np.ndarray, yaw: np.ndarray, pitch: np.ndarray,
+                         cos: float = ND_COSINE, deg: float = ND_POSE_DEG) -> np.ndarray:
+    """For each face of a chosen set: does another face of the set look the same (independent definition)?"""
+    n = len(emb)
+    if n < 2:
+        return np.zeros(n, bool)
+    sim = emb @ emb.T
+    close = (sim >= cos) & (np.abs(yaw[:, None] - yaw[None, :]) < deg) & (np.abs(pitch[:, None] - pitch[None, :]) < deg)
+    np.fill_diagonal(close, False)
+    return close.any(1)
+
+
+def calibrate_near_duplicates(table: pd.DataFrame, emb: np.ndarray, gt: pd.DataFrame) -> dict:
+    """Cosine similarity of the recogniser's embeddings for pairs whose relation is known."""
+    def pct(v):
+        v = np.asarray(v, float)
+        if not len(v):
+            return None
+        return {"pairs": int(len(v)), "p1": round(float(np.percentile(v, 1)), 3), "p5": round(float(np.percentile(v, 5)), 3),
+                "median": round(float(np.median(v)), 3), "p95": round(float(np.percentile(v, 95)), 3),
+                "max": round(float(v.max()), 3), f"share_ge_{ND_COSINE}": round(float((v >= ND_COSINE).mean()), 3)}
+
+    single = ~gt["person"].str.startswith("multi:")
+    idx = np.flatnonzero(single.to_numpy())
+    clip = gt["clip"].to_numpy()
+    slot = gt["clip_slot"].to_numpy()
+    loop = gt["loop"].to_numpy()
+    person = gt["person"].to_numpy()
+    same_frame, adjacent, same_clip_far, consecutive = [], [], [], []
+    by_clip = pd.Series(idx).groupby(clip[idx])
+    for _, members in by_clip:
+        m = members.to_numpy()
+        if len(m) < 2:
+            continue
+        s = emb[m] @ emb[m].T
+        iu = np.triu_indices(len(m), 1)
+        ds = np.abs(slot[m][:, None] - slot[m][None, :])[iu]
+        dl = (loop[m][:, None] != loop[m][None, :])[iu]
+        sv = s[iu]
+        same_frame += list(sv[(ds == 0) & dl])
+        adjacent += list(sv[(ds == 1)])
+        same_clip_far += list(sv[ds >= 2 * SPEC.fps])
+        # consecutive analysed faces of one pass through the clip (~0.5 s apart)
+        order = np.lexsort((slot[m], loop[m]))
+        mm = m[order]
+        ok = (loop[mm][1:] == loop[mm][:-1])
+        consecutive += list(np.sum(emb[mm][1:] * emb[mm][:-1], axis=1)[ok])
+    # different people (single-person clips only)
+    rng = np.random.default_rng(0)
+    a, b = rng.choice(idx, 200_000), rng.choice(idx, 200_000)
+    diff = person[a] != person[b]
+    different = np.sum(emb[a[diff]] * emb[b[diff]], axis=1)
+    return {
+        "same_source_frame_other_loop": pct(same_frame),
+        "adjacent_source_frames_40ms": pct(adjacent),
+        "consecutive_analysed_faces_0.5s": pct(consecutive),
+        "same_clip_2s_or_more_apart": pct(same_clip_far),
+        "different_people": pct(different),
+    }
+
+
+# --- baselines ------------------------------------------------------------------
+
+def pick_uniform(order_idx: np.ndarray, n: int) -> np.ndarray:
+    """Every (len/n)-th face of `order_idx` (time order)."""
+    m = len(order_idx)
+    if n >= m:
+        return order_idx.copy()
+    return order_idx[np.floor((np.arange(n) + 0.5) * m / n).astype(int)]
+
+
+def grey_histograms(ws_root: Path, crop_paths: list[str]) -> np.ndarray:
+    import cv2
+
+    out = np.zeros((len(crop_paths), 256), np.float32)
+    for i, rel in enumerate(crop_paths):
+        img = cv2.imread(str(ws_root / rel), cv2.IMREAD_GRAYSCALE)
+        if img is not None:
+            out[i] = np.asarray(cv2.calcHist([img], [0], None, [256], [0, 256]), np.float32).ravel()
+    return out
+
+
+def pick_dfl_best(yaw_deg: np.ndarray, pitch_deg: np.ndarray, sharp: np.ndarray, hist: np.ndarray, n: int) -> tuple[np.ndarray, dict]:
+    """DeepFaceLab `sort_best` (mainscripts/Sorter.py), adapted only where it cannot meet a small budget.
+
+    DFL: 128 yaw bins over [-1.2, 1.2] rad; quota q = round(target / 128) (+ shortfall of thin bins / 128);
+    each yaw bin keeps its 10 q sharpest faces, splits them into q pitch bins over [-pi/2, pi/2], orders
+    each pitch bin by histogram dissimilarity (sum of Bhattacharyya distances of the grey histogram to the
+    bin's other faces, most dissimilar first) and takes faces round-robin over pitch bins until q.
+    With target < 64, DFL's q is 0 and it returns nothing; with 64..191 q = 1 and it returns one face per
+    occupied yaw bin, which may be more or fewer than asked. Adaptation: q is the smallest quota whose
+    round-robin fetch reaches the budget (water-filling, what DFL's shortfall term approximates); when it
+    overshoots, whole rounds are kept and the last partial round is spread evenly over the yaw bins.
+    Sharpness: curator's `sharpness` (variance of the Laplacian inside the face) in place of DFL's
+    estimate_sharpness.
+    """
+    import cv2
+
+    grads = 128
+    yaw = -np.radians(yaw_deg)  # DFL flips the sign; only the binning matters
+    pitch = np.radians(pitch_deg)
+    edges = np.linspace(-1.2, 1.2, grads)
+    ybin = np.clip(np.searchsorted(edges, yaw, side="right") - 1, 0, grads - 1)
+    bins = {g: np.flatnonzero(ybin == g) for g in np.unique(ybin)}
+
+    def fetch(q: int) -> list[tuple[int, int, int]]:
+        picks = []  # (round-robin rank, yaw bin, face)
+        pgrid = np.linspace(-np.pi / 2, np.pi / 2, max(q, 1))
+        for g, members in bins.items():
+            members = members[np.argsort(-sharp[members], kind="stable")][: 10 * q]
+            pb = np.clip(np.searchsorted(pgrid, pitch[members], side="right") - 1, 0, max(q, 1) - 1)
+            queues = []
+            for b in range(max(q, 1)):
+                mb = members[pb == b]
+                if not len(mb):
+                    queues.append([])
+                    continue
+                score = np.array([sum(cv2.compareHist(hist[i], hist[j], cv2.HISTCMP_BHATTACHARYYA) for j in mb if j != i)
+                                  for i in mb])
+                queues.append(list(mb[np.argsort(-score, kind="stable")]))
+            taken, rank = 0, 0
+            while taken < q and any(queues):
+                for qu in queues:
+                    if qu and taken < q:
+                        picks.append((rank, int(g), int(qu.pop(0))))
+                        taken += 1
+                rank += 1
+        return picks
+
+    q = max(1, int(round(n / grads)))
+    while True:
+        picks = fetch(q)
+        if len(picks) >= n or q > len(yaw):
+            break
+        q += 1
+    # Whole round-robin rounds first; the last, partial round is spread evenly over the yaw bins.
+    picks.sort()
+    ranks = np.array([p[0] for p in picks])
+    full = int(np.searchsorted(np.cumsum(np.bincount(ranks)), n, side="right"))  # rounds that fit entirely
+    chosen = [p[2] for p in picks if p[0] < full]
+    last = [p for p in picks if p[0] == full]
+    if len(chosen) < n and last:
+        keep = np.floor((np.arange(n - len(chosen)) + 0.5) * len(last) / (n - len(chosen))).astype(int)
+        chosen += [last[k][2] for k in keep]
+    chosen = np.array(chosen[:n], int)
+    return chosen, {"quota_per_yaw_bin": q, "occupied_yaw_bins": len(bins), "dfl_original_quota": int(round(n / grads))}
+
+
+class FiftyOneBaselines:
+    """FiftyOne Brain on a real FiftyOne dataset of the crops, with our identity embeddings."""
+
+    def __init__(self, ws_root: Path, table: pd.DataFrame, emb: np.ndarray, name: str):
+        import logging
+
+        import fiftyone as fo
+
+        for name_ in ("fiftyone", "fiftyone.brain", "eta"):
+            logging.getLogger(name_).setLevel(logging.WARNING)
+        self.fo = fo
+        self.name = name
+        try:
+            if name in fo.list_datasets():
+                fo.delete_dataset(name)
+            self.ds = fo.Dataset(name)
+        except Exception as e:  # FiftyOne cannot reach a database
+            sys.exit(f"bench: FiftyOne needs MongoDB ({type(e).__name__}: {e}); on machines without internet run "
+                     "`eval \"$(../shared/ci/mongod.sh start)\"` first (exports FIFTYONE_DATABASE_URI)")
+        self.ds.add_samples([fo.Sample(filepath=str(ws_root / p), face_id=f)
+                             for p, f in zip(table["crop_path"], table["face_id"])], progress=False)
+        ids = self.ds.values("id")
+        fids = self.ds.values("face_id")
+        pos = pd.Series(np.arange(len(table)), index=table["face_id"].to_numpy())
+        self.row_of_sample = dict(zip(ids, pos.loc[fids].to_numpy()))
+        self.sample_of_row = {r: s for s, r in self.row_of_sample.items()}
+        self.emb = emb
+
+    def view(self, rows: np.ndarray | None):
+        if rows is None:
+            return self.ds, self.emb
+        ids = [self.sample_of_row[r] for r in rows]
+        view = self.ds.select(ids, ordered=True)
+        return view, self.emb[rows]
+
+    def find_unique(self, rows: np.ndarray | None, budgets: list[int], key: str) -> dict[int, np.ndarray]:
+        import fiftyone.brain as fob
+
+        view, e = self.view(rows)
+        res = fob.compute_similarity(view, embeddings=e, brain_key=key, backend="sklearn", progress=False)
+        out = {}
+        for n in budgets:
+            res.find_unique(n)
+            got = list(res.unique_ids)
+            out[n] = np.array([self.row_of_sample[i] for i in got], int)
+        self.ds.delete_brain_run(key)
+        return out
+
+    def uniqueness_top(self, rows: np.ndarray | None, budgets: list[int], field: str) -> dict[int, np.ndarray]:
+        import fiftyone.brain as fob
+
+        view, e = self.view(rows)
+        fob.compute_uniqueness(view, uniqueness_field=field, embeddings=e, progress=False)
+        ids, u = view.values("id"), np.array(view.values(field), float)
+        order = np.argsort(-u, kind="stable")
+        out = {n: np.array([self.row_of_sample[ids[i]] for i in order[:n]], int) for n in budgets}
+        return out
+
+    def close(self):
+        self.fo.delete_dataset(self.name)
+
+
+# --- metrics ----------------------------------------------------------------------
+
+def evaluate(chosen: np.ndarray, table: pd.DataFrame, emb: np.ndarray, gt_target: np.ndarray) -> dict:
+    from curator import metrics
+
+    chosen = np.asarray(chosen, int)
+    ref = table[gt_target]
+    sel = table.iloc[chosen]
+    sel_t = sel[gt_target[chosen]]
+    cov = metrics.coverage(sel_t, ref)
+    nd = near_duplicate_flags(emb[chosen], sel["yaw"].to_numpy(float), sel["pitch"].to_numpy(float))
+    return {
+        "chosen": int(len(chosen)),
+        "target_chosen": int(len(sel_t)),
+        "identity_purity": round(float(gt_target[chosen].mean()), 4) if len(chosen) else None,
+        "pose_coverage": cov["pose_coverage"], "pose_bins_covered": cov.get("pose_bins_covered", 0),
+        "pose_bins_target": cov["pose_bins"],
+        "expression_coverage": cov["expression_coverage"], "light_coverage": cov["light_coverage"],
+        "near_duplicate_rate": round(float(nd.mean()), 4) if len(chosen) else None,
+    }
+
+
+def distinct_capacity(emb: np.ndarray, yaw: np.ndarray, pitch: np.ndarray) -> int:
+    """How many faces can be chosen with no near-duplicate pair at all (greedy independent set of the
+    near-duplicate graph, fewest-neighbours first: a lower bound on the true maximum)."""
+    n = len(emb)
+    if n == 0:
+        return 0
+    sim = emb @ emb.T
+    adj = ((sim >= ND_COSINE) & (np.abs(yaw[:, None] - yaw[None, :]) < ND_POSE_DEG)
+           & (np.abs(pitch[:, None] - pitch[None, :]) < ND_POSE_DEG))
+    np.fill_diagonal(adj, False)
+    alive = np.ones(n, bool)
+    count = 0
+    while alive.any():
+        deg = np.where(alive, (adj & alive[None, :]).sum(1), n + 1)
+        i = int(np.argmin(deg))
+        count += 1
+        alive[i] = False
+        alive[adj[i]] = False
+    return count
+
+
+# --- a proposed change to identify (prototype, for comparison; NOT curator's behaviour) -----------
+
+def link_tracks_proposed(table: pd.DataFrame, emb: np.ndarray, min_iou: float = 0.3, min_cos: float = 0.3,
+                         max_gap_s: float = 2.0) -> np.ndarray:
+    """curator.identify.link_tracks plus two guards: a face only continues a track from an analysed frame at
+    most max_gap_s earlier, and only if its embedding is at least min_cos similar to that face's (a cut to
+    another person in the same screen position no longer continues the track)."""
+    from curator.identify import _iou
+
+    track = np.full(len(table), -1, np.int64)
+    next_id = 0
+    order = table.sort_values(["source_sha256", "frame", "face_index"], kind="stable")
+    prev = None  # (sha, time, boxes, ids, rows)
+    for (sha, _frame), group in order.groupby(["source_sha256", "frame"], sort=False):
+        rows = table.index.get_indexer(group.index)
+        boxes = np.stack(group["bbox"].to_numpy()).astype(np.float64)
+        t_now = float(group["time_s"].iloc[0])
+        ids = np.full(len(group), -1, np.int64)
+        if prev is not None and prev[0] == sha and group["source_kind"].iloc[0] == "video" and t_now - prev[1] <= max_gap_s:
+            iou = _iou(boxes, prev[2])
+            iou = np.where(emb[rows] @ emb[prev[4]].T >= min_cos, iou, 0.0)
+            for flat in np.argsort(-iou, axis=None):
+                i, j = np.unravel_index(flat, iou.shape)
+                if iou[i, j] < min_iou:
+                    break
+                if ids[i] < 0 and prev[3][j] not in ids:
+                    ids[i] = prev[3][j]
+        for i in range(len(ids)):
+            if ids[i] < 0:
+                ids[i] = next_id
+                next_id += 1
+        track[rows] = ids
+        prev = (sha, t_now, boxes, ids, rows)
+    return track
+
+
+def run_scenario(key: str, args, cache: Path, work: Path, fm) -> dict:
+    from curator import curate as curate_mod
+    from curator.identify import reference_embeddings
+    from curator.workspace import open_workspace, read_embeddings, read_table
+
+    sc = SCENARIOS[key]
+    footage = build_footage(key, cache, args.seed)
+    ref = save_reference(sc["ref_clip"], cache / f"curate_ref_{key}_{Path(sc['ref_clip']).stem}.png", fm)
+    ws_path = work / f"ws_{key}"
+    reuse = (ws_path / "bench_extract.json").exists() and (ws_path / "bench_footage.txt").exists() and \
+        (ws_path / "bench_footage.txt").read_text() == footage["path"]
+    out: dict = {"target": sc["what"], "reference": ref,
+                 "footage": {k: v for k, v in footage.items() if k not in ("segments",)},
+                 "segments": [{k: g[k] for k in ("clip", "loop", "start_frame", "end_frame")} for g in footage["segments"]]}
+    if reuse:
+        log(f"{key}: reusing the extracted workspace {ws_path}")
+        ex = json.loads((ws_path / "bench_extract.json").read_text())
+    else:
+        shutil.rmtree(ws_path, ignore_errors=True)
+        log(f"{key}: extract {footage['frames']} frames ...")
+        ex, wall = _cli(["extract", footage["path"], "-w", str(ws_path), "--models", str(common.PACK_SMALL), "--json", "-q"])
+        ex["wall_s"] = round(wall, 1)
+        (ws_path / "bench_extract.json").write_text(json.dumps(ex))
+        (ws_path / "bench_footage.txt").write_text(footage["path"])
+    out["extract"] = {"wall_s": ex["wall_s"], "reused_workspace": reuse,
+                      **{k: ex[k] for k in ("frames_decoded", "frames_analysed", "frames_skipped_static", "faces")}}
+    analysed = int(ex["frames_analysed"])
+    budgets = [max(1, int(round(sh * analysed))) for sh in BUDGET_SHARES]
+    labels = [f"{int(sh * 100)}%" for sh in BUDGET_SHARES]
+    out["budgets"] = dict(zip(labels, budgets))
+    log(f"{key}: {ex['faces']} faces from {analysed} analysed frames ({ex['frames_skipped_static']} skipped as static); "
+        f"budgets {budgets}")
+
+    ws = open_workspace(ws_path)
+    table = read_table(ws)
+    emb = np.asarray(read_embeddings(ws, len(table)), np.float32)
+    gt = label_faces(table, footage["segments"], SPEC.fps)
+    gt_target = (gt["person"] == sc["person"]).to_numpy()
+    yaw, pitch = table["yaw"].to_numpy(float), table["pitch"].to_numpy(float)
+    out["faces"] = {"all": int(len(table)), "target": int(gt_target.sum()),
+                    "other_people": int(gt.loc[~gt["person"].str.startswith("multi:") & ~gt_target, "person"].nunique()),
+                    "multi_person_clip_faces": int(gt["person"].str.startswith("multi:").sum()),
+                    "target_distinct_capacity": distinct_capacity(emb[gt_target], yaw[gt_target], pitch[gt_target])}
+    out["near_duplicate_calibration"] = calibrate_near_duplicates(table, emb, gt)
+
+    # Baselines on all faces: they have no notion of the target.
+    time_order = np.lexsort((table["face_index"].to_numpy(), table["frame"].to_numpy()))
+    hist = grey_histograms(ws.root, list(table["crop_path"]))
+    sharp = table["sharpness"].to_numpy(float)
+    methods: dict[str, dict[int, np.ndarray]] = {"uniform": {}, "dfl_best": {}}
+    dfl_info = {}
+    t0 = time.perf_counter()
+    for n in budgets:
+        methods["uniform"][n] = pick_uniform(time_order, n)
+        methods["dfl_best"][n], dfl_info[str(n)] = pick_dfl_best(yaw, pitch, sharp, hist, n)
+    fob = FiftyOneBaselines(ws.root, table, emb, f"curate-bench-{key}-{os.getpid()}")
+    try:
+        methods["fo_unique"] = fob.find_unique(None, budgets, "sim_all")
+        methods["fo_uniqueness"] = fob.uniqueness_top(None, budgets, "uniq_all")
+        out["baseline_seconds"] = round(time.perf_counter() - t0, 1)
+        out["dfl_quota"] = dfl_info
+
+        # Ours, through the CLI.
+        ident, iwall = _cli(["identify", "-w", str(ws_path), "--ref", ref["path"], "--json"])
+        t = read_table(ws)
+        is_target = t["is_target"].to_numpy(bool)
+        tracks = t["track_id"].to_numpy()
+        track_people = pd.Series(gt["person"].to_numpy()).groupby(tracks).nunique()
+        out["identify"] = {
+            "wall_s": round(iwall, 1), "threshold": ident.get("threshold"),
+            "target_faces": int(is_target.sum()),
+            "precision": round(float(gt_target[is_target].mean()), 4) if is_target.any() else None,
+            "recall": round(float(is_target[gt_target].mean()), 4) if gt_target.any() else None,
+            "false_positives_by_clip": gt.loc[is_target & ~gt_target, "person"].value_counts().to_dict(),
+            "tracks": int(len(track_people)), "tracks_spanning_several_clips_people": int((track_people > 1).sum()),
+            "faces_in_such_tracks": int(pd.Series(tracks).map(track_people > 1).sum()),
+        }
+        methods["ours"] = {}
+        curate_summ = {}
+        for n in budgets:
+            summ, cwall = _cli(["curate", "-w", str(ws_path), "--budget", str(n), "--json"])
+            methods["ours"][n] = np.flatnonzero(read_table(ws, columns=["selected"])["selected"].to_numpy(bool))
+            curate_summ[str(n)] = {"wall_s": round(cwall, 1), **{k: summ.get(k) for k in (
+                "target_faces", "candidates", "too_small", "near_duplicate_groups", "near_duplicates_removed",
+                "selected", "note")}}
+        out["ours_curate"] = curate_summ
+
+        # Selection alone, every method on the same pool: the target faces that identify finds with the
+        # proposed track fix (prototype below; equal to the ground truth in both scenarios, see identify_proposed).
+        ref_emb = reference_embeddings(fm, [ref["path"]])
+        score = (emb @ ref_emb.T).max(1)
+        tr2 = link_tracks_proposed(table, emb)
+        is_t2 = pd.Series(score).groupby(tr2).transform(lambda v: np.percentile(v, 75)).to_numpy() >= float(ident["threshold"])
+        pool = np.flatnonzero(is_t2)
+        pool_time = pool[np.lexsort((table["face_index"].to_numpy()[pool], table["frame"].to_numpy()[pool]))]
+        methods["uniform@target"] = {n: pick_uniform(pool_time, n) for n in budgets}
+        methods["dfl_best@target"] = {n: pool[pick_dfl_best(yaw[pool], pitch[pool], sharp[pool], hist[pool], n)[0]]
+                                      for n in budgets}
+        methods["fo_unique@target"] = fob.find_unique(pool, budgets, f"sim_{key}")
+    finally:
+        fob.close()
+
+    # Ours with the proposed identify change (prototype above), curate() called in-process.
+    t2 = read_table(ws)
+    t2["is_target"], t2["track_id"] = is_t2, tr2
+    methods["ours@target"] = {n: np.flatnonzero(curate_mod.curate(t2, n).columns["selected"].to_numpy(bool))
+                                               for n in budgets}
+    out["identify_proposed"] = {"target_faces": int(is_t2.sum()),
+                                "precision": round(float(gt_target[is_t2].mean()), 4) if is_t2.any() else None,
+                                "recall": round(float(is_t2[gt_target].mean()), 4), "tracks": int(len(np.unique(tr2))),
+                                "tracks_spanning_several_clips_people":
+                                    int((pd.Series(gt["person"].to_numpy()).groupby(tr2).nunique() > 1).sum())}
+
+    out["results"] = {m: {lab: evaluate(sel[n], table, emb, gt_target) for lab, n in zip(labels, budgets)}
+                      for m, sel in methods.items()}
+    out["all_target_faces"] = evaluate(np.flatnonzero(gt_target), table, emb, gt_target)
+    out["checks"] = scenario_checks(out["results"])
+    _print_scenario(key, out)
+    return out
+
+
+def run_quality(args) -> dict:
+    from curator import faces
+
+    common.require_testdata()
+    cache = Path(args.cache or common.default_cache())
+    cache.mkdir(parents=True, exist_ok=True)
+    work = args.workspace or Path(tempfile.mkdtemp(prefix="curate-bench-", dir=cache))
+    work.mkdir(parents=True, exist_ok=True)
+    fm = faces.load_models(str(common.PACK_SMALL), device="cpu")
+    out: dict = {"scenarios": {}}
+    try:
+        for key in SCENARIOS:
+            out["scenarios"][key] = run_scenario(key, args, cache, work, fm)
+    finally:
+        if args.keep_workspace or args.workspace:
+            out["workdir"] = str(work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+BASELINES = ("uniform", "dfl_best", "fo_unique", "fo_uniqueness")
+POOL_BASELINES = ("uniform@target", "dfl_best@target", "fo_unique@target")
+
+
+def scenario_checks(results: dict) -> dict:
+    """The issue's bar, per budget: ours vs each baseline on all faces; and, selection alone,
+    ours@target vs each baseline on the same target pool."""
+    out = {}
+    for ours_key, bases in (("ours", BASELINES), ("ours@target", POOL_BASELINES)):
+        per = {}
+        for b, o in results[ours_key].items():
+            row = {"purity_ge_99": o["identity_purity"] is not None and o["identity_purity"] >= TARGETS["purity_min"]}
+            for m in bases:
+                r = results[m][b]
+                row[f"pose_gt_{m}"] = o["pose_coverage"] > r["pose_coverage"]
+                row[f"expr_ge_{m}"] = o["expression_coverage"] >= r["expression_coverage"]
+                row[f"light_ge_{m}"] = o["light_coverage"] >= r["light_coverage"]
+                row[f"nd_lt_{m}"] = o["near_duplicate_rate"] < r["near_duplicate_rate"]
+                row[f"nd_le_{m}"] = o["near_duplicate_rate"] <= r["near_duplicate_rate"]
+            per[b] = row
+        out[ours_key] = per
+    return out
+
+
+def _print_scenario(key: str, s: dict) -> None:
+    i, ip = s["identify"], s["identify_proposed"]
+    log(f"{key}: identify precision {i['precision']} recall {i['recall']} "
+        f"({i['tracks_spanning_several_clips_people']} of {i['tracks']} tracks span several clips); "
+        f"proposed fix: precision {ip['precision']} recall {ip['recall']}")
+    for m, per in s["results"].items():
+        cells = "  ".join(f"{b}: pose {r['pose_coverage']:.2f} expr {r['expression_coverage']:.2f} "
+                          f"light {r['light_coverage']:.2f} nd {r['near_duplicate_rate']:.2f} pur {r['identity_purity']:.2f}"
+                          for b, r in per.items())
+        log(f"  {m:28s} {cells}")
 
 
 # =============================================================================
@@ -131,13 +820,24 @@ def synth_table(n_rows: int, seed: int = 0, with_embeddings: bool = True) -> pd.
     cols["face_px"] = np.exp(np.repeat(src_px[src_of_base] + rng.normal(0, 0.15, nb), lens) + rng.normal(0, 0.03, n_base))
     cols["det_score"] = np.clip(np.repeat(rng.normal(0.82, 0.03, nb), lens) + rng.normal(0, 0.015, n_base), 0.5, 0.95)
 
-    app = np.repeat(rng.normal(0, 1, (nb, 64)).astype(np.float32), lens, axis=0)
-    sig = np.where(rng.random(n_base) < 0.1, 0.15, 0.05).astype(np.float32)
-    steps = rng.normal(0, 1, (n_base, 64)).astype(np.float32) * sig[:, None]
+    # 8x8 appearance: a shared face template + a per-track look (anisotropic like real faces: the PCA
+    # variance of the shared clips' vectors falls off roughly as 1/k) + a slow walk + per-face jitter.
+    # Calibrated on the shared clips: consecutive faces of a track ~0.24 apart (median), faces of one
+    # clip ~0.43, faces of different clips ~1.24.
+    basis = np.linalg.qr(rng.normal(0, 1, (64, 64)))[0].astype(np.float32)
+    spectrum = (1.0 / np.arange(1, 65) ** 1.1).astype(np.float32)
+    looks = (rng.normal(0, 1, (nb, 64)).astype(np.float32) * np.sqrt(spectrum / spectrum.sum())) @ basis.T
+    looks += 0.58 * basis[:, 0][None, :] * np.sign(rng.normal(0, 1)) + 0.0  # template
+    app = np.repeat(looks, lens, axis=0)
+    del looks
+    steps = rng.normal(0, 0.08 / 8, (n_base, 64)).astype(np.float32)
     steps[starts] = 0
     np.cumsum(steps, axis=0, out=steps)
     steps -= np.repeat(steps[starts], lens, axis=0)
-    app *= 0.12  # base / drift balance: consecutive-step distance ~0.24 after normalising
+    app += steps
+    jitter = np.where(rng.random(n_base) < 0.1, 0.45, 0.15).astype(np.float32) / 8
+    steps[:] = rng.normal(0, 1, (n_base, 64)).astype(np.float32)
+    steps *= jitter[:, None]
     app += steps
     del steps
 
@@ -168,7 +868,8 @@ def synth_table(n_rows: int, seed: int = 0, with_embeddings: bool = True) -> pd.
         out[k] = out[k] + np.where(copy_row, rng.normal(0, s, n), 0.0)
     A = app[idx]
     del app
-    A[copy_row] += rng.normal(0, 0.01, (int(copy_row.sum()), 64)).astype(np.float32) * np.linalg.norm(A[copy_row], axis=1, keepdims=True)
+    A[copy_row] += (rng.normal(0, 0.01, (int(copy_row.sum()), 64)).astype(np.float32)
+                    * np.linalg.norm(A[copy_row], axis=1, keepdims=True))
     A -= A.mean(1, keepdims=True)
     A /= np.maximum(np.linalg.norm(A, axis=1, keepdims=True), 1e-6)
     A = A.astype(np.float64)  # read_table gives float64 arrays for `appearance`
@@ -216,6 +917,92 @@ def synth_table(n_rows: int, seed: int = 0, with_embeddings: bool = True) -> pd.
     return table
 
 
+# --- a proposed change to curate's dedupe (prototype, for comparison; NOT curator's behaviour) ----
+
+def near_duplicate_groups_proposed(features, appearance, quality, track, time_order, radius=None, app_radius=None):
+    """Same groups as curator.curate.near_duplicate_groups (checked on every scale run), computed without
+    per-face Python loops and without a 12-d KD-tree radius query for every run representative:
+
+    - pass 1: for every position p (track, time order) the first later position of its track that is not
+      close to p, found for all p at once by comparing p with p+1, p+2, ... only while still close; then
+      a walk over run starts (one step per run, integers only);
+    - run representatives: one lexsort instead of groupby().apply(lambda);
+    - pass 2: candidate pairs from scipy's cKDTree.query_pairs on the 5 feature columns with the widest
+      spread (dropping columns never increases a distance, so no true pair is missed), then the full
+      feature and appearance tests vectorised, then the same best-quality-first owner loop over a CSR
+      neighbour list.
+    """
+    from scipy.spatial import cKDTree
+
+    from curator import curate as cm
+
+    radius = cm.DEDUPE_RADIUS if radius is None else radius
+    app_radius = cm.APPEARANCE_RADIUS if app_radius is None else app_radius
+    n = len(features)
+    if n == 0:
+        return np.arange(0)
+
+    def close_rows(i, j):
+        df = np.linalg.norm(features[j] - features[i], axis=1) <= radius
+        da = np.linalg.norm(appearance[j] - appearance[i], axis=1) <= app_radius
+        return df & da
+
+    o = np.lexsort((time_order, track))
+    tr = track[o]
+    end = np.r_[np.flatnonzero(tr[1:] != tr[:-1]) + 1, n]
+    track_end = np.repeat(end, np.diff(np.r_[0, end]))
+    nxt = np.full(n, -1)
+    pending = np.arange(n)
+    k = 1
+    while len(pending):
+        q = pending + k
+        at_end = q >= track_end[pending]
+        nxt[pending[at_end]] = track_end[pending[at_end]]
+        pending, q = pending[~at_end], q[~at_end]
+        ok = close_rows(o[pending], o[q])
+        nxt[pending[~ok]] = q[~ok]
+        pending = pending[ok]
+        k += 1
+    is_start = np.zeros(n, bool)
+    nxt_l = nxt.tolist()
+    for s0, e0 in zip(np.r_[0, end[:-1]].tolist(), end.tolist()):
+        while s0 < e0:
+            is_start[s0] = True
+            s0 = nxt_l[s0]
+    run_start = np.maximum.accumulate(np.where(is_start, np.arange(n), 0))
+    leader = np.empty(n, np.int64)
+    leader[o] = o[run_start]
+
+    srt = np.lexsort((np.arange(n), -quality, leader))  # best quality first, ties: lowest index (np.argmax)
+    first = np.r_[True, leader[srt][1:] != leader[srt][:-1]]
+    run_ids, reps = leader[srt][first], srt[first]
+
+    F = features[reps].astype(np.float64)
+    dims = np.argsort(-F.std(0))[: min(5, F.shape[1])]
+    pairs = cKDTree(F[:, dims]).query_pairs(radius, output_type="ndarray")
+    keep = np.zeros(len(pairs), bool)
+    for c0 in range(0, len(pairs), 2_000_000):
+        a, b = pairs[c0:c0 + 2_000_000, 0], pairs[c0:c0 + 2_000_000, 1]
+        d = F[a] - F[b]
+        okf = np.flatnonzero(np.einsum("ij,ij->i", d, d) <= radius * radius)
+        oka = np.linalg.norm(appearance[reps[b[okf]]] - appearance[reps[a[okf]]], axis=1) <= app_radius
+        keep[c0 + okf[oka]] = True
+    pairs = pairs[keep]
+    m = len(reps)
+    src = np.r_[pairs[:, 0], pairs[:, 1]]
+    dst = np.r_[pairs[:, 1], pairs[:, 0]][np.argsort(src, kind="stable")]
+    indptr = np.r_[0, np.cumsum(np.bincount(src, minlength=m))]
+    owner = np.full(m, -1)
+    for i in np.lexsort((reps, -quality[reps])).tolist():
+        if owner[i] >= 0:
+            continue
+        owner[i] = i
+        cand = dst[indptr[i]:indptr[i + 1]]
+        if len(cand):
+            owner[cand[owner[cand] < 0]] = i
+    return reps[owner][np.searchsorted(run_ids, leader)]
+
+
 def _proc_status(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -226,10 +1013,26 @@ def _proc_status(field: str) -> int | None:
     return None
 
 
-def scale_worker(n_rows: int, budget: int, seed: int, profile: str | None) -> dict:
+def scale_worker(n_rows: int, budget: int, seed: int, profile: str | None, proposed: bool = False) -> dict:
     """Runs in a child process: build the table, then time curate() and measure its peak memory."""
-    from curator.curate import curate
+    import scipy.spatial  # noqa: F401
     import sklearn.neighbors  # noqa: F401  imported before timing: a constant ~2 s, not a cost of the rows
+
+    from curator import curate as cm
+    from curator.curate import curate
+
+    phases: dict[str, float] = {}
+    original = cm.near_duplicate_groups
+    groups_impl = near_duplicate_groups_proposed if proposed else original
+
+    def timed_groups(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return groups_impl(*a, **kw)
+        finally:
+            phases["near_duplicate_groups_s"] = round(time.perf_counter() - t, 2)
+
+    cm.near_duplicate_groups = timed_groups
 
     t0 = time.perf_counter()
     table = synth_table(n_rows, seed)
@@ -248,16 +1051,25 @@ def scale_worker(n_rows: int, budget: int, seed: int, profile: str | None) -> di
 
         prof = cProfile.Profile()
         prof.enable()
+    import resource
+
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t1 = time.perf_counter()
     res = curate(table, budget)
     seconds = time.perf_counter() - t1
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     if prof:
         prof.disable()
         prof.dump_stats(profile)
     peak = _proc_status("VmHWM") if reset else None
     s = res.summary
+    digest = hashlib.sha256(pd.util.hash_pandas_object(res.columns[["face_id", "dup_group", "selected"]].astype(str),
+                                                       index=False).to_numpy().tobytes()).hexdigest()[:16]
     return {
-        "rows": n_rows, "budget": budget, "seconds": round(seconds, 2), "build_s": round(build_s, 1),
+        "rows": n_rows, "budget": budget, "proposed_dedupe": proposed, "seconds": round(seconds, 2),
+        "cpu_s": round(cpu_s, 2),
+        **phases, "build_s": round(build_s, 1), "output_sha": digest,
         "rss_before_curate_mb": round(rss_before / 2**20) if rss_before else None,
         "peak_rss_during_curate_mb": round(peak / 2**20) if peak else None,
         "curate_extra_mb": round((peak - rss_before) / 2**20) if peak and rss_before else None,
@@ -267,13 +1079,17 @@ def scale_worker(n_rows: int, budget: int, seed: int, profile: str | None) -> di
     }
 
 
-def run_scale(sizes: list[int], budget: int, seed: int, timeout: float, profile_dir: Path | None) -> list[dict]:
+def run_scale(sizes: list[int], budget: int, seed: int, timeout: float, profile_dir: Path | None,
+              proposed_sizes: tuple[int, ...] = ()) -> list[dict]:
     out = []
-    for n in sizes:
-        log(f"scale: {n:,} rows ...")
-        prof = str(profile_dir / f"curate_{n}.prof") if profile_dir else ""
+    for n, proposed in [(n, False) for n in sizes] + [(n, True) for n in proposed_sizes]:
+        log(f"scale: {n:,} rows{' (proposed dedupe prototype)' if proposed else ''} ...")
+        prof = str(profile_dir / f"curate_{n}{'_proposed' if proposed else ''}.prof") if profile_dir else ""
         cmd = [sys.executable, __file__, "--_scale-worker", str(n), "--_budget", str(budget), "--_seed", str(seed)]
+        if proposed:
+            cmd += ["--_proposed"]
         if prof:
+            profile_dir.mkdir(parents=True, exist_ok=True)
             cmd += ["--_profile", prof]
         with tempfile.TemporaryFile("w+") as fout:
             t0 = time.perf_counter()
@@ -283,7 +1099,7 @@ def run_scale(sizes: list[int], budget: int, seed: int, timeout: float, profile_
             except TimeoutError:
                 proc.kill()
                 proc.wait()
-                out.append({"rows": n, "error": f"timed out after {timeout:.0f} s"})
+                out.append({"rows": n, "proposed_dedupe": proposed, "error": f"timed out after {timeout:.0f} s"})
                 log(f"scale: {n:,} rows timed out")
                 continue
             wall = time.perf_counter() - t0
@@ -291,7 +1107,7 @@ def run_scale(sizes: list[int], budget: int, seed: int, timeout: float, profile_
             fout.seek(0)
             text = fout.read()
         if status != 0:
-            out.append({"rows": n, "error": f"exit {status}: {err[-2000:]}"})
+            out.append({"rows": n, "proposed_dedupe": proposed, "error": f"exit {status}: {err[-2000:]}"})
             log(f"scale: {n:,} rows failed: {err[-500:]}")
             continue
         rec = json.loads(text.strip().splitlines()[-1])
@@ -300,7 +1116,8 @@ def run_scale(sizes: list[int], budget: int, seed: int, timeout: float, profile_
         if prof:
             rec["profile"] = prof
         out.append(rec)
-        log(f"scale: {n:,} rows: curate {rec['seconds']} s, peak {rec['peak_rss_during_curate_mb']} MB")
+        log(f"scale: {n:,} rows: curate {rec['seconds']} s (near_duplicate_groups {rec.get('near_duplicate_groups_s')} s), "
+            f"peak {rec['peak_rss_during_curate_mb']} MB")
     return out
 
 
@@ -326,20 +1143,26 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "curate.json")
     ap.add_argument("--scale-rows", type=int, default=1_000_000)
     ap.add_argument("--scale-budget", type=int, default=5000)
-    ap.add_argument("--scale-timeout", type=float, default=420.0)
+    ap.add_argument("--scale-timeout", type=float, default=600.0)
     ap.add_argument("--profile-dir", type=Path, default=None, help="write a cProfile file per scale size here")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
-    ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--cache", type=Path, default=None, help="footage cache (default: CURATOR_BENCH_CACHE or ~/.cache/curator-bench)")
+    ap.add_argument("--keep-workspace", action="store_true", help="keep the extracted workspace (path in the JSON)")
+    ap.add_argument("--workspace", type=Path, default=None,
+                    help="work folder to keep and reuse: extract is skipped where it holds a workspace of the same footage")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--_scale-worker", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_budget", type=int, default=5000, help=argparse.SUPPRESS)
     ap.add_argument("--_seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--_profile", type=str, default="", help=argparse.SUPPRESS)
+    ap.add_argument("--_proposed", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--markdown", type=Path, default=None, help="also write the result tables as Markdown here")
+    ap.add_argument("--no-proposed", action="store_true", help="skip the run of the proposed dedupe prototype at --scale-rows")
     args = ap.parse_args()
 
     if args._scale_worker:
-        rec = scale_worker(args._scale_worker, args._budget, args._seed, args._profile or None)
+        rec = scale_worker(args._scale_worker, args._budget, args._seed, args._profile or None, args._proposed)
         print(json.dumps(rec))
         return
 
@@ -351,14 +1174,108 @@ def main() -> None:
     if not args.skip_scale:
         sizes = sorted({100_000, 300_000, args.scale_rows})
         sizes = [s for s in sizes if s <= args.scale_rows]
-        result["scale"] = {"budget": args.scale_budget, "runs": run_scale(sizes, args.scale_budget, args.seed,
-                                                                         args.scale_timeout, args.profile_dir)}
+        runs = run_scale(sizes, args.scale_budget, args.seed, args.scale_timeout, args.profile_dir,
+                         () if args.no_proposed else (args.scale_rows,))
+        for r in runs:  # the prototype must give exactly curate's output
+            if r.get("proposed_dedupe") and "output_sha" in r:
+                same = [x for x in runs if x["rows"] == r["rows"] and not x.get("proposed_dedupe") and "output_sha" in x]
+                r["same_output_as_curate"] = bool(same) and same[0]["output_sha"] == r["output_sha"]
+        result["scale"] = {"budget": args.scale_budget, "runs": runs}
     result["total_s"] = round(time.perf_counter() - t_start, 1)
     result["targets"] = evaluate_targets(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
     log(f"wrote {args.out} ({result['total_s']} s)")
+    if args.markdown:
+        args.markdown.write_text(render_markdown(result))
     print(json.dumps(result["targets"], indent=1, default=_json_default))
+
+
+def evaluate_targets(result: dict) -> dict:
+    out: dict = {}
+    q = result.get("quality")
+    if q:
+        for key, sc in q["scenarios"].items():
+            entry = {}
+            for ours_key, bases in (("ours", BASELINES), ("ours@target", POOL_BASELINES)):
+                checks = sc["checks"][ours_key]
+                entry[ours_key] = {
+                    "purity_ge_99_every_budget": all(c["purity_ge_99"] for c in checks.values()),
+                    "pose_beats_every_baseline_every_budget": all(c[f"pose_gt_{m}"] for c in checks.values() for m in bases),
+                    "expression_at_least_every_baseline_every_budget": all(c[f"expr_ge_{m}"] for c in checks.values() for m in bases),
+                    "light_at_least_every_baseline_every_budget": all(c[f"light_ge_{m}"] for c in checks.values() for m in bases),
+                    "near_dup_below_every_baseline_every_budget": all(c[f"nd_lt_{m}"] for c in checks.values() for m in bases),
+                    "near_dup_at_most_every_baseline_every_budget": all(c[f"nd_le_{m}"] for c in checks.values() for m in bases),
+                    "purity": {b: r["identity_purity"] for b, r in sc["results"][ours_key].items()},
+                }
+            out[f"scenario_{key}"] = entry
+    sc = result.get("scale")
+    if sc:
+        big = max((r for r in sc["runs"] if "seconds" in r and not r.get("proposed_dedupe")), key=lambda r: r["rows"], default=None)
+        if big:
+            peak = big.get("peak_rss_during_curate_mb")
+            out["scale"] = {"rows": big["rows"], "seconds": big["seconds"],
+                            "peak_rss_gb": round(peak / 1024, 2) if peak else None,
+                            "under_60s": big["seconds"] < TARGETS["scale_seconds_max"],
+                            "under_4gb": bool(peak) and peak / 1024 < TARGETS["scale_peak_gb_max"]}
+    return out
+
+
+def render_markdown(result: dict) -> str:
+    """The result tables as Markdown (pasted into docs/bench_curate.md)."""
+    lines = []
+    m = result["machine"]
+    lines.append(f"Run {m['date']} on {m['cpu_model']} ({m['cpu_affinity']} cores), Python {m['python']}, "
+                 f"onnxruntime {m.get('onnxruntime')}, git {result.get('git')}; total {result['total_s']} s.")
+    q = result.get("quality")
+    if q:
+        for key, sc in q["scenarios"].items():
+            ex, f, b = sc["extract"], sc["faces"], sc["budgets"]
+            lines += ["", f"#### Scenario {key}: {sc['target']}", "",
+                      f"Footage {sc['footage']['frames']} frames ({sc['footage']['frames'] / SPEC.fps / 60:.1f} min), "
+                      f"{ex['frames_analysed']} analysed ({ex['frames_skipped_static']} skipped as static), "
+                      f"{f['all']} faces: {f['target']} of the target, {f['multi_person_clip_faces']} from multi-person "
+                      f"clips, the rest from {f['other_people']} other people's single-person clips. Budgets: "
+                      + ", ".join(f"{k} = {v}" for k, v in b.items())
+                      + f". The target's faces allow at most ~{f['target_distinct_capacity']} with no near-duplicate pair."]
+            i, ip = sc["identify"], sc["identify_proposed"]
+            lines.append(f"`curator identify --ref`: {i['target_faces']} faces marked, precision {i['precision']}, "
+                         f"recall {i['recall']}; "
+                         f"{i['tracks_spanning_several_clips_people']} of {i['tracks']} tracks span several clips/people "
+                         f"({i['faces_in_such_tracks']} faces). With the proposed track fix: precision {ip['precision']}, "
+                         f"recall {ip['recall']}, {ip['tracks_spanning_several_clips_people']} of {ip['tracks']} tracks mixed.")
+            lines += ["", "| method | budget | chosen | purity | pose cov. | pose bins | expr. cov. | light cov. | near-dup rate |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for meth, per in sc["results"].items():
+                for lab, r in per.items():
+                    lines.append(f"| {meth} | {lab} | {r['chosen']} | {r['identity_purity']:.2f} | {r['pose_coverage']:.2f} | "
+                                 f"{r['pose_bins_covered']}/{r['pose_bins_target']} | {r['expression_coverage']:.2f} | "
+                                 f"{r['light_coverage']:.2f} | {r['near_duplicate_rate']:.2f} |")
+            a = sc["all_target_faces"]
+            lines.append(f"| (all target faces) | - | {a['chosen']} | 1.00 | 1.00 | {a['pose_bins_target']}/{a['pose_bins_target']} | "
+                         f"1.00 | 1.00 | {a['near_duplicate_rate']:.2f} |")
+            cal = sc["near_duplicate_calibration"]
+            lines += ["", "Recogniser cosine similarity of known pairs (metric threshold "
+                      f"{ND_COSINE}):", "", "| pairs | n | p1 | p5 | median | p95 | max | share >= threshold |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for name, c in cal.items():
+                if c:
+                    lines.append(f"| {name} | {c['pairs']} | {c['p1']} | {c['p5']} | {c['median']} | {c['p95']} | {c['max']} | "
+                                 f"{c[f'share_ge_{ND_COSINE}']} |")
+    sc = result.get("scale")
+    if sc:
+        lines += ["", f"#### Scale (budget {sc['budget']})", "",
+                  "| rows | dedupe | target faces | near-dup groups | curate() wall s | CPU s | of which near_duplicate_groups s | "
+                  "RSS before MB | peak RSS during curate MB | same output |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sc["runs"]:
+            if "error" in r:
+                lines.append(f"| {r['rows']:,} | {'proposed' if r.get('proposed_dedupe') else 'curator'} | error: {r['error'][:80]} |")
+                continue
+            lines.append(f"| {r['rows']:,} | {'proposed prototype' if r['proposed_dedupe'] else 'curator'} | {r['candidates']:,} | "
+                         f"{r['near_duplicate_groups']:,} | {r['seconds']} | {r.get('cpu_s')} | {r.get('near_duplicate_groups_s')} | "
+                         f"{r['rss_before_curate_mb']} | {r['peak_rss_during_curate_mb']} | "
+                         f"{'yes' if r.get('same_output_as_curate') else ('-' if not r['proposed_dedupe'] else 'NO')} |")
+    return "\n".join(lines) + "\n"
 
 
 def _json_default(o):

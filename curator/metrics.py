@@ -38,6 +38,13 @@ def pose_label(yaw: float, pitch: float, size: float = POSE_BIN) -> str:
     return f"y{y0:+d}p{p0:+d}"
 
 
+def pose_labels(table: pd.DataFrame, size: float = POSE_BIN) -> np.ndarray:
+    """pose_label for every row, computed once per distinct bin (fast on a million rows)."""
+    codes = pose_bins(table, size)
+    labels = {c: (pose_label(*pose_bin_centre(c, size), size) if c >= 0 else "unknown") for c in codes.unique()}
+    return codes.map(labels).to_numpy(dtype=object)
+
+
 def tertile_edges(reference: pd.DataFrame, columns) -> dict[str, np.ndarray]:
     edges = {}
     for c in columns:
