@@ -311,11 +311,12 @@ def export(
         curator export -w ws --out faceswap_A --format faceswap
     """
     from .export import export as do_export
-    from .workspace import open_workspace
+    from .workspace import locked, open_workspace
 
     try:
-        summary = do_export(open_workspace(workspace), out, include_all=include_all, val_fraction=val_fraction,
-                            force=force, fmt=fmt)
+        ws = open_workspace(workspace)
+        with locked(ws, "curator export"):  # curate must not rewrite `selected` under a running export
+            summary = do_export(ws, out, include_all=include_all, val_fraction=val_fraction, force=force, fmt=fmt)
     except _errors() as e:
         fail(str(e))
     for note in summary.get("notes", []):
@@ -350,7 +351,7 @@ def run(
     from .export import export as do_export
     from .extract import ExtractSettings
     from .extract import extract as run_extract
-    from .workspace import open_workspace
+    from .workspace import locked, open_workspace
 
     ws_path = workspace or out.with_name(out.name + ".workspace")
     given = {"fps": fps, "size": size}
@@ -363,7 +364,9 @@ def run(
             fail("no faces found in the footage", 1)
         ident = run_identify(ws_path, ref, None, None, models)
         cur = run_curate(ws_path, budget, None, 25.0, 0)
-        exp = do_export(open_workspace(ws_path), out, force=force)
+        ws = open_workspace(ws_path)
+        with locked(ws, "curator run (export)"):
+            exp = do_export(ws, out, force=force)
     except _errors() as e:
         fail(str(e))
     payload = {"workspace": str(Path(ws_path).resolve()), "extract": ex.as_dict(), "identify": ident, "curate": cur, "export": exp}

@@ -98,6 +98,9 @@ def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, 
 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        # Leftovers of an export that was killed: half-built folders and set-aside old ones.
+        for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as e:
         raise ExportError(f"cannot write to {out.parent}: {e.strerror or e}") from None
