@@ -1,0 +1,168 @@
+"""Benchmark the face-swap trainer: images/s and the share of step time spent making batches.
+
+    python bench/train.py [--resolutions 64,128] [--repeats 3] [--steps 6] [--warmup 2]
+                          [--batch 16] [--width 64] [--latent 512] [--device cpu]
+                          [--out bench/results/train.json]
+
+Data: two single-person exports built once from the shared clips
+(3ddfa/obama.mp4 and video_retalking/face_2.mp4, `curator run
+--size 128 --fps 10`) into the bench cache (CURATOR_BENCH_CACHE, else
+~/.cache/curator-bench) and reused.
+
+Each repeat runs the real trainer in a fresh process (`python -m trainer`,
+default network width, no previews or checkpoints inside the timed steps) for
+warmup + steps steps and reads its loss.jsonl, where every step records
+images/s (A + B faces per second of wall time, all ranks) and data_fraction
+(time sampling + augmenting the batch / time of the whole step; CUDA events
+on a GPU, the clock on a CPU). Per repeat: the median over the timed steps;
+reported: the median over repeats. The first `warmup` steps (allocator,
+cuDNN autotuning) are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+CLIPS = {"A": "3ddfa/obama.mp4", "B": "video_retalking/face_2.mp4"}
+SETS_VERSION = 2
+TARGETS = {"data_fraction_max": 0.05}
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def build_sets(cache: Path) -> dict:
+    """The two exports (cached). Returns {"A": path, "B": path, "faces": {...}}."""
+    root = cache / f"train-sets-v{SETS_VERSION}"
+    out = {}
+    for name, rel in CLIPS.items():
+        target = root / name
+        if not (target / "manifest.parquet").is_file():
+            log(f"building export {name} from {rel} ...")
+            work = Path(tempfile.mkdtemp(prefix="train-set-", dir=cache))
+            cmd = [sys.executable, "-m", "curator", "run", str(common.VIDEOS / rel), "--out", str(work / name),
+                   "--budget", "2000", "--size", "128", "--fps", "10", "-q", "--models", str(common.PACK_SMALL)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"bench: building export {name} failed:\n{proc.stderr}")
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(work / name, target)
+            shutil.rmtree(work, ignore_errors=True)
+        out[name] = target
+    import pandas as pd
+
+    out["faces"] = {k: int((pd.read_parquet(out[k] / "manifest.parquet")["split"] == "train").sum()) for k in CLIPS}
+    return out
+
+
+def one_run(sets: dict, resolution: int, args, workdir: Path) -> dict:
+    run = Path(tempfile.mkdtemp(prefix=f"run{resolution}-", dir=workdir)) / "run"
+    total = args.warmup + args.steps
+    cmd = [sys.executable, "-m", "trainer", "--a", str(sets["A"]), "--b", str(sets["B"]), "--out", str(run),
+           "--resolution", str(resolution), "--batch", str(args.batch), "--width", str(args.width),
+           "--latent", str(args.latent), "--steps", str(total), "--device", args.device,
+           "--save-every", str(10**9), "--preview-every", str(10**9), "--quiet"]
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    load_before = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"bench: trainer failed at {resolution} px:\n{proc.stderr}")
+    rows = [json.loads(line) for line in (run / "loss.jsonl").read_text().splitlines()]
+    timed = rows[args.warmup:]
+    shutil.rmtree(run.parent, ignore_errors=True)
+    return {
+        "images_per_s": common.median([r["images_per_s"] for r in timed]),
+        "data_fraction": common.median([r["data_fraction"] for r in timed]),
+        "step_s": common.median([2 * args.batch / r["images_per_s"] for r in timed]),
+        "process_wall_s": round(wall, 2),
+        "loss_first": rows[0]["loss"], "loss_last": rows[-1]["loss"],
+        "loadavg_1min_before": round(load_before, 2), "loadavg_1min_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--resolutions", default="64,128")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per repeat")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--latent", type=int, default=512)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the trainer (0: PyTorch's default)")
+    ap.add_argument("--out", type=Path, default=common.REPO / "bench" / "results" / "train.json")
+    args = ap.parse_args()
+    common.require_testdata()
+
+    import torch
+
+    cache = common.default_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    sets = build_sets(cache)
+    log(f"sets: A {sets['faces']['A']} faces, B {sets['faces']['B']} faces (train split)")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="curator-bench-train-") as tmp:
+        for res in [int(r) for r in args.resolutions.split(",")]:
+            runs = []
+            for i in range(args.repeats):
+                r = one_run(sets, res, args, Path(tmp))
+                log(f"{res} px repeat {i + 1}: {r['images_per_s']:.2f} img/s, data {r['data_fraction']:.2%}, "
+                    f"load {r['loadavg_1min_before']}")
+                runs.append(r)
+            results.append({
+                "resolution": res,
+                "images_per_s": common.median([r["images_per_s"] for r in runs]),
+                "step_s": common.median([r["step_s"] for r in runs]),
+                "data_fraction": common.median([r["data_fraction"] for r in runs]),
+                "data_fraction_ok": common.median([r["data_fraction"] for r in runs]) < TARGETS["data_fraction_max"],
+                "runs": runs,
+            })
+    info = common.machine_info()
+    info.update({"torch": torch.__version__, "torch_threads_default": torch.get_num_threads(),
+                 "omp_num_threads": args.threads or os.environ.get("OMP_NUM_THREADS") or "default",
+                 "cuda_available": torch.cuda.is_available(),
+                 "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None})
+    report = {
+        "benchmark": "trainer", "git": common.git_rev(), "machine": info,
+        "settings": {"device": args.device, "batch_per_identity": args.batch, "width": args.width,
+                     "latent": args.latent, "steps_timed": args.steps, "warmup": args.warmup,
+                     "repeats": args.repeats, "sets": {k: CLIPS[k] for k in CLIPS}, "faces": sets["faces"]},
+        "targets": TARGETS,
+        # Timings on a shared machine mean little without the load they ran under (per run: loadavg_*).
+        "notes": ([] if torch.cuda.is_available() else
+                  ["no GPU on this machine (none was lent for this run): CPU figures only; "
+                   "the bf16/NCCL path is not measured here"]),
+        "results": results,
+        "command": "python bench/train.py " + " ".join(sys.argv[1:]),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    from curator.atomic import write_json
+
+    write_json(args.out, report)
+    print("| resolution | images/s | step (s) | data share | runs |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['resolution']} px | {r['images_per_s']:.2f} | {r['step_s']:.2f} | {r['data_fraction']:.2%} | "
+              f"{len(r['runs'])} |")
+
+
+if __name__ == "__main__":
+    main()

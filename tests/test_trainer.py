@@ -1,0 +1,383 @@
+"""The face-swap trainer (issue 7): real exports of two people, real training runs on CPU.
+
+Tiny networks at 64 px keep every run to seconds. Subprocesses run with one
+OpenMP thread each: on a small machine shared with other work, PyTorch's
+default (one thread per core) makes its threads wait on each other and a
+tiny model runs ~20x slower, and two DDP ranks would fight over the cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import clip, curator
+from curator.align import template
+from trainer.data import augment, eyes_mouth_mask, face_mask, pose_weights, sample
+from trainer.train import run as run_training
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+TINY = ["--resolution", "64", "--width", "8", "--latent", "64", "--lr", "1e-3", "--quiet"]
+# The run that test_resume_* and test_ctrl_c_* must reproduce exactly.
+SHORT = [*TINY, "--batch", "4", "--seed", "3", "--save-every", "4", "--preview-every", "5"]
+STEPS = 16
+
+
+def trainer(*args, module: str = "trainer", timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m trainer ...` (or `-m curator train ...` with module='curator')."""
+    cmd = [sys.executable, "-m", module, *(["train"] if module == "curator" else []), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def losses(run: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run / "loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    return [r["loss"] for r in rows]
+
+
+def weights(run: Path) -> dict:
+    return load_file(str(run / "model.safetensors"))
+
+
+def assert_one_error_line(text: str, *needles: str) -> str:
+    assert "Traceback" not in text, text
+    errors = [line for line in text.splitlines() if ": error" in line]
+    assert len(errors) == 1, text
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory) -> tuple[Path, Path]:
+    """Two single-person exports of two different people, 64 px crops."""
+    root = tmp_path_factory.mktemp("sets")
+    for name, video in (("A", "face_1.mp4"), ("B", "face_2.mp4")):
+        curator("run", clip(video), "--out", root / name, "--budget", "40", "--size", "64", "--fps", "4", "-q",
+                check=True)
+    return root / "A", root / "B"
+
+
+@pytest.fixture(scope="module")
+def full_run(sets, tmp_path_factory) -> Path:
+    """STEPS uninterrupted steps through `curator train` (the typer command)."""
+    run = tmp_path_factory.mktemp("full") / "run"
+    a, b = sets
+    proc = trainer("--a", a, "--b", b, "--out", run, *SHORT, "--steps", STEPS, module="curator")
+    assert proc.returncode == 0, proc.stderr
+    return run
+
+
+def test_two_process_ddp_keeps_ranks_identical_and_learns(sets, tmp_path):
+    a, b = sets
+    run = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "trainer", "--a", str(a), "--b", str(b), "--out", str(run), *TINY, "--batch", "8",
+         "--steps", "40", "--device", "cpu", "--sync-check", "--preview-every", "1000"],
+        capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 processes" in proc.stderr  # really distributed, not two independent runs
+
+    curve = losses(run)
+    assert len(curve) == 40
+    assert np.mean(curve[-10:]) < 0.7 * np.mean(curve[:5]), curve
+
+    # Every step, both ranks hold bit-identical weights...
+    rank0 = [line.split() for line in (run / "sync" / "rank0.txt").read_text().splitlines()]
+    rank1 = [line.split() for line in (run / "sync" / "rank1.txt").read_text().splitlines()]
+    assert [r[:2] for r in rank0] == [r[:2] for r in rank1]
+    assert [int(r[0]) for r in rank0] == list(range(1, 41))
+    assert len({r[1] for r in rank0}) == 40  # ...and they change every step
+    # ...while each rank trains on its own faces.
+    differ = sum(r0[2:] != r1[2:] for r0, r1 in zip(rank0, rank1))
+    assert differ >= 38, differ
+
+    # The checkpoint holds those weights (same hash as trainer.train.weights_hash).
+    h = hashlib.sha256()
+    for name, t in sorted(weights(run).items()):
+        h.update(name.encode())
+        h.update(t.contiguous().numpy().tobytes())
+    assert h.hexdigest() == rank0[-1][1]
+
+
+def test_resume_continues_exactly(sets, full_run, tmp_path):
+    a, b = sets
+    run = tmp_path / "run"
+    first = trainer("--a", a, "--b", b, "--out", run, *SHORT, "--steps", 10)
+    assert first.returncode == 0, first.stderr
+    assert torch.load(run / "state.pt", weights_only=True)["step"] == 10  # the save at exit (save-every is 4)
+    second = trainer("--out", run, "--resume", "--steps", STEPS, "--quiet")
+    assert second.returncode == 0, second.stderr
+    assert "resuming at step 10" in second.stderr
+
+    assert losses(run) == losses(full_run)  # bit for bit on CPU
+    w_resumed, w_full = weights(run), weights(full_run)
+    assert w_resumed.keys() == w_full.keys()
+    assert all(torch.equal(w_resumed[k], w_full[k]) for k in w_full)
+
+
+def test_ctrl_c_saves_and_resume_continues_exactly(sets, full_run, tmp_path):
+    a, b = sets
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "trainer", "--a", str(a), "--b", str(b), "--out", str(run), *SHORT,
+           "--steps", str(STEPS)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    log = run / "loss.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    stopped = torch.load(run / "state.pt", weights_only=True)["step"]
+    assert 2 <= stopped < STEPS, err  # stopped early, at a step that was not a --save-every step...
+    assert len(losses(run)) == stopped  # ...and saved exactly there
+
+    proc = trainer("--out", run, "--resume", "--quiet")  # --steps comes from the checkpoint's config
+    assert proc.returncode == 0, proc.stderr
+    assert losses(run) == losses(full_run)
+    assert all(torch.equal(v, weights(full_run)[k]) for k, v in weights(run).items())
+
+
+def test_time_limit_stops_and_saves(sets, tmp_path):
+    a, b = sets
+    run = tmp_path / "run"
+    proc = trainer("--a", a, "--b", b, "--out", run, *TINY, "--batch", "4", "--steps", 100000, "--time-limit", "2s")
+    assert proc.returncode == 0, proc.stderr
+    assert "(time limit)" in proc.stderr
+    done = len(losses(run))
+    assert 1 <= done < 100000
+    assert torch.load(run / "state.pt", weights_only=True)["step"] == done
+
+
+def test_previews_and_tensorboard_are_written(full_run):
+    previews = sorted((full_run / "previews").glob("*.png"))
+    assert [p.name for p in previews] == ["step_00000005.png", "step_00000010.png", "step_00000015.png"]
+    first, last = (cv2.imread(str(p)) for p in (previews[0], previews[-1]))
+    assert first.shape == (4 * 64, 2 * 4 * 64, 3)  # rows A->A, A->B, B->B, B->A; 4 (input, output) pairs
+    assert np.abs(first.astype(int) - last.astype(int)).mean() > 1  # the model's drawing changed
+    inputs, outputs = last[:, :64], last[:, 64:128]
+    assert np.abs(inputs.astype(int) - outputs.astype(int)).mean() > 1  # outputs are not the inputs
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((full_run / "tb").glob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(full_run / "tb"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars = acc.Scalars("loss/total")
+    assert [s.step for s in scalars] == list(range(1, STEPS + 1))
+    assert np.allclose([s.value for s in scalars], losses(full_run), rtol=1e-6)
+    assert [i.step for i in acc.Images("preview")] == [5, 10, 15]
+
+
+# --- data: masks, augmentation, pose balance --------------------------------------
+
+
+@pytest.mark.parametrize("size, margin", [(64, 0.3), (256, 0.3), (128, 0.15)])
+def test_masks_follow_the_alignment_template(size, margin):
+    pts = np.round(template(size, margin)).astype(int)  # eyes, nose, mouth corners in the crop
+    face, em = face_mask(size, margin), eyes_mouth_mask(size, margin)
+    assert all(face[y, x] == 1 for x, y in pts)  # the whole inner face is fully in
+    assert face[0, 0] == face[0, -1] == face[-1, 0] == face[-1, -1] == 0  # background corners out
+    assert ((face > 0.05) & (face < 0.95)).mean() > 0.02  # a feathered rim, not a hard edge
+    eyes, nose, mouth = pts[:2], pts[2], pts[3:].mean(0).astype(int)
+    assert all(em[y, x] == 1 for x, y in [*eyes, mouth])
+    assert em[nose[1], nose[0]] == 0 and (em <= face + 1e-6).all()  # eyes and mouth only, inside the face
+
+
+def test_augmentation_moves_face_and_mask_together(sets):
+    # A "face" that is the mask itself: after augmentation, the target must still sit on the target mask.
+    size = 64
+    mask = torch.from_numpy(face_mask(size, 0.3))
+    faces = (mask * 255).round().to(torch.uint8).expand(8, 3, size, size).contiguous()
+    gen = torch.Generator().manual_seed(0)
+    inp, target, target_mask, weight = augment(faces, mask, mask, gen)
+    assert inp.shape == target.shape == (8, 3, size, size) and target_mask.shape == weight.shape == (8, 1, size, size)
+    for t, m, x in zip(target, target_mask, inp):
+        grey = t.mean(0).flatten()
+        assert np.corrcoef(grey, m.flatten())[0, 1] > 0.97  # same geometry (colour jitter aside)
+        assert (t - x).abs().mean() > 0.002  # the input is additionally warped
+    moved = (target_mask[:, 0] - mask).abs().mean((1, 2))
+    assert (moved > 0.005).all()  # every sample got its own random transform
+    again = augment(faces, mask, mask, torch.Generator().manual_seed(0))
+    assert all(torch.equal(u, v) for u, v in zip(again, (inp, target, target_mask, weight)))  # seeded
+
+
+def test_pose_balance_draws_every_pose_bin_equally(sets):
+    a, _ = sets
+    table = pd.read_parquet(a / "manifest.parquet").query("split == 'train'")
+    w = pose_weights(table["yaw"].to_numpy(), table["pitch"].to_numpy())
+    bins = [f"{int(np.floor(y / 10))}:{int(np.floor(p / 10))}" for y, p in zip(table["yaw"], table["pitch"])]
+    per_bin = pd.Series(w).groupby(bins).sum()
+    assert len(per_bin) >= 2 and pd.Series(bins).value_counts().nunique() >= 2  # bins of unequal size...
+    assert np.allclose(per_bin, 1 / len(per_bin))  # ...drawn equally often
+    draws = sample(len(w), 20000, torch.from_numpy(w).float(), torch.Generator().manual_seed(0), "cpu").numpy()
+    drawn = pd.Series(np.array(bins)[draws]).value_counts(normalize=True)
+    assert np.allclose(drawn, 1 / len(per_bin), atol=0.02)
+
+
+# --- clear errors -------------------------------------------------------------------
+
+
+class Payload:
+    """A pickle that creates a folder when unpickled: the classic code-execution pickle."""
+
+    def __init__(self, target: Path):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.target,))
+
+
+def _bad_state_random(run: Path) -> None:
+    (run / "state.pt").write_bytes(os.urandom(4096))
+
+
+def _bad_state_truncated(run: Path) -> None:
+    data = (run / "state.pt").read_bytes()
+    (run / "state.pt").write_bytes(data[: len(data) // 2])
+
+
+def _bad_state_pickle(run: Path) -> None:
+    (run / "state.pt").write_bytes(pickle.dumps({"step": 3, "optimizer": {}}))
+
+
+def _bad_state_foreign_torch(run: Path) -> None:
+    torch.save({"epoch": 3, "model": {"w": torch.zeros(2)}}, run / "state.pt")
+
+
+def _bad_weights_random(run: Path) -> None:
+    (run / "model.safetensors").write_bytes(os.urandom(4096))
+
+
+def _bad_weights_truncated(run: Path) -> None:
+    data = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _bad_weights_keys(run: Path) -> None:
+    save_file({"conv.weight": torch.zeros(3, 3)}, str(run / "model.safetensors"))
+
+
+def _bad_weights_shape(run: Path) -> None:
+    w = weights(run)
+    w["encoder.to_latent.weight"] = torch.zeros(7, 7)
+    save_file(w, str(run / "model.safetensors"))
+
+
+def _bad_weights_other_step(run: Path) -> None:
+    # Right keys and shapes, but not the weights state.pt was saved with (a crash between the two renames).
+    w = weights(run)
+    w["encoder.to_latent.bias"] = w["encoder.to_latent.bias"] + 1
+    save_file(w, str(run / "model.safetensors"))
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (_bad_state_random, "state.pt: not a trainer state file (not the zip archive"),
+    (_bad_state_truncated, "state.pt: not a trainer state file (not the zip archive"),
+    (_bad_state_pickle, "state.pt: not a trainer state file (not the zip archive"),
+    (_bad_state_foreign_torch, "state.pt: not a curator face-swap trainer state file"),
+    (_bad_weights_random, "model.safetensors: not a readable safetensors file"),
+    (_bad_weights_truncated, "model.safetensors: not a readable safetensors file"),
+    (_bad_weights_keys, "model.safetensors: not weights of this model"),
+    (_bad_weights_shape, "tensor encoder.to_latent.weight is (7, 7)"),
+    (_bad_weights_other_step, "does not belong to"),
+])
+def test_damaged_or_foreign_checkpoint_is_one_clear_error(full_run, tmp_path, capsys, damage, needle):
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    damage(run)
+    assert run_training({"out": str(run), "resume": True, "quiet": True}) == 2
+    assert_one_error_line(capsys.readouterr().err, needle)
+
+
+def test_code_in_a_pickled_state_is_never_run(full_run, tmp_path, capsys):
+    # A state.pt shaped exactly like a real one (torch.save's zip), whose pickle runs code when unpickled.
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    marker = tmp_path / "pwned"
+    real = run / "state.pt"
+    with zipfile.ZipFile(real) as src:
+        members = {info: src.read(info) for info in src.infolist()}
+    with zipfile.ZipFile(real, "w") as dst:
+        for info, data in members.items():
+            evil = info.filename.endswith("/data.pkl")
+            dst.writestr(info, pickle.dumps(Payload(marker), protocol=2) if evil else data)
+    assert any(i.filename.endswith("/data.pkl") for i in members)
+    assert run_training({"out": str(run), "resume": True, "quiet": True}) == 2
+    assert_one_error_line(capsys.readouterr().err, "state.pt", "refused to load it", "posix.mkdir")
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(Payload(marker), protocol=2))  # the payload is live: plain unpickling runs it
+    assert marker.is_dir()
+
+
+def test_truncated_checkpoint_through_the_command_line(full_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    _bad_weights_truncated(run)
+    proc = trainer("--out", run, "--resume", module="curator")
+    assert proc.returncode == 2
+    line = assert_one_error_line(proc.stderr, "model.safetensors")
+    assert line.startswith("curator: error:")
+
+
+def test_resume_and_fresh_run_mixups_are_refused(sets, full_run, tmp_path, capsys):
+    a, b = sets
+    assert run_training({"a": str(a), "b": str(b), "out": str(full_run), "quiet": True}) == 2
+    assert_one_error_line(capsys.readouterr().err, "already holds a run", "--resume")
+    assert run_training({"out": str(tmp_path / "nothing"), "resume": True}) == 2
+    assert_one_error_line(capsys.readouterr().err, "no checkpoint to resume")
+    assert run_training({"out": str(full_run), "resume": True, "resolution": 128}) == 2
+    assert_one_error_line(capsys.readouterr().err, "--resolution 128", "built with 64")
+
+
+def _copy_export(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_export_without_training_faces_is_a_clear_error(sets, tmp_path, capsys):
+    a, b = sets
+    empty = _copy_export(a, tmp_path / "empty")
+    table = pd.read_parquet(empty / "manifest.parquet")
+    table[table["split"] != "train"].to_parquet(empty / "manifest.parquet")
+    args = {"b": str(b), "out": str(tmp_path / "run"), "resolution": 64, "quiet": True}
+    assert run_training({"a": str(empty), **args}) == 2
+    assert_one_error_line(capsys.readouterr().err, "empty", "no training faces")
+
+    bare = tmp_path / "bare"
+    (bare / "faces").mkdir(parents=True)
+    assert run_training({"a": str(bare), **args}) == 2
+    assert_one_error_line(capsys.readouterr().err, "not a curator export folder")
+    assert not (tmp_path / "run").exists()  # nothing written for a run that never started
+
+
+def test_export_with_mixed_crop_sizes_is_a_clear_error(sets, tmp_path):
+    a, b = sets
+    mixed = _copy_export(b, tmp_path / "mixed")
+    files = pd.read_parquet(mixed / "manifest.parquet").query("split == 'train'")["file"]
+    one = mixed / files.iloc[0]
+    cv2.imwrite(str(one), cv2.resize(cv2.imread(str(one)), (80, 80)))
+    proc = trainer("--a", a, "--b", mixed, "--out", tmp_path / "run", *TINY, "--steps", 1)
+    assert proc.returncode == 2
+    assert_one_error_line(proc.stderr, "mixed sizes", "80 px: 1")

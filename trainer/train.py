@@ -1,0 +1,473 @@
+"""Train a face swap between two curator exports, on one device or many (DDP).
+
+One device (no process group):
+
+    python -m trainer --a faces_a --b faces_b --out run --steps 20000
+    curator train --a faces_a --b faces_b --out run --time-limit 2h
+
+Several GPUs or processes (NCCL on GPUs, gloo on CPU), one machine or several:
+
+    torchrun --nproc-per-node 4 -m trainer --a faces_a --b faces_b --out run --steps 20000
+
+--batch is the number of faces of EACH identity per step, over all processes;
+each rank draws its own batch // world_size faces from its own per-step random
+stream, so the ranks see different faces and DDP averages their gradients.
+
+Everything the loop does is in `train()` below, top to bottom: set up
+(distributed, device, config, data, model), then the step loop (sample,
+augment, forward, loss, backward, step, log, preview, save), then clean up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import TrainError, checkpoint
+from .data import augment, eyes_mouth_mask, face_mask, load_set, plain, pose_weights, sample
+from .loss import face_loss
+from .model import FaceSwap
+
+
+@dataclass
+class Config:
+    a: str = ""                      # export folder of identity A (the face in the footage you will swap)
+    b: str = ""                      # export folder of identity B (the face to draw instead)
+    out: str = ""                    # run folder: checkpoints, loss.jsonl, previews/, tb/
+    resolution: int = 128            # training resolution in px (64..256, multiple of 16); crops are resized to it
+    width: int = 64                  # base channel width; encoder W,2W,4W,8W, decoders 4W,2W,W,W/2
+    latent: int = 512                # bottleneck size: small enough that identity cannot pass through
+    batch: int = 16                  # faces of EACH identity per step, summed over all ranks
+    lr: float = 5e-5                 # Adam, betas (0.5, 0.999), as the original face-swap models
+    steps: int | None = None         # stop when this step is reached (counting earlier runs of RUN)
+    time_limit: str | None = None    # or after this long, e.g. 90m, 2h, 1h30m (this invocation)
+    save_every: int = 1000           # checkpoint every N steps (and always at exit)
+    preview_every: int = 250         # preview grid every N steps
+    seed: int = 0                    # initial weights and every random draw derive from it
+    device: str = "auto"             # auto, cpu or cuda
+    pose_balance: bool = False       # draw faces by inverse frequency of their 10-degree yaw x pitch bin
+    eyes_mouth_weight: float = 1.0   # extra loss weight on eyes and mouth (0 = none)
+    resume: bool = False             # continue the run in --out from its checkpoint
+    sync_check: bool = False         # each rank appends a SHA-256 of its weights (+ faces drawn) per step to RUN/sync/
+    quiet: bool = False              # no progress bar
+
+
+# These define the network: a checkpoint can only be resumed with the same values.
+ARCHITECTURE = ("resolution", "width", "latent")
+# These belong to one invocation and are never taken from the checkpoint.
+PER_INVOCATION = ("resume", "quiet", "time_limit", "device", "sync_check")
+
+
+def parse_args(argv: list[str] | None = None) -> dict:
+    """Command line -> {option: value} for the options actually given (the rest come from Config or the checkpoint)."""
+    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("--a", help="export folder of identity A (faces/ + manifest.parquet; split == 'train' is used)")
+    add("--b", help="export folder of identity B")
+    add("--out", help="run folder (created)")
+    add("--resolution", type=int, help="training resolution, 64..256 [128]")
+    add("--width", type=int, help="base channel width [64]")
+    add("--latent", type=int, help="bottleneck size [512]")
+    add("--batch", type=int, help="faces of each identity per step, over all ranks [16]")
+    add("--lr", type=float, help="learning rate [5e-5]")
+    add("--steps", type=int, help="stop at this step (total over resumes)")
+    add("--time-limit", help="stop after this long: 45m, 2h, 1h30m, or seconds")
+    add("--save-every", type=int, help="checkpoint every N steps [1000]")
+    add("--preview-every", type=int, help="preview grid every N steps [250]")
+    add("--seed", type=int, help="random seed [0]")
+    add("--device", choices=["auto", "cpu", "cuda"], help="[auto]")
+    add("--pose-balance", action=argparse.BooleanOptionalAction, default=None,
+        help="sample faces by inverse pose-bin frequency")
+    add("--eyes-mouth-weight", type=float, help="extra loss weight on eyes and mouth [1.0]")
+    add("--resume", action="store_true", default=None, help="continue the run in --out")
+    add("--sync-check", action="store_true", default=None, help="log a weights hash per rank per step (RUN/sync/)")
+    add("--quiet", "-q", action="store_true", default=None, help="no progress bar")
+    return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
+
+
+def parse_duration(text: str) -> float:
+    """'90' (seconds), '45m', '2h', '1h30m', '1d' -> seconds."""
+    text = str(text).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([dhms]?)", text)
+    if not parts or re.sub(r"\s+", "", text) != "".join(n + u for n, u in parts):
+        raise TrainError(f"--time-limit {text!r}: use seconds or e.g. 45m, 2h, 1h30m")
+    return sum(float(n) * {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 1}[u] for n, u in parts)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of one rank's random draws at one step.
+
+    Derived, not carried: a resumed run (or one with another world size)
+    draws exactly what an uninterrupted run would, with no generator state
+    to save per rank, and no two ranks or steps share a stream.
+    """
+    return int.from_bytes(hashlib.blake2b(f"{seed}/{step}/{rank}".encode(), digest_size=8).digest(), "little")
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainError(f"--device cuda: no CUDA device available to this PyTorch ({torch.__version__})")
+        if local_rank >= torch.cuda.device_count():  # NCCL cannot run two ranks on one GPU
+            raise TrainError(f"local rank {local_rank} but only {torch.cuda.device_count()} GPU(s) on this machine: "
+                             "use at most one process per GPU (--nproc-per-node)")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        return device
+    if name == "cpu":
+        return torch.device("cpu")
+    raise TrainError(f"--device must be auto, cpu or cuda, not {name!r}")
+
+
+def resolve_config(overrides: dict) -> tuple[Config, dict | None]:
+    """Config from the command line, or (with --resume) from the checkpoint plus what was given now."""
+    known = {f.name for f in fields(Config)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise TrainError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    if not overrides.get("out"):
+        raise TrainError("--out RUN is required")
+    run = Path(overrides["out"]).expanduser().resolve()
+    state = None
+    if overrides.get("resume"):
+        if not checkpoint.exists(run):
+            raise TrainError(f"{run}: no checkpoint to resume (model.safetensors + state.pt)")
+        state = checkpoint.read_state(run)
+        saved = {k: v for k, v in state["config"].items() if k in known and k not in PER_INVOCATION}
+        for k in ARCHITECTURE:
+            if k in overrides and k in saved and overrides[k] != saved[k]:
+                raise TrainError(f"--{k.replace('_', '-')} {overrides[k]}: the run in {run} was built with "
+                                 f"{saved[k]}; drop the option or start a new --out")
+        values = {**saved, **overrides}
+    else:
+        if checkpoint.exists(run):
+            raise TrainError(f"{run} already holds a run; pass --resume to continue it, or choose another --out")
+        values = dict(overrides)
+        for k in ("a", "b"):
+            if not values.get(k):
+                raise TrainError(f"--{k} is required (a curator export folder)")
+    values["out"] = str(run)
+    for k in ("a", "b"):
+        values[k] = str(Path(values[k]).expanduser().resolve())
+    cfg = Config(**values)
+    for name in ("resolution", "width", "latent", "batch", "save_every", "preview_every"):
+        if getattr(cfg, name) <= 0:
+            raise TrainError(f"--{name.replace('_', '-')} must be positive")
+    if cfg.resolution % 16 or not 64 <= cfg.resolution <= 256:
+        raise TrainError(f"--resolution must be a multiple of 16 from 64 to 256, not {cfg.resolution}")
+    if cfg.steps is not None and cfg.steps <= 0:
+        raise TrainError("--steps must be positive")
+    if not (cfg.lr > 0 and cfg.eyes_mouth_weight >= 0):
+        raise TrainError("--lr must be positive and --eyes-mouth-weight not negative")
+    if cfg.time_limit is not None:
+        parse_duration(cfg.time_limit)
+    return cfg, state
+
+
+def preview_grid(model: FaceSwap, show_a: torch.Tensor, show_b: torch.Tensor) -> torch.Tensor:
+    """[3, 4R, 2kR] in [0, 1]. Rows A->A, A->B, B->B, B->A; each row is k (input, output) pairs.
+
+    Outputs are blended into their input through the predicted mask, as a
+    swap would be, so the grid shows the mask's edge as well as the face.
+    """
+    rows = []
+    for x, to in ((show_a, "a"), (show_a, "b"), (show_b, "b"), (show_b, "a")):
+        face, mask = model.swap(x, to)
+        out = face.float() * mask.float() + x * (1 - mask.float())
+        pairs = torch.stack([x, out], 1).flatten(0, 1)  # in1, out1, in2, out2, ...
+        rows.append(torch.cat(list(pairs), dim=2))  # side by side
+    return torch.cat(rows, dim=1).clamp(0, 1)
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def train(overrides: dict) -> int:
+    # ---- distributed setup. torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; a plain run has none.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    ddp = world > 1
+    device = pick_device(overrides.get("device", "auto"), local_rank)
+    if ddp:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    master = rank == 0  # rank 0 alone logs, previews and saves
+    try:
+        return _train(overrides, device, rank, world, ddp, master)
+    finally:
+        if ddp:
+            dist.destroy_process_group()
+
+
+def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bool, master: bool) -> int:
+    cfg, state = resolve_config(overrides)
+    run = Path(cfg.out)
+    if cfg.batch % world:
+        raise TrainError(f"--batch {cfg.batch} is not divisible by the {world} processes")
+    local_batch = cfg.batch // world
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    # bf16 autocast where the GPU has it (Ampere and newer): ~2x throughput, and
+    # unlike fp16 it needs no loss scaling. CPU runs stay fp32 (exact resume).
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def note(msg: str) -> None:
+        if master:
+            print(f"trainer: {msg}", file=sys.stderr, flush=True)
+
+    # ---- model and optimiser, first: a bad checkpoint should fail before minutes of JPEG decoding.
+    # Same seed on every rank; DDP also broadcasts rank 0's weights.
+    R = cfg.resolution
+    torch.manual_seed(cfg.seed)
+    model = FaceSwap(R, cfg.width, cfg.latent).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    step = 0
+    if state is not None:
+        checkpoint.load_weights(run, model, state)
+        checkpoint.load_optimizer(run, optimizer, state)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr  # an explicit --lr on resume wins over the saved one
+        checkpoint.set_rng_states(state["rng"], device)
+        step = int(state["step"])
+
+    # ---- data: both sets decoded once, kept on the device as uint8.
+    set_a, set_b = load_set(cfg.a, R), load_set(cfg.b, R)
+    if abs(set_a["margin"] - set_b["margin"]) > 1e-6:
+        raise TrainError(f"A and B were aligned with different margins ({set_a['margin']} vs {set_b['margin']}); "
+                         "a swap needs both framed alike: export them with the same settings")
+    for name, s in (("A", set_a), ("B", set_b)):
+        if not s["has_provenance"]:
+            note(f"{name} has no provenance.json; assuming the default alignment margin {s['margin']}")
+        if s["size"] < R:
+            note(f"{name}'s crops are {s['size']} px, upscaled to --resolution {R} (soft targets)")
+    faces_a, faces_b = set_a["faces"].to(device), set_b["faces"].to(device)
+    mask = torch.from_numpy(face_mask(R, set_a["margin"])).to(device)
+    weight = mask * (1 + cfg.eyes_mouth_weight * torch.from_numpy(eyes_mouth_mask(R, set_a["margin"])).to(device))
+    draw_a = torch.from_numpy(pose_weights(set_a["yaw"], set_a["pitch"])).float().to(device) if cfg.pose_balance else None
+    draw_b = torch.from_numpy(pose_weights(set_b["yaw"], set_b["pitch"])).float().to(device) if cfg.pose_balance else None
+    k = min(4, len(faces_a), len(faces_b))  # preview: the same few faces every time, spread over each set
+    show_a = plain(faces_a[torch.linspace(0, len(faces_a) - 1, k).long()])
+    show_b = plain(faces_b[torch.linspace(0, len(faces_b) - 1, k).long()])
+    note(f"A: {len(faces_a)} faces, B: {len(faces_b)} faces at {R} px on {device}"
+         + (f", {world} processes" if ddp else "") + (", bf16" if bf16 else "")
+         + (f"; resuming at step {step}" if state is not None else ""))
+
+    raw = model
+    if ddp:
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    config = asdict(cfg)
+
+    # ---- outputs (rank 0): the loss log, TensorBoard, previews.
+    log = writer = bar = None
+    if master:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "previews").mkdir(exist_ok=True)
+        log_path = run / "loss.jsonl"
+        if state is not None and log_path.exists():
+            # Steps logged after the checkpoint (a crash, kill -9) are redone now; drop them.
+            kept = [line for line in log_path.read_text().splitlines(keepends=True) if _logged_step(line) <= step]
+            from curator.atomic import write_bytes
+            write_bytes(log_path, "".join(kept).encode())
+        log = open(log_path, "a")
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(run / "tb"), purge_step=step + 1)
+        if not cfg.quiet:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                           console=Console(stderr=True, highlight=False))
+            bar.start()
+            task = bar.add_task("train", total=cfg.steps, completed=step, stats="")
+    if cfg.sync_check:
+        (run / "sync").mkdir(parents=True, exist_ok=True)
+        sync_log = open(run / "sync" / f"rank{rank}.txt", "a")
+
+    def save() -> None:
+        if master:
+            extra = {"world_size": world}
+            checkpoint.save(run, raw, optimizer, step, config, extra, device)
+
+    # ---- stop requests: Ctrl-C / SIGTERM finish the current step, save, and exit.
+    signalled: list[int] = []
+
+    def on_signal(signum, frame):
+        if signalled:  # a second Ctrl-C: stop now, without saving
+            raise KeyboardInterrupt
+        signalled.append(signum)
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    deadline = time.monotonic() + parse_duration(cfg.time_limit) if cfg.time_limit else math.inf
+
+    def timer():
+        # CUDA events time the GPU work itself without a sync per phase; the CPU has only a clock.
+        if device.type == "cuda":
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def seconds(t0, t1) -> float:
+        return t0.elapsed_time(t1) / 1000 if device.type == "cuda" else t1 - t0
+
+    if cfg.steps is not None and step >= cfg.steps:
+        note(f"already at step {step}; raise --steps to train further")
+    last_saved = step
+    stopped_by = None
+    try:
+        # ---- the loop
+        while cfg.steps is None or step < cfg.steps:
+            wall0 = time.perf_counter()
+            t0 = timer()
+            gen = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, step, rank))
+            ia = sample(len(faces_a), local_batch, draw_a, gen, device)
+            ib = sample(len(faces_b), local_batch, draw_b, gen, device)
+            in_a, target_a, mask_a, weight_a = augment(faces_a[ia], mask, weight, gen)
+            in_b, target_b, mask_b, weight_b = augment(faces_b[ib], mask, weight, gen)
+            t1 = timer()
+
+            with autocast:
+                face_a, pred_mask_a, face_b, pred_mask_b = model(in_a, in_b)
+            loss_a, parts_a = face_loss(face_a, pred_mask_a, target_a, mask_a, weight_a)
+            loss_b, parts_b = face_loss(face_b, pred_mask_b, target_b, mask_b, weight_b)
+            loss = loss_a + loss_b
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # DDP all-reduces (averages) the gradients here
+            optimizer.step()
+            step += 1
+            t2 = timer()
+
+            # One small all-reduce: the ranks' mean losses, and whether anyone must stop
+            # (a rank got a signal, or rank 0's clock passed the time limit).
+            stop_now = bool(signalled) or (master and time.monotonic() >= deadline)
+            stats = torch.stack([loss_a.detach().float(), loss_b.detach().float(),
+                                 torch.tensor(float(stop_now), device=device)])
+            if ddp:
+                dist.all_reduce(stats)
+            la, lb, stop_votes = (stats / torch.tensor([world, world, 1.0], device=device)).tolist()
+            if not math.isfinite(la + lb):
+                raise TrainError(f"loss became {la + lb} at step {step}; stopped without saving (the checkpoint "
+                                 f"at step {last_saved} is intact); try a lower --lr")
+            if cfg.sync_check:
+                # The faces this rank drew ride along, to show the ranks' shards differ.
+                sync_log.write(f"{step} {weights_hash(raw)} a={ia.tolist()} b={ib.tolist()}\n")
+                sync_log.flush()
+
+            if master:
+                step_s = time.perf_counter() - wall0
+                data_frac = seconds(t0, t1) / max(seconds(t0, t2), 1e-9)
+                images_s = 2 * cfg.batch / max(step_s, 1e-9)  # A and B faces, all ranks
+                log.write(json.dumps({"step": step, "loss": la + lb, "loss_a": la, "loss_b": lb,
+                                      "images_per_s": round(images_s, 3), "data_fraction": round(data_frac, 5)}) + "\n")
+                log.flush()
+                writer.add_scalar("loss/total", la + lb, step)
+                writer.add_scalar("loss/a", la, step)
+                writer.add_scalar("loss/b", lb, step)
+                for name in ("l1", "dssim", "mask"):
+                    writer.add_scalar(f"parts_a/{name}", parts_a[name].item(), step)
+                    writer.add_scalar(f"parts_b/{name}", parts_b[name].item(), step)
+                writer.add_scalar("speed/images_per_s", images_s, step)
+                writer.add_scalar("speed/data_fraction", data_frac, step)
+                if bar is not None:
+                    bar.update(task, completed=step, stats=f"{images_s:7.1f} img/s  loss {la + lb:.4f}")
+                if step % cfg.preview_every == 0:
+                    with autocast:
+                        grid = preview_grid(raw, show_a, show_b).float()
+                    _write_png(run / "previews" / f"step_{step:08d}.png", grid)
+                    writer.add_image("preview", grid, step)
+                if step % cfg.save_every == 0:
+                    save()
+            if step % cfg.save_every == 0:
+                last_saved = step
+            if stop_votes > 0:
+                stopped_by = signalled[0] if signalled else "time" if time.monotonic() >= deadline else "peer"
+                break
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        if bar is not None:
+            bar.stop()
+    # ---- clean exit (steps reached, time limit, or a signal): save what we have.
+    if step > last_saved:
+        save()
+    if master:
+        log.close()
+        writer.close()
+    if cfg.sync_check:
+        sync_log.close()
+    if isinstance(stopped_by, int):
+        note(f"stopped by {signal.Signals(stopped_by).name} at step {step}; saved {run} (continue with --resume)")
+        return 128 + stopped_by
+    why = {"time": " (time limit)", "peer": " (another rank was interrupted)"}.get(stopped_by, "")
+    note(f"step {step}: checkpoint in {run}{why}")
+    return 0
+
+
+def _logged_step(line: str) -> float:
+    """The step of a loss.jsonl line; a line cut short by a crash counts as after every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def _write_png(path: Path, grid: torch.Tensor) -> None:
+    import cv2
+
+    from curator.atomic import write_bytes
+
+    rgb = (grid.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype("uint8")
+    ok, buf = cv2.imencode(".png", rgb[:, :, ::-1])
+    if ok:
+        write_bytes(path, buf.tobytes())
+
+
+def run(overrides: dict, prog: str = "trainer") -> int:
+    """Train; problems the user can fix are one line on stderr and exit code 2."""
+    try:
+        return train(overrides)
+    except TrainError as e:
+        where = f" [rank {os.environ['RANK']}]" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"{prog}: error{where}: {e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        # Only a second Ctrl-C (or one before training started) gets here: nothing new was saved.
+        print(f"{prog}: interrupted; not saved (an earlier checkpoint, if any, is intact)", file=sys.stderr, flush=True)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
