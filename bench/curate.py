@@ -550,45 +550,9 @@ def distinct_capacity(emb: np.ndarray, yaw: np.ndarray, pitch: np.ndarray) -> in
     return count
 
 
-# --- a proposed change to identify (prototype, for comparison; NOT curator's behaviour) -----------
-
-def link_tracks_proposed(table: pd.DataFrame, emb: np.ndarray, min_iou: float = 0.3, min_cos: float = 0.3,
-                         max_gap_s: float = 2.0) -> np.ndarray:
-    """curator.identify.link_tracks plus two guards: a face only continues a track from an analysed frame at
-    most max_gap_s earlier, and only if its embedding is at least min_cos similar to that face's (a cut to
-    another person in the same screen position no longer continues the track)."""
-    from curator.identify import _iou
-
-    track = np.full(len(table), -1, np.int64)
-    next_id = 0
-    order = table.sort_values(["source_sha256", "frame", "face_index"], kind="stable")
-    prev = None  # (sha, time, boxes, ids, rows)
-    for (sha, _frame), group in order.groupby(["source_sha256", "frame"], sort=False):
-        rows = table.index.get_indexer(group.index)
-        boxes = np.stack(group["bbox"].to_numpy()).astype(np.float64)
-        t_now = float(group["time_s"].iloc[0])
-        ids = np.full(len(group), -1, np.int64)
-        if prev is not None and prev[0] == sha and group["source_kind"].iloc[0] == "video" and t_now - prev[1] <= max_gap_s:
-            iou = _iou(boxes, prev[2])
-            iou = np.where(emb[rows] @ emb[prev[4]].T >= min_cos, iou, 0.0)
-            for flat in np.argsort(-iou, axis=None):
-                i, j = np.unravel_index(flat, iou.shape)
-                if iou[i, j] < min_iou:
-                    break
-                if ids[i] < 0 and prev[3][j] not in ids:
-                    ids[i] = prev[3][j]
-        for i in range(len(ids)):
-            if ids[i] < 0:
-                ids[i] = next_id
-                next_id += 1
-        track[rows] = ids
-        prev = (sha, t_now, boxes, ids, rows)
-    return track
-
-
 def run_scenario(key: str, args, cache: Path, work: Path, fm) -> dict:
     from curator import curate as curate_mod
-    from curator.identify import reference_embeddings
+    from curator.identify import link_tracks, reference_embeddings
     from curator.workspace import open_workspace, read_embeddings, read_table
 
     sc = SCENARIOS[key]
@@ -677,7 +641,7 @@ def run_scenario(key: str, args, cache: Path, work: Path, fm) -> dict:
         # proposed track fix (prototype below; equal to the ground truth in both scenarios, see identify_proposed).
         ref_emb = reference_embeddings(fm, [ref["path"]])
         score = (emb @ ref_emb.T).max(1)
-        tr2 = link_tracks_proposed(table, emb)
+        tr2 = link_tracks(table, emb)  # curator's own tracks (the fix this benchmark once proposed is in)
         is_t2 = pd.Series(score).groupby(tr2).transform(lambda v: np.percentile(v, 75)).to_numpy() >= float(ident["threshold"])
         pool = np.flatnonzero(is_t2)
         pool_time = pool[np.lexsort((table["face_index"].to_numpy()[pool], table["frame"].to_numpy()[pool]))]
@@ -917,92 +881,6 @@ def synth_table(n_rows: int, seed: int = 0, with_embeddings: bool = True) -> pd.
     return table
 
 
-# --- a proposed change to curate's dedupe (prototype, for comparison; NOT curator's behaviour) ----
-
-def near_duplicate_groups_proposed(features, appearance, quality, track, time_order, radius=None, app_radius=None):
-    """Same groups as curator.curate.near_duplicate_groups (checked on every scale run), computed without
-    per-face Python loops and without a 12-d KD-tree radius query for every run representative:
-
-    - pass 1: for every position p (track, time order) the first later position of its track that is not
-      close to p, found for all p at once by comparing p with p+1, p+2, ... only while still close; then
-      a walk over run starts (one step per run, integers only);
-    - run representatives: one lexsort instead of groupby().apply(lambda);
-    - pass 2: candidate pairs from scipy's cKDTree.query_pairs on the 5 feature columns with the widest
-      spread (dropping columns never increases a distance, so no true pair is missed), then the full
-      feature and appearance tests vectorised, then the same best-quality-first owner loop over a CSR
-      neighbour list.
-    """
-    from scipy.spatial import cKDTree
-
-    from curator import curate as cm
-
-    radius = cm.DEDUPE_RADIUS if radius is None else radius
-    app_radius = cm.APPEARANCE_RADIUS if app_radius is None else app_radius
-    n = len(features)
-    if n == 0:
-        return np.arange(0)
-
-    def close_rows(i, j):
-        df = np.linalg.norm(features[j] - features[i], axis=1) <= radius
-        da = np.linalg.norm(appearance[j] - appearance[i], axis=1) <= app_radius
-        return df & da
-
-    o = np.lexsort((time_order, track))
-    tr = track[o]
-    end = np.r_[np.flatnonzero(tr[1:] != tr[:-1]) + 1, n]
-    track_end = np.repeat(end, np.diff(np.r_[0, end]))
-    nxt = np.full(n, -1)
-    pending = np.arange(n)
-    k = 1
-    while len(pending):
-        q = pending + k
-        at_end = q >= track_end[pending]
-        nxt[pending[at_end]] = track_end[pending[at_end]]
-        pending, q = pending[~at_end], q[~at_end]
-        ok = close_rows(o[pending], o[q])
-        nxt[pending[~ok]] = q[~ok]
-        pending = pending[ok]
-        k += 1
-    is_start = np.zeros(n, bool)
-    nxt_l = nxt.tolist()
-    for s0, e0 in zip(np.r_[0, end[:-1]].tolist(), end.tolist()):
-        while s0 < e0:
-            is_start[s0] = True
-            s0 = nxt_l[s0]
-    run_start = np.maximum.accumulate(np.where(is_start, np.arange(n), 0))
-    leader = np.empty(n, np.int64)
-    leader[o] = o[run_start]
-
-    srt = np.lexsort((np.arange(n), -quality, leader))  # best quality first, ties: lowest index (np.argmax)
-    first = np.r_[True, leader[srt][1:] != leader[srt][:-1]]
-    run_ids, reps = leader[srt][first], srt[first]
-
-    F = features[reps].astype(np.float64)
-    dims = np.argsort(-F.std(0))[: min(5, F.shape[1])]
-    pairs = cKDTree(F[:, dims]).query_pairs(radius, output_type="ndarray")
-    keep = np.zeros(len(pairs), bool)
-    for c0 in range(0, len(pairs), 2_000_000):
-        a, b = pairs[c0:c0 + 2_000_000, 0], pairs[c0:c0 + 2_000_000, 1]
-        d = F[a] - F[b]
-        okf = np.flatnonzero(np.einsum("ij,ij->i", d, d) <= radius * radius)
-        oka = np.linalg.norm(appearance[reps[b[okf]]] - appearance[reps[a[okf]]], axis=1) <= app_radius
-        keep[c0 + okf[oka]] = True
-    pairs = pairs[keep]
-    m = len(reps)
-    src = np.r_[pairs[:, 0], pairs[:, 1]]
-    dst = np.r_[pairs[:, 1], pairs[:, 0]][np.argsort(src, kind="stable")]
-    indptr = np.r_[0, np.cumsum(np.bincount(src, minlength=m))]
-    owner = np.full(m, -1)
-    for i in np.lexsort((reps, -quality[reps])).tolist():
-        if owner[i] >= 0:
-            continue
-        owner[i] = i
-        cand = dst[indptr[i]:indptr[i + 1]]
-        if len(cand):
-            owner[cand[owner[cand] < 0]] = i
-    return reps[owner][np.searchsorted(run_ids, leader)]
-
-
 def _proc_status(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -1023,7 +901,7 @@ def scale_worker(n_rows: int, budget: int, seed: int, profile: str | None, propo
 
     phases: dict[str, float] = {}
     original = cm.near_duplicate_groups
-    groups_impl = near_duplicate_groups_proposed if proposed else original
+    groups_impl = original
 
     def timed_groups(*a, **kw):
         t = time.perf_counter()
