@@ -13,7 +13,6 @@ frame, recognition batched over all faces of a frame, landmarks per face.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .align import recognition_crop
+from .media import sha256_file
 
 DEFAULT_PACK = "buffalo_l"
 ENV_PACK = "CURATOR_MODELS"
@@ -106,7 +106,7 @@ def load_models(pack: str | None = None, *, device: str = "auto", det_thresh: fl
     if not getattr(det, "use_kps", True):
         raise ModelError(f"model pack {name}: the detector gives no keypoints (curator needs 5)")
     model_dir = Path(app.model_dir)
-    files = {p.name: _sha256(p) for p in sorted(model_dir.glob("*.onnx"))}
+    files = {p.name: sha256_file(p) for p in sorted(model_dir.glob("*.onnx"))}
     return FaceModels(
         pack=direct.name if direct.is_dir() else name,
         path=model_dir,
@@ -117,14 +117,6 @@ def load_models(pack: str | None = None, *, device: str = "auto", det_thresh: fl
         files=files,
         providers=providers,
     )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def detector_size(height: int, width: int, cap: int = 640) -> tuple[int, int]:

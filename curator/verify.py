@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import faces
 from .extract import commit_staging, part_progress
+from .media import sha256_file
 from .workspace import (
     Workspace,
     WorkspaceError,
@@ -113,7 +113,7 @@ def _changed_models(meta: dict) -> list[str]:
     changed = []
     for name, sha in (models.get("files") or {}).items():
         path = folder / name
-        if path.is_file() and faces._sha256(path) != sha:
+        if path.is_file() and sha256_file(path) != sha:
             changed.append(name)
     return changed
 

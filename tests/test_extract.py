@@ -46,7 +46,7 @@ def test_table_contract(ws_talking):
         assert (ws_talking / rel).is_file()
     meta = json.loads((ws_talking / "workspace.json").read_text())
     assert meta["format_version"] == FORMAT_VERSION
-    assert meta["models"]["files"]["mobilefacenet_128.onnx"] == faces._sha256(PACK / "mobilefacenet_128.onnx")
+    assert meta["models"]["files"]["mobilefacenet_128.onnx"] == media.sha256_file(PACK / "mobilefacenet_128.onnx")
     assert all(len(s) == 64 for s in table["source_sha256"])
 
 

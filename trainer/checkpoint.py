@@ -17,7 +17,6 @@ program's file, another model's weights) ends in one TrainError line.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import warnings
@@ -30,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from curator.atomic import atomic_path
+from curator.media import sha256_file
 
 from . import TrainError
 
@@ -42,12 +42,6 @@ def exists(run: Path) -> bool:
     return (run / WEIGHTS).exists() or (run / STATE).exists()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def rng_states(device: torch.device) -> dict:
@@ -80,7 +74,7 @@ def save(run: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, st
         save_file(weights, str(tmp), metadata=meta)
     state = {"format": FORMAT, "version": VERSION, "step": step, "config": config,
              "optimizer": optimizer.state_dict(), "rng": rng_states(device),
-             "weights_sha256": _sha256(run / WEIGHTS), **extra}
+             "weights_sha256": sha256_file(run / WEIGHTS), **extra}
     with atomic_path(run / STATE) as tmp:
         torch.save(state, tmp)
 
@@ -135,7 +129,7 @@ def load_weights(run: Path, model: torch.nn.Module, state: dict) -> None:
         if weights[k].shape != v.shape or weights[k].dtype != v.dtype:
             raise TrainError(f"{path}: tensor {k} is {tuple(weights[k].shape)} {weights[k].dtype}, "
                              f"this model needs {tuple(v.shape)} {v.dtype}")
-    if _sha256(path) != state["weights_sha256"]:
+    if sha256_file(path) != state["weights_sha256"]:
         raise TrainError(f"{path}: does not belong to {run / STATE} (saved by another step or run; "
                          "interrupted while saving?)")
     model.load_state_dict(weights, strict=True)
