@@ -173,48 +173,62 @@ def build_footage(
     path = cache / f"{stem}_{total}f.mp4"
     sub_path = cache / f"{stem}_{sub_total}f.mp4" if sub_total else None
     table_path = cache / f"{stem}_{total}f.json"
-    if path.exists() and table_path.exists() and (sub_path is None or sub_path.exists()):
+    have_long = path.exists() and table_path.exists()
+    if have_long and (sub_path is None or sub_path.exists()):
         info = json.loads(table_path.read_text())
+        info["subset_frames"] = sub_total
         info.update({"path": str(path), "subset_path": str(sub_path) if sub_path else None, "cached": True})
         return info
 
-    log(f"building {minutes:g} min of {spec.width}x{spec.height} footage from {len(clips)} clips into {cache} ...")
+    targets = ([] if have_long else [(path, total)]) + ([(sub_path, sub_total)] if sub_path and not sub_path.exists() else [])
+    limit_all = max(limit for _, limit in targets)
+    log(f"building {', '.join(f'{lim / spec.fps / 60:g} min' for _, lim in targets)} of {spec.width}x{spec.height} "
+        f"footage from {len(clips)} clips into {cache} ...")
     t0 = time.monotonic()
-    outs = []
-    targets = [(path, total)] + ([(sub_path, sub_total)] if sub_path and not sub_path.exists() else [])
-    tmp_paths = []
-    for target, limit in targets:
-        fd, tmp = tempfile.mkstemp(dir=cache, prefix=".building-", suffix=".mp4")
-        os.close(fd)
-        tmp_paths.append((Path(tmp), target))
-        out = av.open(tmp, "w")
-        st = out.add_stream("libx264", rate=Fraction(spec.fps, 1))
-        st.width, st.height, st.pix_fmt = spec.width, spec.height, "yuv420p"
-        st.options = {"crf": str(spec.crf), "preset": spec.preset}
-        outs.append((out, st, limit))
+    outs, tmp_paths = [], []
     clip_table: list[dict] = []  # where each clip instance starts in the long footage
-    last = (-1, -1)
     n = 0
     try:
-        for loop, ci, img in footage_frames(clips, spec, total):
-            if (loop, ci) != last:
-                clip_table.append({"start_frame": n, "loop": loop, "clip": clips[ci].relative_to(VIDEOS).as_posix()})
-                last = (loop, ci)
-            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
-            for out, st, limit in outs:
-                if n < limit:
-                    for pkt in st.encode(vf):
-                        out.mux(pkt)
-            n += 1
-        for out, st, _ in outs:
-            for pkt in st.encode(None):
-                out.mux(pkt)
+        for target, limit in targets:
+            fd, tmp = tempfile.mkstemp(dir=cache, prefix=".building-", suffix=".mp4")
+            os.close(fd)
+            tmp_paths.append((Path(tmp), target))
+            out = av.open(tmp, "w")
+            st = out.add_stream("libx264", rate=Fraction(spec.fps, 1))
+            st.width, st.height, st.pix_fmt = spec.width, spec.height, "yuv420p"
+            st.options = {"crf": str(spec.crf), "preset": spec.preset}
+            outs.append((out, st, limit))
+        last = (-1, -1)
+        try:
+            for loop, ci, img in footage_frames(clips, spec, limit_all):
+                if (loop, ci) != last:
+                    clip_table.append({"start_frame": n, "loop": loop, "clip": clips[ci].relative_to(VIDEOS).as_posix()})
+                    last = (loop, ci)
+                vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+                for out, st, limit in outs:
+                    if n < limit:
+                        for pkt in st.encode(vf):
+                            out.mux(pkt)
+                n += 1
+            for out, st, _ in outs:
+                for pkt in st.encode(None):
+                    out.mux(pkt)
+        finally:
+            for out, _, _ in outs:
+                out.close()
+        for tmp, target in tmp_paths:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
     finally:
-        for out, _, _ in outs:
-            out.close()
-    for tmp, target in tmp_paths:
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+        for tmp, _ in tmp_paths:
+            tmp.unlink(missing_ok=True)
+    if have_long:
+        info = json.loads(table_path.read_text())
+        info["subset_frames"] = sub_total
+        info.update({"path": str(path), "subset_path": str(sub_path) if sub_path else None, "cached": True,
+                     "subset_build_s": round(time.monotonic() - t0, 1)})
+        log(f"built the {sub_total}-frame subset in {info['subset_build_s']} s")
+        return info
     info = {
         "frames": n,
         "subset_frames": sub_total,
@@ -230,10 +244,13 @@ def build_footage(
     return info
 
 
-def decode_only(path: str | Path) -> tuple[float, int]:
-    """The baseline: PyAV sequential decode of every frame, frame threading on, no conversion."""
+def decode_only(path: str | Path) -> tuple[float, int, float]:
+    """The baseline: PyAV sequential decode of every frame, frame threading on, no conversion.
+
+    Returns (wall seconds, frames, CPU seconds of this process, all threads)."""
     import av
 
+    c0 = time.process_time()
     t0 = time.perf_counter()
     container = av.open(str(path))
     stream = container.streams.video[0]
@@ -243,7 +260,28 @@ def decode_only(path: str | Path) -> tuple[float, int]:
         for _ in packet.decode():
             n += 1
     container.close()
-    return time.perf_counter() - t0, n
+    return time.perf_counter() - t0, n, time.process_time() - c0
+
+
+def run_timed(cmd: list[str]) -> tuple[float, float, "subprocess.CompletedProcess"]:
+    """Run a command; (wall seconds, CPU seconds user+sys of the child and its threads, result)."""
+    import resource
+    import subprocess
+
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return wall, cpu, proc
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 # --- reporting ------------------------------------------------------------------

@@ -42,8 +42,6 @@ def exists(run: Path) -> bool:
     return (run / WEIGHTS).exists() or (run / STATE).exists()
 
 
-
-
 def rng_states(device: torch.device) -> dict:
     """Python, NumPy, torch (and CUDA) global RNG states, as tensors and plain values weights_only can load."""
     version, mt, gauss = random.getstate()
