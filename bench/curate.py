@@ -26,17 +26,16 @@ A. Quality (real footage, real models), two scenarios, each with its own
                     embeddings) + find_unique(N), all faces;
      fo_uniqueness  FiftyOne Brain compute_uniqueness(embeddings=...), top N;
      ours           `curator identify --ref REF` + `curator curate --budget N`;
-   and, to compare the selection alone on one pool, the target faces found by
-   identify with a proposed track fix (a prototype in this file, equal to the
-   ground truth here): uniform@target, dfl_best@target, fo_unique@target and
-   ours@target (curator.curate.curate on that pool). Metrics: docs/bench_curate.md.
+   and, to compare the selection alone on one pool, the target faces that
+   curator's identify finds (equal to the ground truth here): uniform@target,
+   dfl_best@target, fo_unique@target and ours@target (curator.curate.curate
+   on that pool). Metrics: docs/benchmarks.md (## Curate).
 
 B. Scale. `curator.curate.curate(table, budget)` on synthetic face tables
    (100k, 300k, --scale-rows) whose descriptors follow distributions measured
    on the shared clips. Each size runs in its own process; wall and CPU time
    of the curate() call and the peak resident memory during it (VmHWM reset
-   just before, Linux). A last run at --scale-rows swaps in a prototype of a
-   faster near_duplicate_groups and checks that the output is identical.
+   just before, Linux).
 """
 
 from __future__ import annotations
@@ -638,7 +637,7 @@ def run_scenario(key: str, args, cache: Path, work: Path, fm) -> dict:
         out["ours_curate"] = curate_summ
 
         # Selection alone, every method on the same pool: the target faces that identify finds with the
-        # proposed track fix (prototype below; equal to the ground truth in both scenarios, see identify_proposed).
+        # identify's own tracks, recomputed in-process so the pool is explicit here.
         ref_emb = reference_embeddings(fm, [ref["path"]])
         score = (emb @ ref_emb.T).max(1)
         tr2 = link_tracks(table, emb)  # curator's own tracks (the fix this benchmark once proposed is in)
@@ -652,7 +651,7 @@ def run_scenario(key: str, args, cache: Path, work: Path, fm) -> dict:
     finally:
         fob.close()
 
-    # Ours with the proposed identify change (prototype above), curate() called in-process.
+    # Ours on that pool, curate() called in-process.
     t2 = read_table(ws)
     t2["is_target"], t2["track_id"] = is_t2, tr2
     methods["ours@target"] = {n: np.flatnonzero(curate_mod.curate(t2, n).columns["selected"].to_numpy(bool))
@@ -720,7 +719,7 @@ def _print_scenario(key: str, s: dict) -> None:
     i, ip = s["identify"], s["identify_proposed"]
     log(f"{key}: identify precision {i['precision']} recall {i['recall']} "
         f"({i['tracks_spanning_several_clips_people']} of {i['tracks']} tracks span several clips); "
-        f"proposed fix: precision {ip['precision']} recall {ip['recall']}")
+        "")
     for m, per in s["results"].items():
         cells = "  ".join(f"{b}: pose {r['pose_coverage']:.2f} expr {r['expression_coverage']:.2f} "
                           f"light {r['light_coverage']:.2f} nd {r['near_duplicate_rate']:.2f} pur {r['identity_purity']:.2f}"
@@ -1120,8 +1119,7 @@ def render_markdown(result: dict) -> str:
             lines.append(f"`curator identify --ref`: {i['target_faces']} faces marked, precision {i['precision']}, "
                          f"recall {i['recall']}; "
                          f"{i['tracks_spanning_several_clips_people']} of {i['tracks']} tracks span several clips/people "
-                         f"({i['faces_in_such_tracks']} faces). With the proposed track fix: precision {ip['precision']}, "
-                         f"recall {ip['recall']}, {ip['tracks_spanning_several_clips_people']} of {ip['tracks']} tracks mixed.")
+                         f"({i['faces_in_such_tracks']} faces).")
             lines += ["", "| method | budget | chosen | purity | pose cov. | pose bins | expr. cov. | light cov. | near-dup rate |",
                       "|---|---|---|---|---|---|---|---|---|"]
             for meth, per in sc["results"].items():
