@@ -381,3 +381,36 @@ def test_export_with_mixed_crop_sizes_is_a_clear_error(sets, tmp_path):
     proc = trainer("--a", a, "--b", mixed, "--out", tmp_path / "run", *TINY, "--steps", 1)
     assert proc.returncode == 2
     assert_one_error_line(proc.stderr, "mixed sizes", "80 px: 1")
+
+
+@pytest.mark.parametrize("after_steps", [3, 5, 9])
+def test_kill_9_then_resume_continues_exactly(sets, full_run, tmp_path, after_steps):
+    """SIGKILL (no chance to save) at several points, checkpoint writes included: resume gives the same run."""
+    a, b = sets
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "trainer", "--a", str(a), "--b", str(b), "--out", str(run), *SHORT, "--save-every", "2",
+           "--steps", str(STEPS)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    log = run / "loss.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= after_steps):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    resumed = trainer("--out", run, "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert losses(run) == losses(full_run)
+    assert all(torch.equal(v, weights(full_run)[k]) for k, v in weights(run).items())
+
+
+def test_second_trainer_on_one_run_folder_is_refused(sets, tmp_path):
+    from curator.workspace import Workspace, locked
+
+    a, b = sets
+    run = tmp_path / "run"
+    with locked(Workspace(run), "curator train (test holder)"):
+        proc = trainer("--a", a, "--b", b, "--out", run, *SHORT, "--steps", 2)
+    assert proc.returncode == 2
+    assert_one_error_line(proc.stderr, "run folder", "in use by `curator train (test holder)`")
+    assert not (run / "model.safetensors").exists()

@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -205,6 +205,25 @@ def weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+@contextmanager
+def _run_lock(out, master: bool):
+    """One training run per folder: rank 0 holds the same lock a curator workspace uses."""
+    from curator.workspace import Workspace, WorkspaceLocked, locked
+
+    if not (master and out):
+        yield
+        return
+    try:
+        guard = locked(Workspace(Path(out).resolve()), "curator train")
+        guard.__enter__()
+    except WorkspaceLocked as e:
+        raise TrainError(str(e).replace("workspace", "run folder", 1)) from None
+    try:
+        yield
+    finally:
+        guard.__exit__(None, None, None)
+
+
 def train(overrides: dict) -> int:
     # ---- distributed setup. torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; a plain run has none.
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -217,7 +236,8 @@ def train(overrides: dict) -> int:
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
     master = rank == 0  # rank 0 alone logs, previews and saves
     try:
-        return _train(overrides, device, rank, world, ddp, master)
+        with _run_lock(overrides.get("out"), master):
+            return _train(overrides, device, rank, world, ddp, master)
     finally:
         if ddp:
             dist.destroy_process_group()
