@@ -20,7 +20,13 @@ and on the subset (identical footage for both):
                FaceAnalysis(...).get(frame) on EVERY frame (det_size 640x640, CPU),
                wall time including start-up and model load.
 Pose coverage compares the 10x10 degree (yaw, pitch) bins of the naive loop's
-faces with ours' on the subset; both use curator.pose.estimate_pose_kps5.
+faces with ours' on the subset; both use curator.pose.estimate_pose_kps5. After
+the timed repeats, an untimed analysis explains the missed bins and replays
+other frame-selection rules on the subset, using the naive loop's detections on
+every frame as the oracle of what ours would find on any frame it analysed.
+
+    --save-records FILE.npz      keep the subset's per-face records (naive and ours)
+    --analyse-records FILE.npz   no timing: redo that analysis with the current code
 """
 
 from __future__ import annotations
@@ -212,7 +218,7 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def missed_bins_report(naive: dict, ours_table, cov: dict, clip_table: list[dict], fps: float) -> dict:
+def missed_bins_report(naive: dict, ours_table, cov: dict, clip_table: list[dict], fps: float, sample_fps: float) -> dict:
     """Why bins the naive loop found are missing from ours: how long each was occupied, and how fast the head moved."""
     min_score = cov["naive_min_det_score"]
     keep = naive["det_score"] >= min_score
@@ -222,7 +228,7 @@ def missed_bins_report(naive: dict, ours_table, cov: dict, clip_table: list[dict
     ok = np.isfinite(naive["yaw"]) & np.isfinite(naive["pitch"])
     bins_all[ok] = np.stack([np.floor(naive["yaw"][ok] / BIN_DEG), np.floor(naive["pitch"][ok] / BIN_DEG)], 1)
     ob = bin_set(ours_table["yaw"].to_numpy(), ours_table["pitch"].to_numpy())
-    period = fps / 2.0  # frames between ours' due frames at the default 2 fps
+    period = fps / sample_fps  # footage frames between ours' due frames
     missed = []
     for b in cov["_missed"]:
         sel = keep & ok & (bins_all[:, 0] == b[0]) & (bins_all[:, 1] == b[1])
@@ -376,13 +382,19 @@ def simulate_samplers(naive: dict, ours_table, subset_path: str, min_score: floa
     oracle = _oracle(naive, min_score)
     target = {(math.floor(y / BIN_DEG), math.floor(p / BIN_DEG)) for fs in oracle.values() for _, y, p in fs}
     plausible = {b for b in target if _plausible(b)}
+    frames_in: dict[tuple[int, int], set] = {}
+    for f, fs in oracle.items():
+        for _, y, p in fs:
+            frames_in.setdefault((math.floor(y / BIN_DEG), math.floor(p / BIN_DEG)), set()).add(f)
+    steady = {b for b in plausible if len(frames_in[b]) >= 3}
     actual = bin_set(ours_table["yaw"].to_numpy(), ours_table["pitch"].to_numpy())
 
     def score(frames: list[int]) -> dict:
         got = {(math.floor(y / BIN_DEG), math.floor(p / BIN_DEG)) for f in frames for _, y, p in oracle.get(f, [])}
         return {"frames_analysed": len(frames), "cost_vs_default": None, "bins": len(got & target),
                 "retention": round(len(got & target) / len(target), 4) if target else None,
-                "retention_plausible": round(len(got & plausible) / len(plausible), 4) if plausible else None}
+                "retention_plausible": round(len(got & plausible) / len(plausible), 4) if plausible else None,
+                "retention_plausible_3plus_frames": round(len(got & steady) / len(steady), 4) if steady else None}
 
     fps, st = defaults.fps, defaults.static_threshold
     from curator import media
@@ -400,12 +412,10 @@ def simulate_samplers(naive: dict, ours_table, subset_path: str, min_score: floa
         "fps 12.5 (every 2nd frame)": select_frames(times, thumbs, fps=12.5, static_threshold=st),
         f"fps {fps:g} + pose back-fill (bin jump >= 2)": backfill(base, oracle, jump_bins=2),
     }
-    for m in (3.0, 5.0, 8.0, 12.0):
-        rules[f"fps {fps:g} + motion extras (change > {m:g})"] = select_frames(
-            times, thumbs, fps=fps, static_threshold=st, motion_threshold=m)
-    for m in (8.0, 12.0):
-        rules[f"fps {fps:g} + motion extras (change > {m:g}) + pose back-fill"] = backfill(select_frames(
-            times, thumbs, fps=fps, static_threshold=st, motion_threshold=m), oracle, jump_bins=2)
+    for m in (8.0, 20.0, 30.0, 60.0):
+        extras = select_frames(times, thumbs, fps=fps, static_threshold=st, motion_threshold=m)
+        rules[f"fps {fps:g} + motion extras (change > {m:g})"] = extras
+        rules[f"fps {fps:g} + motion extras (change > {m:g}) + pose back-fill"] = backfill(extras, oracle, jump_bins=2)
     rules["every frame"] = list(range(len(times)))
     rows = {name: score(frames) for name, frames in rules.items()}
     n0 = max(1, rows[next(iter(rows))]["frames_analysed"])
@@ -414,7 +424,10 @@ def simulate_samplers(naive: dict, ours_table, subset_path: str, min_score: floa
     diffs = np.abs(np.diff(thumbs.astype(np.int16), axis=0)).mean(axis=(1, 2))
     return {
         "method": "frames each rule would analyse (replayed on the footage's own thumbnails), scored with the naive "
-                  f"run's faces (det_score >= {min_score}) on those frames; retention against all naive bins",
+                  f"run's faces (det_score >= {min_score}) on those frames; retention against all naive bins, against "
+                  "plausible ones (|yaw| <= 90, |pitch| <= 60) and against plausible ones seen in >= 3 naive frames. "
+                  "'change' is curator.media.change between a frame's thumbnail and the last analysed one; "
+                  "'pose back-fill' bisects between consecutive analysed frames where a face's pose bin jumped by >= 2 bins",
         "validation": {"default_rule_frames": len(base), "default_rule_bins": rows[next(iter(rows))]["bins"],
                        "ours_measured_bins_common": len(actual & target)},
         "thumb_mean_diff_consecutive_frames": {"median": round(float(np.median(diffs)), 2),
@@ -596,7 +609,7 @@ def main(argv=None) -> int:
 def pose_sections(naive_rec: dict, ours_table, sub_path: str, clip_table: list[dict], fps: float, defaults) -> dict:
     cov_matched = coverage(naive_rec, ours_table, defaults.det_thresh)
     cov_raw = coverage(naive_rec, ours_table, 0.0)
-    why = missed_bins_report(naive_rec, ours_table, cov_matched, clip_table, fps)
+    why = missed_bins_report(naive_rec, ours_table, cov_matched, clip_table, fps, defaults.fps)
     why["retention_breakdown"] = retention_breakdown(naive_rec, ours_table, defaults.det_thresh)
     log("replaying other frame-selection rules on the subset (untimed) ...")
     simulation = simulate_samplers(naive_rec, ours_table, sub_path, defaults.det_thresh, defaults)
