@@ -37,7 +37,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import PACK, clip, curator_json
-from curator import faces
+from curator import media
 from curator.descriptors import expression_from_lmk68
 from curator.pose import matrix_from_pose
 from curator.workspace import open_workspace, read_table
@@ -175,7 +175,7 @@ def test_workspace_records_the_landmark_model(turned):
     assert models["tasks"]["landmark_2d_106"] is False
     assert models["path"] == str(pack.resolve())
     assert set(models["files"]) == {"det_500m.onnx", "mobilefacenet_128.onnx", "1k3d68.onnx"}
-    assert models["files"]["1k3d68.onnx"] == faces._sha256(pack / "1k3d68.onnx")
+    assert models["files"]["1k3d68.onnx"] == media.sha256_file(pack / "1k3d68.onnx")
     assert models["embedding_dim"] == 128
 
 
