@@ -172,3 +172,26 @@ def test_awkward_paths(tmp_path):
     assert table["source"].str.endswith("clip one é.mp4").all()
     assert ".." not in table["source"].iloc[0]
     assert curator_json("verify", "-w", ws)["ok"]
+
+
+@pytest.mark.parametrize("limit", [5_000, 30_000, 200_000])
+def test_full_disk_during_export_keeps_the_old_export(reference, tmp_path, limit):
+    out = tmp_path / "faceset"
+    curator("export", "-w", reference, "--out", out, check=True)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "curator", "export", "-w", str(reference), "--out", str(out),
+                           "--all", "--force"], capture_output=True, text=True, preexec_fn=small_disk)
+    FIGURES["fault_points"] += 1
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if proc.returncode == 0:  # every file fitted under the limit: then the new export is complete
+        m = pd.read_parquet(out / "manifest.parquet")
+        assert len(m) == len(read_table(open_workspace(reference))) and all((out / f).is_file() for f in m["file"])
+    else:
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert after == before  # the old export, byte for byte
+    assert not list(tmp_path.glob(".faceset.*"))  # no half-built folder left beside it
