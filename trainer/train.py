@@ -213,8 +213,10 @@ def _run_lock(out, master: bool):
     if not (master and out):
         yield
         return
+    folder = Path(out).resolve()
+    existed = folder.exists()
     try:
-        guard = locked(Workspace(Path(out).resolve()), "curator train")
+        guard = locked(Workspace(folder), "curator train")
         guard.__enter__()
     except WorkspaceLocked as e:
         raise TrainError(str(e).replace("workspace", "run folder", 1)) from None
@@ -222,6 +224,10 @@ def _run_lock(out, master: bool):
         yield
     finally:
         guard.__exit__(None, None, None)
+        # A run that never started leaves no folder behind (only the lock would be in it).
+        if not existed and [p.name for p in folder.iterdir()] == [".lock"]:
+            (folder / ".lock").unlink()
+            folder.rmdir()
 
 
 def train(overrides: dict) -> int:
