@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .workspace import Workspace, WorkspaceError, read_meta, read_table
+from .workspace import WorkspaceError
 
 MIN_FACE_PX = 40.0
 MIN_GAP_S = 2.0  # faces closer in time than this in one track are taken only if the budget needs them

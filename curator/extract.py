@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import descriptors, faces, media, pose
-from .align import DEFAULT_MARGIN, align_matrix, template, transform_points, warp
+from .align import DEFAULT_MARGIN, align_matrix, warp
 from .atomic import atomic_path
 from .workspace import (
     Workspace,

@@ -28,7 +28,6 @@ from .extract import commit_staging, part_progress
 from .media import sha256_file
 from .workspace import (
     Workspace,
-    WorkspaceError,
     locked,
     read_meta,
     read_table,

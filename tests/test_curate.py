@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import IMAGES, PACK, TESTDATA, clip, curator, curator_json
+from conftest import IMAGES, PACK, clip, curator, curator_json
 from curator import faces, identify, media
-from curator.workspace import open_workspace, read_meta, read_table, update_columns
+from curator.workspace import open_workspace, read_table, update_columns
 
 
 def save_frame(video: Path, index: int, out: Path) -> Path:

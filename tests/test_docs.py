@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from conftest import ROOT, clip, curator
 from curator.workspace import open_workspace, read_table
