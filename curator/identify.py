@@ -145,9 +145,10 @@ def cluster_embeddings(emb: np.ndarray, threshold: float, seed: int = 0) -> tupl
         return np.zeros(1, np.int64), np.asarray(emb, np.float32)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, CLUSTER_SAMPLE, replace=False)) if n > CLUSTER_SAMPLE else np.arange(n)
+    sampled = np.asarray(emb[sample])  # once: emb may be a memory map
     labels = AgglomerativeClustering(n_clusters=None, metric="cosine", linkage="average",
-                                     distance_threshold=1.0 - threshold).fit_predict(np.asarray(emb[sample]))
-    centres = np.stack([np.asarray(emb[sample][labels == k]).mean(0) for k in range(labels.max() + 1)])
+                                     distance_threshold=1.0 - threshold).fit_predict(sampled)
+    centres = np.stack([sampled[labels == k].mean(0) for k in range(labels.max() + 1)])
     centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
     assigned, score = assign(emb, centres, threshold)
     sizes = np.bincount(assigned[assigned >= 0], minlength=len(centres))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import cv2
 import numpy as np
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts", ".m2ts", ".3gp"}
@@ -103,8 +104,6 @@ def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
 
 def read_image(path: Path) -> np.ndarray:
     """BGR uint8 image; np.fromfile + imdecode so non-ASCII paths work."""
-    import cv2
-
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as e:
@@ -204,8 +203,6 @@ def change(a: np.ndarray, b: np.ndarray) -> float:
     A whole-frame mean lets letterbox bars and still backgrounds hide a
     talking mouth; the worst block does not.
     """
-    import cv2
-
     return float(cv2.resize(np.abs(a - b), (8, 8), interpolation=cv2.INTER_AREA).max())
 
 

@@ -71,9 +71,7 @@ def check(ws: Workspace) -> dict:
         missing = [p for p in missing if p not in set(table.loc[table["crop_missing"].fillna(False).astype(bool), "crop_path"])]
     if missing:
         problems.append(_problem("missing_crops", "rows whose crop file is gone", sorted(missing)))
-    staged = _staged_crops(ws)
-    on_disk = {p.relative_to(ws.root).as_posix() for p in ws.crops_dir.rglob("*") if p.is_file()} if ws.crops_dir.is_dir() else set()
-    orphans = sorted(on_disk - referenced - staged)
+    orphans = orphan_crops(ws, referenced)
     if orphans:
         problems.append(_problem("orphan_crops", "crop files no row refers to", orphans))
     parts = sorted(ws.staging_dir.glob("part-*.parquet")) if ws.staging_dir.is_dir() else []
@@ -92,6 +90,14 @@ def check(ws: Workspace) -> dict:
     if changed:
         problems.append(_problem("changed_models", "model files differ from the ones the embeddings were made with", changed))
     return {"workspace": str(ws.root), "ok": not problems, "rows": n, "problems": problems, "notes": notes}
+
+
+def orphan_crops(ws: Workspace, referenced: set[str]) -> list[str]:
+    """Crop files (relative paths) that neither the table nor a staged extract part refers to."""
+    if not ws.crops_dir.is_dir():
+        return []
+    on_disk = {p.relative_to(ws.root).as_posix() for p in ws.crops_dir.rglob("*") if p.is_file()}
+    return sorted(on_disk - referenced - _staged_crops(ws))
 
 
 def _staged_crops(ws: Workspace) -> set[str]:
@@ -136,9 +142,7 @@ def repair(ws: Workspace) -> dict:
         after = check(ws)
         for p in after["problems"]:
             if p["kind"] == "orphan_crops":
-                referenced = set(table["crop_path"]) if n else set()
-                on_disk = {q.relative_to(ws.root).as_posix() for q in ws.crops_dir.rglob("*") if q.is_file()}
-                for rel in on_disk - referenced - _staged_crops(ws):
+                for rel in orphan_crops(ws, set(table["crop_path"]) if n else set()):
                     (ws.root / rel).unlink()
                 done.append(f"deleted {p['count']} orphan crop file(s)")
             elif p["kind"] == "missing_crops":
