@@ -287,8 +287,6 @@ def loadavg() -> list[float] | None:
 # --- reporting ------------------------------------------------------------------
 
 def machine_info() -> dict:
-    import av
-
     info = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
@@ -296,9 +294,14 @@ def machine_info() -> dict:
         "cpu_model": _cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "pyav": av.__version__,
-        "libavcodec": ".".join(map(str, av.library_versions.get("libavcodec", ()))),
     }
+    try:  # the trainer's benchmark also runs where PyAV is not installed (a GPU machine with only torch)
+        import av
+
+        info["pyav"] = av.__version__
+        info["libavcodec"] = ".".join(map(str, av.library_versions.get("libavcodec", ())))
+    except ImportError:
+        info["pyav"] = None
     for mod in ("onnxruntime", "insightface", "numpy", "cv2"):
         try:
             info[mod] = __import__(mod).__version__

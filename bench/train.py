@@ -62,10 +62,19 @@ def build_sets(cache: Path) -> dict:
             os.replace(work / name, target)
             shutil.rmtree(work, ignore_errors=True)
         out[name] = target
+    return with_counts(out)
+
+
+def given_sets(spec: str) -> dict:
+    a, b = (Path(p) for p in spec.split(","))
+    return with_counts({"A": a, "B": b})
+
+
+def with_counts(sets: dict) -> dict:
     import pandas as pd
 
-    out["faces"] = {k: int((pd.read_parquet(out[k] / "manifest.parquet")["split"] == "train").sum()) for k in CLIPS}
-    return out
+    sets["faces"] = {k: int((pd.read_parquet(sets[k] / "manifest.parquet")["split"] == "train").sum()) for k in CLIPS}
+    return sets
 
 
 def one_run(sets: dict, resolution: int, args, workdir: Path) -> dict:
@@ -109,14 +118,19 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the trainer (0: PyTorch's default)")
     ap.add_argument("--out", type=Path, default=common.REPO / "bench" / "results" / "train.json")
+    ap.add_argument("--sets", default="", help="A_DIR,B_DIR: existing exports to train on instead of building them "
+                    "from the shared clips (e.g. on a GPU machine that has no copy of the test data)")
     args = ap.parse_args()
-    common.require_testdata()
 
     import torch
 
-    cache = common.default_cache()
-    cache.mkdir(parents=True, exist_ok=True)
-    sets = build_sets(cache)
+    if args.sets:
+        sets = given_sets(args.sets)
+    else:
+        common.require_testdata()
+        cache = common.default_cache()
+        cache.mkdir(parents=True, exist_ok=True)
+        sets = build_sets(cache)
     log(f"sets: A {sets['faces']['A']} faces, B {sets['faces']['B']} faces (train split)")
     results = []
     with tempfile.TemporaryDirectory(prefix="curator-bench-train-") as tmp:

@@ -433,6 +433,7 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate [default: 5e-5]."),
     pose_balance: Optional[bool] = typer.Option(None, "--pose-balance/--no-pose-balance", help="Draw faces by inverse frequency of their 10° yaw x pitch bin."),
     eyes_mouth_weight: Optional[float] = typer.Option(None, "--eyes-mouth-weight", help="Extra loss weight on eyes and mouth [default: 1.0]."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="GPU: runs and resumes repeat bit for bit, at some speed (CPU runs always do)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a face swap from export A to export B: a shared encoder and one decoder per identity.
@@ -453,7 +454,8 @@ def train(
     given = {"a": a, "b": b, "out": out, "resolution": resolution, "batch": batch, "steps": steps,
              "time_limit": time_limit, "save_every": save_every, "preview_every": preview_every,
              "resume": resume or None, "seed": seed, "device": device, "width": width, "latent": latent, "lr": lr,
-             "pose_balance": pose_balance, "eyes_mouth_weight": eyes_mouth_weight, "quiet": quiet or None}
+             "pose_balance": pose_balance, "eyes_mouth_weight": eyes_mouth_weight, "quiet": quiet or None,
+             "deterministic": deterministic or None}
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
     code = run_training(overrides, prog="curator")
     if code:

@@ -63,6 +63,7 @@ class Config:
     pose_balance: bool = False       # draw faces by inverse frequency of their 10-degree yaw x pitch bin
     eyes_mouth_weight: float = 1.0   # extra loss weight on eyes and mouth (0 = none)
     resume: bool = False             # continue the run in --out from its checkpoint
+    deterministic: bool = False      # GPU: deterministic kernels, no autotuning or TF32, so runs and resumes repeat bit for bit (slower)
     sync_check: bool = False         # each rank appends a SHA-256 of its weights (+ faces drawn) per step to RUN/sync/
     quiet: bool = False              # no progress bar
 
@@ -70,7 +71,7 @@ class Config:
 # These define the network: a checkpoint can only be resumed with the same values.
 ARCHITECTURE = ("resolution", "width", "latent")
 # These belong to one invocation and are never taken from the checkpoint.
-PER_INVOCATION = ("resume", "quiet", "time_limit", "device", "sync_check")
+PER_INVOCATION = ("resume", "quiet", "time_limit", "device", "sync_check", "deterministic")
 
 
 def parse_args(argv: list[str] | None = None) -> dict:
@@ -97,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
     add("--eyes-mouth-weight", type=float, help="extra loss weight on eyes and mouth [1.0]")
     add("--resume", action="store_true", default=None, help="continue the run in --out")
     add("--sync-check", action="store_true", default=None, help="log a weights hash per rank per step (RUN/sync/)")
+    add("--deterministic", action="store_true", default=None,
+        help="GPU: bit-identical repeats and resumes, at some speed (CPU runs always are)")
     add("--quiet", "-q", action="store_true", default=None, help="no progress bar")
     return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
 
@@ -255,7 +258,15 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
     if cfg.batch % world:
         raise TrainError(f"--batch {cfg.batch} is not divisible by the {world} processes")
     local_batch = cfg.batch // world
-    if device.type == "cuda":
+    if device.type == "cuda" and cfg.deterministic:
+        # cuDNN's autotuner and atomics-based kernels make two identical GPU runs
+        # drift apart within tens of steps; this trades speed for repeatability.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts, below
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
