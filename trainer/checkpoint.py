@@ -111,6 +111,15 @@ def load_weights(run: Path, model: torch.nn.Module, state: dict) -> None:
     path = run / WEIGHTS
     if not path.is_file():
         raise TrainError(f"{path}: missing")
+    weights = _checked_weights(path, model)
+    if sha256_file(path) != state["weights_sha256"]:
+        raise TrainError(f"{path}: does not belong to {run / STATE} (saved by another step or run; "
+                         "interrupted while saving?)")
+    model.load_state_dict(weights, strict=True)
+
+
+def _checked_weights(path: Path, model: torch.nn.Module) -> dict:
+    """The tensors of `path`, checked to be exactly `model`'s (names, shapes, dtypes)."""
     try:
         weights = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
@@ -127,10 +136,7 @@ def load_weights(run: Path, model: torch.nn.Module, state: dict) -> None:
         if weights[k].shape != v.shape or weights[k].dtype != v.dtype:
             raise TrainError(f"{path}: tensor {k} is {tuple(weights[k].shape)} {weights[k].dtype}, "
                              f"this model needs {tuple(v.shape)} {v.dtype}")
-    if sha256_file(path) != state["weights_sha256"]:
-        raise TrainError(f"{path}: does not belong to {run / STATE} (saved by another step or run; "
-                         "interrupted while saving?)")
-    model.load_state_dict(weights, strict=True)
+    return weights
 
 
 def load_optimizer(run: Path, optimizer: torch.optim.Optimizer, state: dict) -> None:
@@ -138,3 +144,43 @@ def load_optimizer(run: Path, optimizer: torch.optim.Optimizer, state: dict) -> 
         optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise TrainError(f"{run / STATE}: optimiser state does not fit this model ({e})") from None
+
+
+def load_for_inference(run: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict, dict]:
+    """RUN's network for inference: (model in eval mode on `device`, training config, info).
+
+    Reads model.safetensors alone (its metadata carries the config), so no
+    pickle is ever read and a run copied without state.pt still converts.
+    info: {"step", "weights_sha256"}. Every problem is one TrainError line.
+    """
+    from safetensors import safe_open
+
+    from .model import FaceSwap
+
+    run = Path(run)
+    path = run / WEIGHTS
+    if not run.is_dir():
+        raise TrainError(f"{run}: no such run folder")
+    if not path.is_file():
+        raise TrainError(f"{run}: no {WEIGHTS} (not a `curator train` run folder, or stopped before its first checkpoint)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TrainError(f"{path}: not a readable safetensors file (truncated or foreign: {e})") from None
+    if meta.get("format") != FORMAT:
+        raise TrainError(f"{path}: not a curator face-swap checkpoint (no format={FORMAT} in its metadata)")
+    if meta.get("version") != str(VERSION):
+        raise TrainError(f"{path}: checkpoint format version {meta.get('version')}, this code reads {VERSION}")
+    try:
+        config = json.loads(meta["config"])
+        shape = {k: int(config[k]) for k in ("resolution", "width", "latent")}
+        step = int(meta["step"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise TrainError(f"{path}: checkpoint metadata without a usable config ({type(e).__name__}: {e})") from None
+    try:
+        model = FaceSwap(**shape)
+    except ValueError as e:
+        raise TrainError(f"{path}: {e}") from None
+    model.load_state_dict(_checked_weights(path, model), strict=True)
+    return model.to(device).eval(), config, {"step": step, "weights_sha256": sha256_file(path)}
