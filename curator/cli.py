@@ -525,6 +525,88 @@ def compare(
     emit(as_json, result, compare_line(result))
 
 
+@app.command()
+def convert(
+    video: Path = typer.Argument(..., help="The video whose face to replace."),
+    model: Path = typer.Option(..., "--model", "-m", help="Run folder of `curator train` (model.safetensors)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output video (.mp4, .mov, .mkv); with --preview, a folder."),
+    frames_out: Optional[Path] = typer.Option(None, "--frames-out", help="Also (or instead) write every frame as PNG into this folder."),
+    preview_n: Optional[int] = typer.Option(None, "--preview", help="Only write N sample frames, original | swapped side by side, into folder OUT."),
+    direction: str = typer.Option("a2b", "--direction", help="a2b: replace identity A's face with B's; b2a: the reverse."),
+    ref: Optional[List[Path]] = typer.Option(None, "--ref", help="Photo of the person to replace (one face), instead of the run's export. Repeatable."),
+    models: Optional[str] = typer.Option(None, "--models", help=MODELS_HELP + " Default: the one the replaced identity's export used."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (the swap network; face detection uses onnxruntime's CUDA provider when it has one)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Same-person cosine similarity [default: per recogniser]."),
+    mask: str = typer.Option("predicted", "--mask", help="Blend mask: predicted (the decoder's), landmark (template ellipse) or both."),
+    erode: float = typer.Option(0.02, "--erode", help="Shrink the mask by this fraction of the face crop."),
+    feather: float = typer.Option(0.04, "--feather", help="Blur the mask's edge over this fraction of the face crop."),
+    color: str = typer.Option("lab", "--color", help="Colour matching: lab (mean/std in Lab), hist (histograms) or none."),
+    smooth: bool = typer.Option(True, "--smooth/--no-smooth", help="Smooth keypoints over time (One-Euro) so the face does not jitter."),
+    batch: int = typer.Option(16, "--batch", help="Frames per network call."),
+    lossless: bool = typer.Option(False, "--lossless", help="Lossless H.264 (qp 0): untouched pixels stay bit-exact (large files, not for browsers)."),
+    crf: int = typer.Option(18, "--crf", help="H.264 quality when not lossless (lower is better)."),
+    preset: str = typer.Option("medium", "--preset", help="x264 speed preset."),
+    visible_mark: bool = typer.Option(True, "--visible-mark/--no-visible-mark", help="A 'SYNTHETIC' label in the corner of every frame (metadata and sidecar are always written)."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Convert only the first N frames (audio up to their end)."),
+    det_size: int = typer.Option(640, "--det-size", help="Detector input, long side."),
+    det_thresh: float = typer.Option(0.6, "--det-thresh", help="Minimum detector score."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing OUT / --frames-out folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Replace a face in VIDEO using a `curator train` run; the result is labelled as synthetic.
+
+    Same size, frame rate, frame count and audio as VIDEO. Always writes
+    container metadata and OUT.synthetic.json (input and output SHA-256, run,
+    settings); a visible corner mark is on by default (docs/convert.md).
+
+    Examples:
+
+        curator convert interview.mp4 --model run --out swapped.mp4
+
+        curator convert interview.mp4 --model run --out previews --preview 8 --mask both --color hist
+
+        curator convert clip.mov --model run --out clip_swapped.mkv --direction b2a --ref john.jpg --lossless
+    """
+    from .convert import ConvertError, ConvertSettings, convert as do_convert, preview as do_preview
+
+    try:
+        settings = ConvertSettings(direction=direction, mask=mask, erode=erode, feather=feather, color=color,
+                                   smooth=smooth, threshold=threshold, det_size=det_size, det_thresh=det_thresh,
+                                   batch=batch, visible_mark=visible_mark, lossless=lossless, crf=crf, preset=preset,
+                                   max_frames=max_frames)
+        choices = {"direction": ("a2b", "b2a"), "mask": ("predicted", "landmark", "both"), "color": ("lab", "hist", "none")}
+        for name, allowed in choices.items():
+            if getattr(settings, name) not in allowed:
+                fail(f"--{name} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}")
+        if not (0 <= erode < 0.5 and 0 <= feather < 0.5):
+            fail("--erode and --feather are fractions of the face crop, from 0 to 0.5")
+        with progress_bar(not quiet and not as_json, "convert") as (set_total, advance):
+            if preview_n is not None:
+                if out is None:
+                    fail("--preview N needs --out FOLDER for the side-by-side PNGs")
+                summary = do_preview(video, model, out, preview_n, refs=ref, models=models, device=device,
+                                     settings=settings, force=force, on_total=set_total, on_progress=advance)
+            else:
+                summary = do_convert(video, model, out, frames_out=frames_out, refs=ref, models=models, device=device,
+                                     settings=settings, force=force, on_total=set_total, on_progress=advance)
+    except ConvertError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"{e.filename or out}: {e.strerror or e}; nothing was written")
+    except KeyboardInterrupt:
+        fail("interrupted; nothing was written", 130)
+    for note in summary.get("notes", []):
+        problem(str(video), note)
+    if preview_n is not None:
+        emit(as_json, summary, f"{summary['previews']} previews (original | swapped) -> {summary['out']} "
+             f"({summary['frames_with_face']} of {summary['frames_looked_at']} frames looked at had the face)")
+        return
+    where = ", ".join(str(summary[k]) for k in ("out", "frames_out") if k in summary)
+    emit(as_json, summary, f"{summary['frames_swapped']} of {summary['frames']} frames swapped -> {where} "
+         f"(labelled synthetic: {summary.get('sidecar', 'synthetic.json')}; {summary['seconds']:.1f} s)")
+
+
 def main() -> None:
     app()
 
