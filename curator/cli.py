@@ -526,6 +526,55 @@ def compare(
 
 
 @app.command()
+def review(
+    workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace folder."),
+    port: int = typer.Option(5151, "--port", help="Port of the App's web server."),
+    address: str = typer.Option("127.0.0.1", "--address", help="Address the App listens on; anything but loopback lets other machines in (no login)."),
+    pull: bool = typer.Option(False, "--pull", help="Only copy the App's tags into the table; start nothing."),
+    no_app: bool = typer.Option(False, "--no-app", help="Build or update the dataset and pull tags, without starting the App."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Close the App after this many seconds [default: at Ctrl-C]."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="FiftyOne dataset name [default: curator-<folder>-<hash of its path>]."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    """Review the faces in the FiftyOne App; its tags `reject`, `keep` and any others flow back into the table.
+
+    Creates or updates one persistent FiftyOne dataset for the workspace (new faces only; tags are
+    never touched), with saved views and embeddings-panel maps, starts the App and prints its URL.
+    Ctrl-C stops it and copies the tags into `rejected`, `kept` and `review_tags` (curate and export
+    respect them). Needs FiftyOne's MongoDB: FIFTYONE_DATABASE_URI (docs/review.md).
+
+    Examples:
+
+        curator review -w ws
+
+        curator review -w ws --port 5152
+
+        curator review -w ws --pull
+
+        curator review -w ws --no-app --json
+    """
+    from .review import ReviewError, review as do_review, summary_line
+    from .workspace import WorkspaceError
+
+    if timeout is not None and timeout <= 0:
+        fail("--timeout must be positive")
+
+    def ready(url: str) -> None:
+        line = f"App: {url}  (review there; press Ctrl-C here when done to copy the tags into the workspace)"
+        if as_json:
+            err.print(line, markup=False)
+        else:
+            print(line, flush=True)
+
+    try:
+        summary = do_review(workspace, port=port, address=address, pull_only=pull, app=not (pull or no_app),
+                            timeout=timeout, name=dataset, on_ready=ready, on_note=lambda note: problem("review", note))
+    except (ReviewError, WorkspaceError, OSError) as e:
+        fail(str(e))
+    emit(as_json, summary, summary_line(summary))
+
+
+@app.command()
 def convert(
     video: Path = typer.Argument(..., help="The video whose face to replace."),
     model: Path = typer.Option(..., "--model", "-m", help="Run folder of `curator train` (model.safetensors)."),
