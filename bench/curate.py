@@ -654,7 +654,7 @@ def run_scenario(key: str, args, cache: Path, work: Path, fm) -> dict:
     # Ours on that pool, curate() called in-process.
     t2 = read_table(ws)
     t2["is_target"], t2["track_id"] = is_t2, tr2
-    methods["ours@target"] = {n: np.flatnonzero(curate_mod.curate(t2, n).columns["selected"].to_numpy(bool))
+    methods["ours@target"] = {n: np.flatnonzero(curate_mod.curate(t2, n, emb=emb).columns["selected"].to_numpy(bool))
                                                for n in budgets}
     out["identify_proposed"] = {"target_faces": int(is_t2.sum()),
                                 "precision": round(float(gt_target[is_t2].mean()), 4) if is_t2.any() else None,

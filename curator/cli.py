@@ -236,7 +236,7 @@ def identities(
 def run_curate(workspace: Path, budget: Optional[int], minutes: Optional[float], fps: float, seed: int) -> dict:
     from .curate import budget_from, curate as do_curate
     from .identify import identify as do_identify
-    from .workspace import locked, open_workspace, read_table, update_columns
+    from .workspace import locked, open_workspace, read_embeddings, read_table, update_columns
 
     ws = open_workspace(workspace)
     n = budget_from(budget, minutes, fps)
@@ -247,7 +247,7 @@ def run_curate(workspace: Path, budget: Optional[int], minutes: Optional[float],
             update_columns(ws, do_identify(ws).table)
             table = read_table(ws)
             note = "no target chosen: used the largest identity cluster (see `curator identities`)"
-        result = do_curate(table, n, seed=seed)
+        result = do_curate(table, n, seed=seed, emb=read_embeddings(ws, len(table)) if len(table) else None)
         update_columns(ws, result.columns)
     if note:
         result.summary["identify"] = note

@@ -1,7 +1,8 @@
 """`curator curate`: no near-duplicates, then the most diverse N target faces.
 
 1. Candidates: target faces (from `identify`), not rejected in review, at
-   least `min_face_px` source pixels.
+   least `min_face_px` source pixels; and every face kept in review (tag
+   `keep`), which is always selected.
 2. Near-duplicates: faces whose pose, expression, lighting *and* 8x8
    appearance all match (module `dedupe_features` gives the units) form a
    group around a leader, the best-quality face; groups are bounded (every
@@ -17,6 +18,8 @@
       then round-robin over L3 cells by quality rank until the budget is met.
    Within a level, when the budget runs out first, pose bins are taken
    farthest-first from the most common pose and other cells rarest-first.
+   Faces that would nearly repeat a chosen one (same track within 2 s, or the
+   same picture to the recogniser) wait until nothing else is left.
 
 Every face gets `dup_group` (the face_id of its group's leader), `selected`
 and a one-line `reason`; nothing is dropped from the table.
@@ -35,6 +38,11 @@ from .workspace import WorkspaceError
 
 MIN_FACE_PX = 40.0
 MIN_GAP_S = 2.0  # faces closer in time than this in one track are taken only if the budget needs them
+# Faces the recogniser sees as the same picture are taken only if the budget needs them. Calibrated with
+# MobileFaceNet on the shared clips (bench/curate.py): frames 40 ms apart reach it 90% of the time, faces of
+# one clip 2 s or more apart 0.4%; ArcFace-style recognisers (w600k) are at least as tight on one picture.
+SAME_PICTURE_COS = 0.95
+SAME_PICTURE_DEG = 5.0
 DEDUPE_RADIUS = 1.5
 APPEARANCE_RADIUS = 0.35  # Euclidean distance between unit 8x8 appearance vectors (cos ~0.94)
 
@@ -175,8 +183,9 @@ def _tiebreak(face_ids: pd.Series, seed: int) -> np.ndarray:
                      for f in face_ids], dtype=np.uint64)
 
 
-def select(cands: pd.DataFrame, budget: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """Choose `budget` rows of `cands` (needs quality, pose_bin, expr_cluster, light_cluster); returns (mask, reasons)."""
+def select(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+    """Choose `budget` rows of `cands` (needs quality, pose_bin, expr_cluster, light_cluster, yaw, pitch; optional
+    track_id, time_s, and row: the row of `emb`, the identity embeddings); returns (mask, reasons)."""
     n = len(cands)
     if n == 0 or budget <= 0:
         return np.zeros(n, bool), ["over budget"] * n
@@ -190,8 +199,11 @@ def select(cands: pd.DataFrame, budget: int, seed: int = 0) -> tuple[np.ndarray,
     }
     level = np.full(n, 99, np.int64)
     within = np.zeros(n, np.float64)  # order inside a level
-    reasons = [""] * n
-    taken = np.zeros(n, bool)
+    # Faces a person kept in review come first, always, and the levels build on what they cover.
+    taken = cands["kept"].to_numpy(bool, copy=True) if "kept" in cands else np.zeros(n, bool)
+    level[taken] = 0
+    reasons = ["selected: kept in review" if k else "" for k in taken]
+    budget = max(budget, int(taken.sum()))
     labels = {1: "best face of its pose bin", 2: "best face of its pose x expression cell",
               3: "best face of its pose x expression x lighting cell"}
     pose_order = _pose_order(cands)
@@ -215,7 +227,7 @@ def select(cands: pd.DataFrame, budget: int, seed: int = 0) -> tuple[np.ndarray,
     within[rest] = counts3[rest]
     order = np.lexsort((tb, within, level))
     chosen = np.zeros(n, bool)
-    chosen[_spread_in_time(order, cands, budget, exempt=level == 1)] = True
+    chosen[_take_spread(order, cands, budget, level, emb=emb)] = True
     for i in range(n):
         if not chosen[i]:
             reasons[i] = "over budget"
@@ -224,32 +236,65 @@ def select(cands: pd.DataFrame, budget: int, seed: int = 0) -> tuple[np.ndarray,
     return chosen, reasons
 
 
-def _spread_in_time(order: np.ndarray, cands: pd.DataFrame, budget: int, exempt: np.ndarray,
-                    gap_s: float = MIN_GAP_S) -> np.ndarray:
-    """Take `order` up to the budget, deferring a face within `gap_s` of one already taken from its track.
+def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.ndarray,
+                 emb: np.ndarray | None = None, gap_s: float = MIN_GAP_S) -> np.ndarray:
+    """Take `order` up to the budget, deferring faces that would nearly repeat one already taken.
 
-    Faces under a second or two apart in one shot may differ in the descriptors
-    but are nearly the same picture to a model (bench/curate.py: 10-15% of
-    faces 0.5 s apart are near-identical to the recogniser, 0.4% of faces 2 s
-    apart). Deferred faces are used only when the budget cannot be met
-    otherwise; `exempt` faces (each pose bin's best) are never deferred.
+    Two kinds of repeat survive dedupe, because the descriptors differ a little
+    while the picture does not:
+    - a face within `gap_s` of one taken from its track (bench/curate.py: 10-15%
+      of faces 0.5 s apart are near-identical to the recogniser, 0.4% of faces
+      2 s apart);
+    - a face the recogniser sees as the same picture as a taken one: identity
+      embeddings at cosine >= SAME_PICTURE_COS and yaw and pitch within
+      SAME_PICTURE_DEG (looped footage, a re-used shot, a speaker who returns
+      to one pose). Faces of one person are usually far less similar than that
+      (median 0.78 within a clip, 2 s or more apart).
+    Deferred faces are used only when the budget cannot be met otherwise.
+    Faces kept in review (level 0) are never deferred; each pose bin's best
+    (level 1) is not deferred for time, since a turning head crosses bins
+    within a second.
     """
-    if "track_id" not in cands or "time_s" not in cands or budget >= len(order):
+    if budget >= len(order):
         return order[:budget]
-    track = cands["track_id"].to_numpy()
-    time_s = cands["time_s"].to_numpy(float)
-    taken: dict = {}
-    out, deferred = [], []
-    for i in order.tolist():
-        times = taken.setdefault(track[i], [])
-        if not exempt[i] and any(abs(time_s[i] - t) < gap_s for t in times):
-            deferred.append(i)
-            continue
-        times.append(time_s[i])
-        out.append(i)
-        if len(out) == budget:
-            return np.array(out)
-    return np.array(out + deferred[: budget - len(out)], dtype=np.int64)
+    track = cands["track_id"].to_numpy() if "track_id" in cands else np.arange(len(cands))
+    time_s = cands["time_s"].to_numpy(float) if "time_s" in cands else np.full(len(cands), np.nan)
+    yaw, pitch = cands["yaw"].to_numpy(float), cands["pitch"].to_numpy(float)
+    rows = cands["row"].to_numpy() if "row" in cands else np.arange(len(cands))
+    # Taken faces by coarse pose cell: a face within SAME_PICTURE_DEG lies in its own or a neighbouring cell.
+    cell = np.stack([np.floor(yaw / 10), np.floor(pitch / 10)], 1).astype(np.int64)
+    by_cell: dict = {}
+    taken_times: dict = {}
+    out: list = []
+    # Three passes over what is left, each with fewer rules: both, then only the same-picture rule (a
+    # face near in time still differs more than the same picture does), then none.
+    for use_time, use_emb in ((True, True), (False, True), (False, False)):
+        deferred = []
+        for i in order.tolist():
+            if (use_time and level[i] > 1 and any(abs(time_s[i] - t) < gap_s for t in taken_times.get(track[i], ()))) \
+                    or (use_emb and level[i] > 0 and emb is not None
+                        and _same_picture(i, emb, rows, yaw, pitch, cell, by_cell)):
+                deferred.append(i)
+                continue
+            taken_times.setdefault(track[i], []).append(time_s[i])
+            by_cell.setdefault((cell[i, 0], cell[i, 1]), []).append(i)
+            out.append(i)
+            if len(out) == budget:
+                return np.array(out)
+        order = np.array(deferred, dtype=np.int64)
+    return np.array(out, dtype=np.int64)
+
+
+def _same_picture(i, emb, rows, yaw, pitch, cell, by_cell) -> bool:
+    near = [j for dy in (-1, 0, 1) for dp in (-1, 0, 1) for j in by_cell.get((cell[i, 0] + dy, cell[i, 1] + dp), ())]
+    if not near:
+        return False
+    near = np.array(near)
+    near = near[(np.abs(yaw[near] - yaw[i]) < SAME_PICTURE_DEG) & (np.abs(pitch[near] - pitch[i]) < SAME_PICTURE_DEG)]
+    if not len(near):
+        return False
+    e = np.asarray(emb[rows[i]], np.float32)
+    return bool((np.asarray(emb[np.sort(rows[near])], np.float32) @ e >= SAME_PICTURE_COS).any())
 
 
 def _pose_order(cands: pd.DataFrame) -> dict:
@@ -267,8 +312,14 @@ def _pose_order(cands: pd.DataFrame) -> dict:
     return {b: i for i, b in enumerate(order)}
 
 
-def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: float = MIN_FACE_PX) -> CurateResult:
-    """Dedupe and select on a face table that has identify's columns. Pure: reads nothing, writes nothing."""
+def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: float = MIN_FACE_PX,
+           emb: np.ndarray | None = None) -> CurateResult:
+    """Dedupe and select on a face table that has identify's columns. Pure: reads nothing, writes nothing.
+
+    `emb`: the identity embeddings aligned with the table's rows (a memory map
+    is fine: only the rows compared are read); without them, selection cannot
+    tell faces the recogniser sees as the same picture.
+    """
     if not len(table):
         raise WorkspaceError("the workspace has no faces")
     if "is_target" not in table:
@@ -278,9 +329,11 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
     rejected = t["rejected"].fillna(False).to_numpy(bool) if "rejected" in t else np.zeros(len(t), bool)
     # Set by `curator verify --repair`: a face whose crop is gone has nothing to train on.
     gone = t["crop_missing"].fillna(False).to_numpy(bool) if "crop_missing" in t else np.zeros(len(t), bool)
+    # Set by `curator review`: a person's "keep" overrides identity and size (never a rejection).
+    kept = (t["kept"].fillna(False).to_numpy(bool) if "kept" in t else np.zeros(len(t), bool)) & ~rejected & ~gone
     target = t["is_target"].to_numpy(bool)
     big = t["face_px"].to_numpy(float) >= min_face_px
-    pool = target & ~rejected & ~gone & big
+    pool = (target & ~rejected & ~gone & big) | kept
 
     reasons = np.where(~target, "not the target identity",
                        np.where(rejected, "rejected in review",
@@ -292,7 +345,8 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
         raise WorkspaceError("no faces of the target identity to curate (see `curator identities`)")
     sub = t.iloc[idx]
     track = sub["track_id"].to_numpy() if "track_id" in sub else np.arange(len(sub))
-    lead = near_duplicate_groups(dedupe_features(sub), appearance_matrix(sub), quality[idx], track,
+    # Kept faces lead their groups (a group's leader is its best-quality face).
+    lead = near_duplicate_groups(dedupe_features(sub), appearance_matrix(sub), quality[idx] + 1e6 * kept[idx], track,
                                  sub["frame"].to_numpy())
     dup_group[idx] = sub["face_id"].to_numpy()[lead]
     is_leader = lead == np.arange(len(idx))
@@ -313,11 +367,19 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
     cands = pd.DataFrame({"face_id": t["face_id"].to_numpy()[leaders], "quality": quality[leaders],
                           "pose_bin": pose_bin[leaders], "expr_cluster": expr[leaders], "light_cluster": light[leaders],
                           "track_id": t["track_id"].to_numpy()[leaders] if "track_id" in t else leaders,
-                          "time_s": t["time_s"].to_numpy()[leaders]})
-    chosen, why = select(cands, budget, seed)
+                          "time_s": t["time_s"].to_numpy()[leaders],
+                          "yaw": t["yaw"].to_numpy(float)[leaders], "pitch": t["pitch"].to_numpy(float)[leaders],
+                          "row": leaders, "kept": kept[leaders]})
+    if emb is not None and len(emb) != len(t):
+        raise WorkspaceError(f"{len(emb)} embeddings for {len(t)} faces")
+    chosen, why = select(cands, budget, seed, emb)
     selected = np.zeros(len(t), bool)
     selected[leaders] = chosen
     reasons[leaders] = why
+    extra = np.flatnonzero(kept & ~selected)  # a kept face inside another kept face's group
+    selected[extra] = True
+    for j in extra:
+        reasons[j] = f"selected: kept in review (near-duplicate of {dup_group[j]})"
 
     pose_cluster = metrics.pose_labels(t)
     columns = pd.DataFrame({
@@ -328,7 +390,7 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
     ref = t.iloc[idx]
     summary = {
         "faces": len(t), "target_faces": int(target.sum()), "rejected": int(rejected.sum()),
-        "too_small": int((target & ~rejected & ~big).sum()), "candidates": len(idx),
+        "too_small": int((target & ~rejected & ~big).sum()), "kept": int(kept.sum()), "candidates": len(idx),
         "near_duplicate_groups": int(is_leader.sum()), "near_duplicates_removed": int((~is_leader).sum()),
         "budget": int(budget), "selected": int(selected.sum()),
         "coverage_before": metrics.coverage(ref, ref),

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import IMAGES, PACK, clip, curator, curator_json
 from curator import faces, identify, media
-from curator.workspace import open_workspace, read_table, update_columns
+from curator.curate import curate as do_curate
+from curator.workspace import open_workspace, read_embeddings, read_table, update_columns
 
 
 def save_frame(video: Path, index: int, out: Path) -> Path:
@@ -151,6 +152,51 @@ def test_curate_deterministic_and_budget_respected(two_people):
     # Every near-duplicate names a group leader that is itself a kept candidate.
     dups = a[a["reason"].str.startswith("near-duplicate of")]
     assert set(dups["dup_group"]) <= set(a.loc[a["dup_group"] == a["face_id"], "face_id"])
+
+
+def test_faces_kept_in_review_are_selected_within_the_budget(two_people):
+    ws, ref = two_people
+    curator("identify", "-w", ws, "--ref", ref, check=True)
+    w = open_workspace(ws)
+    t = read_table(w)
+    other = t.index[~t["is_target"]][0]  # "keep" overrides identify
+    both = t.index[t["is_target"]][0]  # keep and reject: reject wins
+    kept = np.zeros(len(t), bool)
+    kept[[other, both]] = True
+    update_columns(w, pd.DataFrame({"face_id": t["face_id"], "kept": kept, "rejected": np.arange(len(t)) == both}))
+    out = curator_json("curate", "-w", ws, "--budget", "5")
+    a = read_table(w)
+    assert out["kept"] == 1 and a["selected"].sum() == 5
+    assert a.loc[other, "selected"] and a.loc[other, "reason"] == "selected: kept in review"
+    assert not a.loc[both, "selected"] and a.loc[both, "reason"] == "rejected in review"
+    update_columns(w, pd.DataFrame({"face_id": t["face_id"], "kept": False, "rejected": False}))
+
+
+def test_same_picture_to_the_recogniser_is_taken_last(tmp_path):
+    """A copy of every face with the same embedding, 2 degrees more yaw and other lighting (so dedupe keeps
+    both): with the embeddings, selection takes no face together with its copy while other faces are left."""
+    ws = tmp_path / "ws"
+    curator("extract", clip("driving_d6.mp4"), "-w", ws, "-q", "--fps", "4", check=True)  # one person, 33 s
+    w = open_workspace(ws)
+    orig = read_table(w).assign(is_target=True, track_id=0)
+    emb = np.asarray(read_embeddings(w, len(orig)))
+    copy = orig.assign(face_id=orig["face_id"] + "_copy", track_id=1, time_s=orig["time_s"] + 10**4,
+                       lum=orig["lum"] + 60.0, yaw=orig["yaw"] + 2.0)
+    both = pd.concat([orig, copy], ignore_index=True)
+    both_emb = np.vstack([emb, emb])
+    distinct = do_curate(orig, 10**6, emb=emb).summary["near_duplicate_groups"]
+    assert distinct >= 40
+
+    def pairs(selected: pd.Series) -> int:
+        ids = set(both.loc[selected.to_numpy(), "face_id"])
+        return sum(f in ids and f + "_copy" in ids for f in orig["face_id"])
+
+    for budget in (distinct // 4, distinct // 2, distinct * 3 // 4):
+        with_emb = do_curate(both, budget, emb=both_emb).columns["selected"]
+        without = do_curate(both, budget).columns["selected"]
+        assert with_emb.sum() == without.sum() == budget
+        assert pairs(without) > 0  # the descriptors alone cannot tell
+        assert pairs(with_emb) == 0
 
 
 def test_budget_larger_than_available_selects_all_and_says_so(two_people):
