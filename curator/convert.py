@@ -64,8 +64,8 @@ class ConvertSettings:
     feather: float = 0.04         # then blur its edge over this fraction of the crop's side
     color: str = "lab"            # lab (mean/std in Lab), hist (histogram matching per RGB channel), none
     smooth: bool = True           # One-Euro filter on the keypoints
-    min_cutoff: float = 1.5       # One-Euro: Hz; lower = steadier when the head is still
-    beta: float = 0.3             # One-Euro: how fast the cutoff rises with speed (per face-width/s)
+    min_cutoff: float = 1.0       # One-Euro: Hz; lower = steadier when the head is still
+    beta: float = 3.0             # One-Euro: how fast the cutoff rises with speed (per face-width/s); higher = less lag
     jump: float = 0.35            # a keypoint move over this share of the face scale in one frame is a cut: reset
     threshold: float | None = None  # same-person cosine similarity; default per recogniser (curator.identify)
     det_size: int = 640
@@ -232,8 +232,8 @@ def one_euro(x: np.ndarray, t: float, state: dict | None, min_cutoff: float, bet
     return x_hat, {"x": x_hat, "dx": dx_hat, "t": t}
 
 
-def smooth_track(points: np.ndarray, t: float, state: dict | None, *, min_cutoff: float = 1.5,
-                 beta: float = 0.3, jump: float = 0.35, max_gap_s: float = KEEP_GAP_S) -> tuple[np.ndarray, dict]:
+def smooth_track(points: np.ndarray, t: float, state: dict | None, *, min_cutoff: float = 1.0,
+                 beta: float = 3.0, jump: float = 0.35, max_gap_s: float = KEEP_GAP_S) -> tuple[np.ndarray, dict]:
     """Smooth one face's points [k, 2] (keypoints, box corners) over time: (smoothed points, new state).
 
     Points are measured in units of the face's scale (eye distance times 2.5,
@@ -250,9 +250,9 @@ def smooth_track(points: np.ndarray, t: float, state: dict | None, *, min_cutoff
         fresh = np.abs(points / scale - state["euro"]["x"]).max() > jump
     if fresh:
         scale = max(2.5 * float(np.linalg.norm(points[1] - points[0])), 1.0)
-        x, euro = one_euro(points / scale, t, None, min_cutoff, beta)
-    else:
-        x, euro = one_euro(points / scale, t, state["euro"], min_cutoff, beta)
+        _, euro = one_euro(points / scale, t, None, min_cutoff, beta)
+        return points.copy(), {"euro": euro, "scale": scale, "t": t}
+    x, euro = one_euro(points / scale, t, state["euro"], min_cutoff, beta)
     return x * scale, {"euro": euro, "scale": scale, "t": t}
 
 
@@ -326,8 +326,9 @@ def blend_mask(predicted: np.ndarray | None, landmark: np.ndarray, kind: str = "
     trainer taught it (trainer.data.face_mask); `both` takes their minimum.
     Erosion pulls the edge in by `erode` of the crop side (the drawn face's
     outline is its least reliable part); a Gaussian blur of `feather` of the
-    side softens it. The crop's own border is forced to 0, so the square of
-    the crop never shows in the frame.
+    side softens it. Last, the mask fades to 0 towards the crop's edges (over
+    `feather` of the side, at least 2 px), so the square of the crop never
+    shows in the frame, even where a poorly trained decoder's mask reaches it.
     """
     if kind == "landmark" or predicted is None:
         m = landmark
@@ -345,9 +346,10 @@ def blend_mask(predicted: np.ndarray | None, landmark: np.ndarray, kind: str = "
     sigma = feather * size / 2
     if sigma > 0.3:
         m = cv2.GaussianBlur(m, (0, 0), sigma)
-    edge = max(1, size // 64)
-    m[:edge], m[-edge:], m[:, :edge], m[:, -edge:] = 0, 0, 0, 0
-    return np.clip(m, 0.0, 1.0)
+    ramp = max(2.0, feather * size)
+    dist = np.minimum(np.arange(size), np.arange(size)[::-1]).astype(np.float32)  # pixels to the nearest edge
+    fade = np.clip(dist / ramp, 0.0, 1.0)
+    return np.clip(m * np.minimum(fade[:, None], fade[None, :]), 0.0, 1.0)
 
 
 def paste_back(frame: np.ndarray, face: np.ndarray, mask: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -565,22 +567,42 @@ def open_input(video: Path) -> VideoInput:
 
 
 def demux(inp: VideoInput, max_frames: int | None, on_audio: Callable, stats: dict) -> Iterator:
-    """Decoded video frames in presentation order; audio packets go to `on_audio` as they come.
+    """Decoded video frames in presentation order; audio packets go to `on_audio` in file order.
 
-    With `max_frames`, audio keeps flowing after the last frame until it
-    passes that frame's end, so the clip's sound is not cut short.
+    With `max_frames`, the audio is cut where the last frame ends. The decoder
+    hands frames back a few packets late, so audio packets are held until a
+    decoded frame (or the end) shows they come before the cut.
     """
     import av
 
     frames, end = 0, None
+    held: list = []
+    finished: set = set()  # audio streams that reached the cut
+
+    def seconds(packet) -> float | None:
+        return None if packet.pts is None else float(packet.pts * packet.time_base)
+
+    def release(upto: float) -> None:
+        keep = []
+        for p in held:
+            (on_audio(p) if seconds(p) is None or seconds(p) < upto else keep.append(p))
+        held[:] = keep
+
     try:
         for packet in inp.container.demux(inp.stream, *inp.audio):
             if packet.stream.type == "audio":
                 if packet.dts is None:
                     continue  # the demuxer's flush packet carries no data
-                if end is not None and packet.pts is not None and packet.pts * packet.time_base >= end:
-                    break
-                on_audio(packet)
+                if not max_frames:
+                    on_audio(packet)
+                elif end is None:
+                    held.append(packet)
+                elif seconds(packet) is not None and seconds(packet) >= end:
+                    finished.add(packet.stream.index)
+                    if len(finished) == len(inp.audio):
+                        break
+                elif packet.stream.index not in finished:
+                    on_audio(packet)
                 continue
             if end is not None:
                 continue
@@ -590,14 +612,19 @@ def demux(inp: VideoInput, max_frames: int | None, on_audio: Callable, stats: di
                 stats["bad_packets"] = stats.get("bad_packets", 0) + 1
                 continue
             for frame in decoded:
-                if end is not None:
-                    break
                 yield frame
                 frames += 1
+                if frame.time is not None:
+                    release(frame.time)
                 if max_frames and frames >= max_frames:
                     end = (frame.time or 0.0) + float((frame.duration or 0) * (frame.time_base or 0))
+                    release(end)
+                    held.clear()  # what is left starts after the cut
+                    break
             if end is not None and not inp.audio:
                 break
+        if end is None:
+            release(math.inf)
     except av.error.FFmpegError as e:
         stats["error"] = f"decoding stopped after {frames} frames ({media._av_reason(e)})"
 
