@@ -731,7 +731,7 @@ def _print_scenario(key: str, s: dict) -> None:
 # B. Scale: synthetic tables
 # =============================================================================
 
-def synth_table(n_rows: int, seed: int = 0, with_embeddings: bool = True) -> pd.DataFrame:
+def synth_table(n_rows: int, seed: int = 0, with_embeddings: bool = True, emb_out: np.ndarray | None = None) -> pd.DataFrame:
     """A face table of n_rows with identify's and extract's columns that curate reads.
 
     Distributions follow what extract measured on the shared clips (see
@@ -743,7 +743,7 @@ def synth_table(n_rows: int, seed: int = 0, with_embeddings: bool = True) -> pd.
     earlier track in another source with small noise (looped / re-broadcast
     footage). is_target follows identify's rule (track's 75th-percentile
     cosine to the target >= 0.45) on 512-d embeddings drawn around identity
-    centres (made in chunks, not kept).
+    centres (made in chunks; written to `emb_out`, e.g. a memory map, when given).
     """
     rng = np.random.default_rng(seed)
     n_base = int(round(n_rows * 0.85))
@@ -864,6 +864,8 @@ def synth_table(n_rows: int, seed: int = 0, with_embeddings: bool = True) -> pd.
             e += rng.normal(0, 1.0 / np.sqrt(dim), e.shape).astype(np.float32)
             e /= np.linalg.norm(e, axis=1, keepdims=True)
             score[sl] = e @ centres[0]
+            if emb_out is not None:  # rows are written in table order below (order of `order` is the row order)
+                emb_out[sl] = e
         is_target = pd.Series(score).groupby(track_id).transform(lambda s: np.percentile(s, 75)).to_numpy() >= 0.45
     else:
         is_target = np.repeat(track_person == 0, tlen)
@@ -912,7 +914,14 @@ def scale_worker(n_rows: int, budget: int, seed: int, profile: str | None, propo
     cm.near_duplicate_groups = timed_groups
 
     t0 = time.perf_counter()
-    table = synth_table(n_rows, seed)
+    # The embeddings go to a .npy file and come back memory-mapped, as `curator curate` reads a workspace's.
+    emb_dir = tempfile.mkdtemp(prefix="curate-scale-")
+    emb_path = Path(emb_dir) / "embeddings.npy"
+    out = np.lib.format.open_memmap(emb_path, mode="w+", dtype=np.float32, shape=(n_rows, 512))
+    table = synth_table(n_rows, seed, emb_out=out)
+    out.flush()
+    del out
+    emb = np.load(emb_path, mmap_mode="r")
     build_s = time.perf_counter() - t0
     gc.collect()
     rss_before = _proc_status("VmRSS")
@@ -932,8 +941,9 @@ def scale_worker(n_rows: int, budget: int, seed: int, profile: str | None, propo
 
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t1 = time.perf_counter()
-    res = curate(table, budget)
+    res = curate(table, budget, emb=emb)
     seconds = time.perf_counter() - t1
+    shutil.rmtree(emb_dir, ignore_errors=True)  # 2 GB at 1M rows
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     if prof:
