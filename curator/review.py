@@ -102,18 +102,23 @@ class ReviewError(Exception):
 # --- FiftyOne and its database ---------------------------------------------------------
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """FiftyOne logs banners and progress on stdout; keep --json output clean and stderr short."""
+def _log_level(level: int) -> Iterator[None]:
     loggers = [logging.getLogger(n) for n in ("fiftyone", "eta")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.WARNING)
+        lg.setLevel(level)
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
+        yield
     finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+        for lg, old in zip(loggers, levels):
+            lg.setLevel(old)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """FiftyOne logs banners and progress on stdout; keep --json output clean and stderr short."""
+    with _log_level(logging.WARNING), contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def _redact(uri: str) -> str:
@@ -362,7 +367,6 @@ def sync_dataset(ws: Workspace, name: str | None = None) -> dict:
     samples that later stages changed, never touches an existing sample's tags.
     """
     fo = connect()
-    import fiftyone.brain  # noqa: F401 - fail here, not halfway through, if the brain is missing
 
     table = read_table(ws)
     if not len(table):
@@ -389,6 +393,7 @@ def sync_dataset(ws: Workspace, name: str | None = None) -> dict:
                          f"schema {REVIEW_SCHEMA} in place, every tag kept (and copied into the table first)")
 
         _declare_fields(dataset, table, fo)
+        dataset.create_index("face_id", unique=True)  # before adding: two syncs at once cannot duplicate a face
         in_dataset = set(dataset.values("face_id"))
         crop_paths = table["crop_path"].to_numpy(dtype=object)
         files = [_crop_file(ws, c) for c in crop_paths]
@@ -404,7 +409,7 @@ def sync_dataset(ws: Workspace, name: str | None = None) -> dict:
         if orphans:
             notes.append(f"{orphans} samples of dataset {name} have no row in the workspace table; left as they are")
 
-        _add_samples(ws, dataset, table, add, files, fo)
+        _add_samples(dataset, table, add, files, fo)
         _refresh(dataset, table, fo, all_columns=upgrading)
 
         _indexes(dataset)
@@ -431,7 +436,7 @@ def _crop_file(ws: Workspace, crop) -> Path | None:
         return None
 
 
-def _add_samples(ws: Workspace, dataset, table: pd.DataFrame, rows: np.ndarray, files: list, fo) -> None:
+def _add_samples(dataset, table: pd.DataFrame, rows: np.ndarray, files: list, fo) -> None:
     columns = _columns(table)
     names = [field_name(c) for c in columns]
     derived = derived_columns(table)
@@ -488,7 +493,8 @@ def _refresh(dataset, table: pd.DataFrame, fo, *, all_columns: bool) -> int:
     if all_columns:
         missing = [fid for fid, lm in zip(ids, dataset.values("landmarks")) if lm is None]
         if missing:
-            sub = table.set_index("face_id").loc[[f for f in missing if f in set(table["face_id"])]]
+            known_ids = set(table["face_id"])
+            sub = table.set_index("face_id").loc[[f for f in missing if f in known_ids]]
             marks = {fid: _landmarks(row, fo) for fid, row in sub.iterrows()}
             dataset.set_values("landmarks", marks, key_field="face_id")
     return changed_total
@@ -496,7 +502,6 @@ def _refresh(dataset, table: pd.DataFrame, fo, *, all_columns: bool) -> int:
 
 def _indexes(dataset) -> None:
     schema = dataset.get_field_schema()
-    dataset.create_index("face_id", unique=True)  # the key between samples and table rows
     for name in INDEXED:
         name = field_name(name) if name != "tags" else name
         if name in schema:
@@ -579,7 +584,8 @@ def saved_views(dataset, table: pd.DataFrame) -> tuple[list[str], dict]:
              "near-duplicate groups of more than one face, group by group, best quality first")
     else:
         skip("near-duplicate groups", "`curator curate` has not run")
-    few = max(_audit_few_min(), math.ceil(_audit_few_share() * n))
+    counted = int(table["is_target"].fillna(False).sum()) if "is_target" in table else n
+    few = _thin_bin_faces(counted)
     # `!= None` first: in MongoDB expressions null sorts below every number, so `None < 3` is true.
     save("rare poses", dataset.match(_number("pose_bin_faces") & (F("pose_bin_faces") < few)).sort_by([("pose_bin_faces", 1), ("yaw", 1)]),
          f"faces in 10° yaw x pitch bins with fewer than {few} faces (audit's thin bins)")
@@ -606,16 +612,11 @@ def _number(field: str):
     return F(field) != None  # noqa: E711 - a MongoDB expression, not a Python comparison
 
 
-def _audit_few_min() -> int:
-    from .audit import FEW_MIN
+def _thin_bin_faces(faces: int) -> int:
+    """A pose bin with fewer faces than this is "thin": the same rule as `curator audit`."""
+    from .audit import FEW_MIN, FEW_SHARE
 
-    return FEW_MIN
-
-
-def _audit_few_share() -> float:
-    from .audit import FEW_SHARE
-
-    return FEW_SHARE
+    return max(FEW_MIN, math.ceil(FEW_SHARE * faces))
 
 
 # --- tags back into the table -------------------------------------------------------------
@@ -707,7 +708,8 @@ def check_port(address: str, port: int) -> None:
 
 
 def app_url(address: str, port: int, name: str) -> str:
-    host = f"[{address}]" if ":" in address else address
+    host = socket.gethostname() if address in ("0.0.0.0", "::") else address  # what another machine would type
+    host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{port}/datasets/{quote(name)}"
 
 
@@ -769,12 +771,15 @@ def _interrupt_on_signals() -> Iterator[None]:
 
 
 def serve(ws: Workspace, dataset, *, port: int, address: str, timeout: float | None,
-          on_ready: Callable[[str], None]) -> dict:
+          on_ready: Callable[[str], None], on_note: Callable[[str], None] = lambda note: None) -> dict:
     """Run the App until Ctrl-C (or `timeout` seconds), then stop it and pull the tags; returns the pull summary."""
     session, url = launch(dataset, port=port, address=address)
     stopped = None
+    ended = False
     try:
-        with _interrupt_on_signals():
+        # ERROR: while the App runs, FiftyOne 1.22's session thread warns about its own removed
+        # config options (show_confidence, ...) each time a browser connects.
+        with _interrupt_on_signals(), _log_level(logging.ERROR):
             try:
                 on_ready(url)
                 deadline = None if timeout is None else time.monotonic() + timeout
@@ -788,14 +793,32 @@ def serve(ws: Workspace, dataset, *, port: int, address: str, timeout: float | N
                             break
             except KeyboardInterrupt:
                 pass
+        ended = True
     finally:
-        close_app(session)
-    # Only after a normal end or Ctrl-C: an error above propagates, and the tags stay safe in the dataset.
-    pulled = _pull_or_explain(ws, dataset)
+        # Stopping the server takes seconds; a second, impatient Ctrl-C must not skip the pull.
+        with _shielded():
+            if ended:
+                on_note("stopping the App, then copying the tags into the workspace table")
+            close_app(session)
+            # Only after a normal end or Ctrl-C: after an error the tags stay safe in the dataset.
+            pulled = _pull_or_explain(ws, dataset) if ended else None
     pulled["url"] = url
     if stopped:
         pulled["notes"].append(stopped)
     return pulled
+
+
+@contextlib.contextmanager
+def _shielded() -> Iterator[None]:
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: nothing to shield from
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _pull_or_explain(ws: Workspace, dataset) -> dict:
@@ -833,7 +856,7 @@ def review(workspace: str | os.PathLike, *, port: int = 5151, address: str = "12
     if app and not is_loopback(address):
         on_note(f"the App listens on {address}: anyone who can reach this machine can see and tag these faces (no login)")
     if app:
-        pulled = serve(ws, dataset, port=port, address=address, timeout=timeout, on_ready=on_ready)
+        pulled = serve(ws, dataset, port=port, address=address, timeout=timeout, on_ready=on_ready, on_note=on_note)
         summary["url"] = pulled.pop("url")
     else:
         pulled = pull_tags(ws, dataset)

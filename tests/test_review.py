@@ -1,0 +1,477 @@
+"""curator review against real FiftyOne, a real MongoDB and the real App server.
+
+The database is the one `../shared/ci/mongod.sh start` exports as
+FIFTYONE_DATABASE_URI (README's test command). Tags are set with FiftyOne's
+own API (`tag_samples` / `untag_samples`, what the App's tagging calls), the
+App is loaded by headless Chromium, and every dataset a test makes is deleted
+at the end.
+
+Footage: face_1.mp4 (one person, the target) and the Hamilton stage clip
+(several other people) at 1 fps, 27 faces; face_2.mp4 is the "more footage"
+extracted later (at 2 fps: 10 faces).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import select
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+
+from conftest import ROOT, clip, curator, curator_json
+from curator import metrics, review
+from curator.workspace import open_workspace, read_embeddings
+
+FOOTAGE = ("face_1.mp4", "short_hamilton_clip.mp4")
+MORE = "face_2.mp4"
+
+
+@pytest.fixture(scope="module")
+def fo():
+    import fiftyone
+
+    if not os.environ.get("FIFTYONE_DATABASE_URI"):
+        pytest.fail("these tests need MongoDB: run them as README says, after "
+                    "`eval \"$(../shared/ci/mongod.sh start)\"` (it exports FIFTYONE_DATABASE_URI)")
+    return fiftyone
+
+
+@pytest.fixture(scope="module")
+def made(fo):
+    """Names of the datasets tests create; all deleted at the end so the shared database does not fill up."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("review") / "extracted"
+    curator("extract", *[clip(c) for c in FOOTAGE], "-w", ws, "--fps", "1", "-q", check=True)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def curated(extracted, tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("review") / "curated"
+    shutil.copytree(extracted, ws)
+    curator("curate", "-w", ws, "--budget", "5", check=True)  # runs identify (largest cluster = face_1's person)
+    return ws
+
+
+def fresh(src: Path, tmp_path: Path, name: str = "ws") -> Path:
+    """A copy at a new path: its own review dataset (the name hashes the path)."""
+    ws = tmp_path / name
+    shutil.copytree(src, ws)
+    return ws
+
+
+def name_of(ws: Path, made: list) -> str:
+    name = review.dataset_name(open_workspace(ws))
+    made.append(name)
+    return name
+
+
+def table(ws: Path) -> pd.DataFrame:
+    return pd.read_parquet(ws / "faces.parquet")
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("curator: error:"), proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def by_face(dataset, field: str) -> dict:
+    ids, values = dataset.values(["face_id", field])
+    return dict(zip(ids, values))
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file's bytes hash and mtime: 'untouched' means this does not change."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def py(v):
+    return None if isinstance(v, float) and np.isnan(v) else v
+
+
+# --- the dataset ------------------------------------------------------------------------------
+
+def test_dataset_holds_exactly_the_workspace_faces_with_their_fields(curated, tmp_path, fo, made):
+    ws = fresh(curated, tmp_path)
+    name = name_of(ws, made)
+    s = curator_json("review", "-w", ws, "--no-app")
+    t = table(ws)
+    assert (s["dataset"], s["samples_added"], s["samples_total"], s["url"]) == (name, len(t), len(t), None)
+    ds = fo.load_dataset(name)
+    assert ds.persistent and len(ds) == len(t)
+    assert sorted(ds.values("face_id")) == sorted(t.face_id)
+
+    # every descriptor is a field with the table's value (NaN as None), the file is the workspace crop
+    rows = t.set_index("face_id")
+    for column in ("yaw", "pitch", "roll", "sharpness", "face_px", "det_score", "lum", "smile", "quality",
+                   "identity_score", "is_target", "selected", "dup_group", "pose_cluster", "reason", "source"):
+        got = by_face(ds, column)
+        for fid, v in rows[column].items():
+            want = py(v.item() if hasattr(v, "item") else v)
+            assert got[fid] == pytest.approx(want) if isinstance(want, float) else got[fid] == want, (column, fid)
+    paths = by_face(ds, "filepath")
+    assert all(paths[fid] == str(ws.resolve() / crop) for fid, crop in rows["crop_path"].items())
+    assert not any(ds.values("tags"))  # nobody has tagged anything yet
+
+    # saved views, each checked against the table directly
+    views = {v: sorted(ds.load_saved_view(v).values("face_id")) for v in ds.list_saved_views()}
+    assert set(views) == {"selected", "rejected", "kept", "near-duplicate groups", "rare poses", "low quality",
+                          "other identities"} == set(s["views"])
+    assert views["selected"] == sorted(t.face_id[t.selected]) and views["selected"]
+    assert views["other identities"] == sorted(t.face_id[~t.is_target]) and views["other identities"]
+    assert views["rejected"] == views["kept"] == []
+    size = t.groupby("dup_group").face_id.transform("size")
+    assert views["near-duplicate groups"] == sorted(t.face_id[size > 1]) and views["near-duplicate groups"]
+    order = ds.load_saved_view("near-duplicate groups").values("dup_group")
+    assert order == sorted(order)  # group by group
+    target = t[t.is_target]
+    bins = metrics.pose_bins(target)
+    assert views["rare poses"] == sorted(target.face_id[bins.map(bins.value_counts()) < 3])
+    low = (t.quality <= t.quality.quantile(0.1)) | (t.face_px < 40)
+    assert views["low quality"] == sorted(t.face_id[low]) and views["low quality"]
+
+    # the embeddings panel's maps: PCA of our own embeddings (up to sign), and (yaw, pitch)
+    assert set(ds.list_brain_runs()) == {"identity_pca", "pose"}
+    emb = read_embeddings(open_workspace(ws))
+    centred = emb - emb.mean(0)
+    want = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+    got = np.array([by_face(ds, "identity_pca")[f] for f in t.face_id])
+    for k in range(2):
+        assert abs(np.corrcoef(got[:, k], want[:, k])[0, 1]) > 0.999
+    pose = by_face(ds, "pose")
+    assert all(pose[f] == pytest.approx([y, p]) for f, y, p in zip(t.face_id, t.yaw, t.pitch))
+
+    # filtering stays indexed; face_id is the unique key
+    indexes = ds.get_index_information()
+    assert indexes["face_id"].get("unique") is True
+    assert {"yaw", "pitch", "quality", "sharpness", "selected", "dup_group", "is_target", "pose_cluster", "tags"} <= set(indexes)
+    info = ds.info["curator"]
+    assert (info["review_schema"], info["workspace"]) == (review.REVIEW_SCHEMA, str(ws.resolve()))
+
+    # a second run adds nothing and keeps the samples themselves
+    ids = by_face(ds, "id")
+    again = review.review(ws, app=False)
+    assert (again["samples_added"], again["samples_total"]) == (0, len(t))
+    assert by_face(fo.load_dataset(name), "id") == ids
+
+
+def test_views_that_need_curate_or_identify_are_skipped_with_a_note(extracted, tmp_path, fo, made):
+    ws = fresh(extracted, tmp_path)
+    name = name_of(ws, made)
+    s = review.review(ws, app=False)
+    assert s["views_skipped"] == {"selected": "`curator curate` has not run",
+                                  "near-duplicate groups": "`curator curate` has not run",
+                                  "other identities": "`curator identify` has not run"}
+    ds = fo.load_dataset(name)
+    assert set(ds.list_saved_views()) == {"rejected", "kept", "rare poses", "low quality"}
+    t = table(ws)
+    # before curate, "low quality" is by sharpness; rare poses count every face
+    low = (t.sharpness <= t.sharpness.quantile(0.1)) | (t.face_px < 40)
+    assert sorted(ds.load_saved_view("low quality").values("face_id")) == sorted(t.face_id[low])
+    bins = metrics.pose_bins(t)
+    assert sorted(ds.load_saved_view("rare poses").values("face_id")) == sorted(t.face_id[bins.map(bins.value_counts()) < 3])
+
+    # curate afterwards: the next review refreshes the existing samples' fields and adds the views
+    curator("curate", "-w", ws, "--budget", "5", check=True)
+    s = review.review(ws, app=False)
+    assert s["samples_added"] == 0 and s["views_skipped"] == {}
+    t = table(ws)
+    assert by_face(ds, "selected") == dict(zip(t.face_id, t.selected))
+    assert sorted(ds.load_saved_view("selected").values("face_id")) == sorted(t.face_id[t.selected])
+
+
+# --- tags: App -> table -> export, and across re-extraction ------------------------------------------
+
+def test_tags_reach_the_table_survive_new_footage_and_exclude_faces_from_export(curated, tmp_path, fo, made):
+    ws = fresh(curated, tmp_path)
+    name = name_of(ws, made)
+    review.review(ws, app=False)
+    ds = fo.load_dataset(name)
+    t = table(ws)
+    selected = sorted(t.face_id[t.selected])
+    rejected, kept = selected[:2], [t.face_id[~t.selected & t.is_target].iloc[0]]
+    other = t.face_id[~t.is_target].iloc[:2].tolist()
+    # what the App does when a person tags the samples in the grid
+    ds.select(by_face_ids(ds, rejected)).tag_samples("reject")
+    ds.select(by_face_ids(ds, kept)).tag_samples("keep")
+    ds.select(by_face_ids(ds, other)).tag_samples(["profile", "blurry"])
+
+    pulled = curator_json("review", "-w", ws, "--pull")
+    assert pulled["tags"] == {"rejected": 2, "kept": 1, "other_tags": 2, "changed": 5, "written": True}
+    t = table(ws)
+    assert sorted(t.face_id[t.rejected]) == rejected and t.face_id[t.kept].tolist() == kept
+    assert dict(zip(t.face_id, t.review_tags)) == {f: ("blurry,profile" if f in other else "") for f in t.face_id}
+    assert t.rejected.dtype == bool and t.kept.dtype == bool
+
+    # export (selection unchanged since curate) leaves the rejected faces out, files and manifest
+    out = tmp_path / "faceset"
+    exp = curator_json("export", "-w", ws, "--out", out)
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    assert exp["faces"] == len(selected) - 2 and sorted(manifest.face_id) == selected[2:]
+    assert not [p for p in (out / "faces").iterdir() if p.stem in rejected]
+    everything = curator_json("export", "-w", ws, "--out", tmp_path / "all", "--all")
+    assert everything["faces"] == len(t) - 2
+
+    # more footage: only the new faces are added; every old sample keeps its id and tags
+    ids, tags = by_face(ds, "id"), by_face(ds, "tags")
+    curator("extract", clip(MORE), "-w", ws, "--fps", "2", "-q", check=True)
+    t2 = table(ws)
+    new = set(t2.face_id) - set(t.face_id)
+    assert new
+    s = curator_json("review", "-w", ws, "--no-app")
+    assert (s["samples_added"], s["samples_total"]) == (len(new), len(t2))
+    ds = fo.load_dataset(name)
+    assert {f: v for f, v in by_face(ds, "id").items() if f not in new} == ids
+    now = by_face(ds, "tags")
+    assert {f: sorted(now[f]) for f in tags} == {f: sorted(v) for f, v in tags.items()}
+    assert not any(now[f] for f in new)
+    t2 = table(ws)
+    assert sorted(t2.face_id[t2.rejected]) == rejected  # the pull around the sync lost nothing
+
+    # un-tagging in the App un-rejects: the dataset is the truth for its faces
+    ds.select(by_face_ids(ds, rejected[:1])).untag_samples("reject")
+    s = review.review(ws, pull_only=True)
+    assert s["tags"]["rejected"] == 1 and s["tags"]["changed"] == 1
+    t2 = table(ws)
+    assert t2.face_id[t2.rejected].tolist() == rejected[1:]
+
+    # a deleted dataset is rebuilt with the table's tags, so the next pull changes nothing
+    fo.delete_dataset(name)
+    s = review.review(ws, app=False)
+    assert s["created"] and s["samples_added"] == len(t2) and s["tags"]["changed"] == 0
+    rebuilt = by_face(fo.load_dataset(name), "tags")
+    assert sorted(f for f, v in rebuilt.items() if "reject" in v) == rejected[1:]
+    assert [f for f, v in rebuilt.items() if "keep" in v] == kept
+    assert {f for f, v in rebuilt.items() if sorted(v) == ["blurry", "profile"]} == set(other)
+
+
+def by_face_ids(ds, face_ids) -> list[str]:
+    ids = by_face(ds, "id")
+    return [ids[f] for f in face_ids]
+
+
+# --- the App -------------------------------------------------------------------------------------
+
+def find_chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    pytest.fail("headless Chromium is needed to check that the App renders, and none was found "
+                "(install it: `apt-get install -y chromium`; .ci/install.sh does)")
+
+
+def crops_on_screen(shot: Path, crops: list[Path]) -> int:
+    """How many of these crops appear in the screenshot as grid tiles (tiles of 100-220 px)."""
+    small = cv2.resize(cv2.imread(str(shot)), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    images = [cv2.imread(str(c)) for c in crops]
+
+    def score(img, side):
+        tile = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+        return cv2.matchTemplate(small, tile, cv2.TM_CCOEFF_NORMED).max()
+
+    # every tile has one size: find it on the first crops, then look for each crop at that size
+    side = max(((score(img, s), s) for img in images[:2] for s in range(50, 111, 2)))[1]
+    return sum(max(score(img, s) for s in (side - 2, side, side + 2)) > 0.9 for img in images)
+
+
+def test_app_on_loopback_renders_the_grid_and_tags_are_pulled_when_it_stops(curated, tmp_path, fo, made):
+    ws = fresh(curated, tmp_path)
+    name = name_of(ws, made)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "curator", "review", "-w", str(ws), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    children = []
+    try:
+        # printed once the server listens
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        line = proc.stdout.readline() if ready else ""
+        assert line.startswith("App: "), (line, proc.stderr.read() if proc.poll() is not None else "")
+        url = line.split()[1]
+        assert url == f"http://127.0.0.1:{port}/datasets/{name}"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children  # the App's server runs in child processes
+
+        # loopback only
+        listening = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+        assert listening and {c.laddr.ip for c in listening} == {"127.0.0.1"}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/fiftyone", timeout=10) as r:
+            assert json.load(r)["version"] == fo.__version__
+
+        # a person's browser: the grid shows the workspace's crops
+        shot = tmp_path / "app.png"
+        run = subprocess.run([find_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                              "--disable-background-networking", "--no-first-run", "--disable-component-update",
+                              "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+                              "--window-size=1280,900", "--virtual-time-budget=20000", url],
+                             capture_output=True, text=True, timeout=120)
+        assert shot.is_file(), run.stderr[-2000:]
+        img = cv2.imread(str(shot))
+        assert len(np.unique(img.reshape(-1, 3), axis=0)) > 2000  # not blank: photos, not a uniform page
+        ds = fo.load_dataset(name)
+        first = [ws / c for c in table(ws).set_index("face_id").loc[ds.values("face_id")[:12], "crop_path"]]
+        assert crops_on_screen(shot, first) >= 6, "the App's grid does not show the workspace's crops"
+
+        # tag while the App runs (as the App does), then Ctrl-C
+        t = table(ws)
+        rejected = t.face_id[t.selected].iloc[:1].tolist()
+        ds.select(by_face_ids(ds, rejected)).tag_samples("reject")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "1 rejected" in out
+    assert not [l for l in err.splitlines() if not l.startswith("curator:")], err  # no FiftyOne chatter
+    t = table(ws)
+    assert t.face_id[t.rejected].tolist() == rejected
+    # nothing left running: the server processes are gone, the port is free again
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    for p in alive:
+        p.kill()
+    assert not alive, [p.cmdline() for p in alive]
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+def test_no_mongodb_is_one_clear_line_and_the_workspace_is_untouched(curated, tmp_path):
+    ws = fresh(curated, tmp_path)
+    before = snapshot(ws)
+    closed = free_port()  # nothing listens there
+    env = {**os.environ, "FIFTYONE_DATABASE_URI": f"mongodb://127.0.0.1:{closed}", "COLUMNS": "200"}
+    t0 = time.monotonic()
+    # --pull, --no-app and the App all connect first, through the same check
+    proc = subprocess.run([sys.executable, "-m", "curator", "review", "-w", str(ws)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    one_line_error(proc, f"127.0.0.1:{closed}", "FIFTYONE_DATABASE_URI", "not changed")
+    assert time.monotonic() - t0 < 25  # FiftyOne alone would wait 30 s before failing
+    assert snapshot(ws) == before
+
+
+def test_port_in_use_is_refused_before_anything_changes(curated, tmp_path, made):
+    ws = fresh(curated, tmp_path)
+    name_of(ws, made)
+    before = snapshot(ws)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = curator("review", "-w", ws, "--port", port)
+    one_line_error(proc, f"port {port}", "in use", "--port")
+    assert snapshot(ws) == before
+
+
+def test_deleted_crops_are_named_skipped_and_keep_their_tags(curated, tmp_path, fo, made):
+    ws = fresh(curated, tmp_path)
+    name = name_of(ws, made)
+    t = table(ws)
+    # one face already in the review, tagged, loses its crop ...
+    review.review(ws, app=False)
+    ds = fo.load_dataset(name)
+    tagged = t.face_id.iloc[0]
+    ds.select(by_face_ids(ds, [tagged])).tag_samples("reject")
+    (ws / t.crop_path.iloc[0]).unlink()
+    # ... and after new footage, 7 new faces have lost theirs before review saw them
+    curator("extract", clip(MORE), "-w", ws, "--fps", "2", "-q", check=True)
+    t2 = table(ws)
+    new = t2[~t2.face_id.isin(t.face_id)]
+    gone = new.face_id.iloc[:7].tolist()
+    for crop in new.crop_path.iloc[:7]:
+        (ws / crop).unlink()
+    proc = curator("review", "-w", ws, "--no-app", "--json")
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["samples_added"] == len(new) - 7 and s["missing_crops"] == 8
+    lines = proc.stderr.strip().splitlines()
+    named = [l for l in lines if l.startswith("curator: review: face ") and "not added" in l]
+    assert len(named) == 5 and all(any(f in l for f in gone) for l in named)  # one line each, then a summary
+    assert any("2 more faces whose crop files are missing" in l for l in lines)
+    assert any(tagged in l and "stays in the review" in l for l in lines)
+    ds = fo.load_dataset(name)
+    assert not set(gone) & set(ds.values("face_id"))
+    assert by_face(ds, "tags")[tagged] == ["reject"]
+    assert table(ws).set_index("face_id").loc[tagged, "rejected"]
+
+
+def test_older_dataset_is_upgraded_keeping_tags_and_newer_is_refused(curated, tmp_path, fo, made):
+    ws = fresh(curated, tmp_path)
+    name = name_of(ws, made)
+    review.review(ws, app=False)
+    ds = fo.load_dataset(name)
+    t = table(ws)
+    face = t.face_id.iloc[3]
+    ds.select(by_face_ids(ds, [face])).tag_samples(["reject", "check later"])
+    # as a curator before review schemas would have left it: no info, fewer fields, no views, no maps
+    ds.info = {}
+    ds.save()
+    ds.delete_sample_field("pose_bin_faces")
+    ds.delete_saved_view("rare poses")
+    ds.delete_brain_run("pose")
+    notes = []
+    s = review.review(ws, app=False, on_note=notes.append)
+    assert s["upgraded_from"] == 0 and any("older curator review" in n and "every tag kept" in n for n in notes)
+    ds = fo.load_dataset(name)
+    assert ds.info["curator"]["review_schema"] == review.REVIEW_SCHEMA
+    assert "pose_bin_faces" in ds.get_field_schema() and "rare poses" in ds.list_saved_views()
+    assert ds.has_brain_run("pose")
+    assert sorted(by_face(ds, "tags")[face]) == ["check later", "reject"]
+    row = table(ws).set_index("face_id").loc[face]
+    assert row.rejected and row.review_tags == "check later"
+
+    # written by a newer curator: refused, nothing changed on either side
+    info = ds.info
+    info["curator"]["review_schema"] = review.REVIEW_SCHEMA + 1
+    ds.info = info
+    ds.save()
+    ds.select(by_face_ids(ds, [face])).untag_samples("reject")
+    before = snapshot(ws)
+    one_line_error(curator("review", "-w", ws, "--pull"), name, "newer curator", "upgrade curator")
+    with pytest.raises(review.ReviewError, match="newer curator"):
+        review.review(ws, app=False)
+    assert snapshot(ws) == before
+    assert by_face(fo.load_dataset(name), "tags")[face] == ["check later"]
+
+
+def test_pull_without_a_dataset_and_bad_options_are_one_line(curated, tmp_path, made):
+    ws = fresh(curated, tmp_path)
+    name = name_of(ws, made)
+    one_line_error(curator("review", "-w", ws, "--pull"), "no review dataset yet", name)
+    one_line_error(curator("review", "-w", ws, "--timeout", "0"), "--timeout")
+    one_line_error(curator("review", "-w", tmp_path / "nowhere", "--no-app"), "no workspace")
+    assert "Examples" in curator("review", "--help", check=True).stdout
