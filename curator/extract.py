@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from . import descriptors, faces, media, pose
 from .align import DEFAULT_MARGIN, align_matrix, warp
+from .metrics import POSE_BIN
 from .atomic import atomic_path
 from .workspace import (
     Workspace,
@@ -56,6 +57,9 @@ class ExtractSettings:
     det_size: int = 640  # detector input, long side
     det_thresh: float = 0.6  # SCRFD scores 0.5-0.6 were non-faces or faces too dim to train on in our footage
     static_threshold: float = 1.5  # mean grey-level change below which a due frame is a near-duplicate
+    # Pose coverage between the fps clock's frames (docs/benchmarks.md, "pose-bin retention"):
+    motion_threshold: float = 50.0  # also analyse a frame whose picture changed this much (worst block); 0: off
+    backfill_bins: int = 2  # analyse frames in between where a face's 10-degree yaw or pitch bin jumped this far; 0: off
     jpeg_quality: int = 95
     checkpoint_frames: int = 200
     checkpoint_seconds: float = 60.0
@@ -75,6 +79,8 @@ class ExtractSummary:
     frames_decoded: int = 0
     frames_analysed: int = 0
     frames_skipped_static: int = 0
+    frames_motion: int = 0  # of frames_analysed: chosen for a large picture change
+    frames_backfilled: int = 0  # of frames_analysed: chosen to fill a pose jump between two analysed frames
     faces: int = 0
     rows_total: int = 0
     seconds: float = 0.0
@@ -159,7 +165,8 @@ def extract(
             if meta.get("models") is None:
                 meta["models"] = fm.describe()
                 meta["embeddings"]["dim"] = fm.embedding_dim
-            meta["settings"] = {k: getattr(settings, k) for k in ("size", "margin", "det_size", "det_thresh", "static_threshold")}
+            meta["settings"] = {k: getattr(settings, k) for k in ("size", "margin", "det_size", "det_thresh", "static_threshold",
+                                                                  "motion_threshold", "backfill_bins")}
             if consent:
                 meta["consent"].append({"text": consent, "recorded": now(), "sources": [s for _, s, _ in todo]})
             write_meta(ws, meta)
@@ -233,7 +240,7 @@ def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary,
     if item.kind == "image":
         image = media.read_image(item.path)
         record.update({"width": image.shape[1], "height": image.shape[0], "frames": 1})
-        rows, emb = analyse_frame(fm, image, sha, str(item.path), "image", 0, 0.0, settings, ws)
+        rows, emb = analyse_frame(fm, image, sha, str(item.path), "image", 0, 0.0, settings, ws, "image")
         writer.add(rows, emb, sha, record, last_frame=0, complete=True)
         summary.frames_decoded += 1
         summary.frames_analysed += 1
@@ -242,17 +249,32 @@ def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary,
         return
 
     stats = media.SampleStats()
+    backfilled_before = summary.frames_backfilled
     container, stream = media.open_video(item.path)  # fail early with a clear reason
     info = media.video_info(stream, container)
     container.close()
     record.update({"width": info.width, "height": info.height, "fps": info.fps, "codec": info.codec,
                    "duration_s": round(info.duration_s, 3)})
     frames = media.sample_video(item.path, fps=settings.fps, every=settings.every,
-                                static_threshold=settings.static_threshold, resume_after=resume_after, stats=stats)
+                                static_threshold=settings.static_threshold, motion_threshold=settings.motion_threshold,
+                                keep_between=BACKFILL_KEEP if settings.backfill_bins > 0 else 0,
+                                resume_after=resume_after, stats=stats)
+    # The last analysed frame's faces: a resumed run reads them back, so its back-fill matches an uninterrupted one.
+    prev = _rows_at(ws, sha, resume_after) if resume_after >= 0 and settings.backfill_bins > 0 else []
     reported = 0
     last = resume_after
     for sf in prefetch(frames, depth=4):
-        rows, emb = analyse_frame(fm, sf.image, sha, str(item.path), "video", sf.index, sf.time_s, settings, ws)
+        def analyse(index, time_s, image, sampled="backfill"):
+            return analyse_frame(fm, image, sha, str(item.path), "video", index, time_s, settings, ws, sampled)
+
+        rows, emb = analyse(sf.index, sf.time_s, sf.image, sf.reason)
+        filled = backfill(prev, rows, sf.between, analyse, settings.backfill_bins) if settings.backfill_bins > 0 else []
+        prev = rows
+        summary.frames_backfilled += len(filled)
+        if filled:  # one add: the staged progress (last_frame) never covers a frame whose back-fill is missing
+            parts = sorted(filled + [(rows, emb)], key=_frame_of)
+            rows = [r for part_rows, _ in parts for r in part_rows]
+            emb = np.concatenate([e for _, e in parts])
         summary.faces += len(rows)
         last = sf.index
         writer.add(rows, emb, sha, record, last_frame=last, complete=False)
@@ -265,12 +287,69 @@ def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary,
     if stats.error:
         record["warning"] = stats.error
     summary.frames_decoded += stats.decoded
-    summary.frames_analysed += stats.analysed
+    summary.frames_analysed += stats.analysed + summary.frames_backfilled - backfilled_before
+    summary.frames_motion += stats.extra.get("motion", 0)
     summary.frames_skipped_static += stats.skipped_static
     writer.add([], None, sha, record, last_frame=max(last, record["frames"] - 1), complete=True)
 
 
-def analyse_frame(fm, image, sha, source, kind, frame, time_s, settings, ws) -> tuple[list[dict], np.ndarray]:
+BACKFILL_KEEP = 16  # decoded frames kept between two analysed ones (12 at 25 fps and the default 2 fps)
+
+
+def backfill(a_rows: list[dict], b_rows: list[dict], between: list, analyse, bins: int) -> list[tuple[list, np.ndarray]]:
+    """Analyse frames between two analysed frames where a face's pose jumped `bins` or more 10-degree bins.
+
+    Bisection: the middle frame is analysed, then each half is checked the
+    same way, so a fast head turn is sampled about every bin while a still
+    head costs nothing. Faces are matched by box overlap (IoU > 0.2).
+    Returns (rows, embeddings) per analysed frame.
+    """
+    if not between or not a_rows or not b_rows or not _pose_jump(a_rows, b_rows, bins):
+        return []
+    mid = len(between) // 2
+    pf = between[mid]
+    rows, emb = analyse(pf.index, pf.time_s, pf.image())
+    return (backfill(a_rows, rows, between[:mid], analyse, bins) + [(rows, emb)]
+            + backfill(rows, b_rows, between[mid + 1:], analyse, bins))
+
+
+def _pose_jump(a_rows: list[dict], b_rows: list[dict], bins: int) -> bool:
+    a_box = np.array([r["bbox"] for r in a_rows], float)
+    for r in b_rows:
+        iou = _iou(np.asarray(r["bbox"], float), a_box)
+        j = int(np.argmax(iou))
+        if iou[j] > 0.2:
+            a = a_rows[j]
+            dy = abs(np.floor(r["yaw"] / POSE_BIN) - np.floor(a["yaw"] / POSE_BIN))
+            dp = abs(np.floor(r["pitch"] / POSE_BIN) - np.floor(a["pitch"] / POSE_BIN))
+            if max(dy, dp) >= bins:
+                return True
+    return False
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
+
+
+def _frame_of(part: tuple[list, np.ndarray]) -> int:
+    return part[0][0]["frame"] if part[0] else -1
+
+
+def _rows_at(ws: Workspace, sha: str, frame: int) -> list[dict]:
+    t = read_table(ws, columns=["source_sha256", "frame", "bbox", "yaw", "pitch"])
+    if not len(t):
+        return []
+    return t[(t["source_sha256"] == sha) & (t["frame"] == frame)].to_dict("records")
+
+
+def analyse_frame(fm, image, sha, source, kind, frame, time_s, settings, ws,
+                  sampled: str = "due") -> tuple[list[dict], np.ndarray]:
     """Detect, align, crop and describe every face in one frame; crops are written to the workspace."""
     boxes, kpss = faces.detect(fm, image, settings.det_size)
     if len(boxes) == 0:
@@ -302,6 +381,7 @@ def analyse_frame(fm, image, sha, source, kind, frame, time_s, settings, ws) -> 
             "source_kind": kind,
             "frame": int(frame),
             "time_s": round(float(time_s), 4),
+            "sampled": sampled,
             "face_index": k,
             "frame_w": w,
             "frame_h": h,

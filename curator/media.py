@@ -134,6 +134,7 @@ class SamplerState:
 
     next_due: float = 0.0
     last_thumb: np.ndarray | None = None
+    last_index: int = -1  # the last frame chosen for analysis
 
 
 @dataclass
@@ -146,10 +147,24 @@ class SampleStats:
 
 
 @dataclass
+class PendingFrame:
+    """A decoded frame that was not chosen, kept so the analysis can go back to it (pose back-fill)."""
+
+    index: int
+    time_s: float
+    frame: object  # av.VideoFrame; converted only if used
+
+    def image(self) -> np.ndarray:
+        return _to_bgr(self.frame)
+
+
+@dataclass
 class SampledFrame:
     index: int  # 0-based decode order
     time_s: float
     image: np.ndarray  # BGR uint8
+    reason: str = "due"  # "due" (the fps clock) or "motion" (large picture change since the last chosen frame)
+    between: list[PendingFrame] = field(default_factory=list)  # decoded since the last chosen frame (keep_between)
 
 
 def open_video(path: Path):
@@ -218,6 +233,9 @@ def sample_video(
     fps: float | None = 2.0,
     every: int | None = None,
     static_threshold: float = 1.5,
+    motion_threshold: float = 0.0,
+    motion_gap: int = 2,
+    keep_between: int = 0,
     resume_after: int = -1,
     stats: SampleStats | None = None,
 ) -> Iterator[SampledFrame]:
@@ -228,6 +246,13 @@ def sample_video(
     analysed one by less than `static_threshold` grey levels on average in
     every block of an 8x8 grid is a near-duplicate (paused video, a slide, a
     frozen shot) and is skipped before any network runs.
+
+    With `motion_threshold` > 0, a frame that is not due is also chosen when
+    the picture changed by more than that since the last chosen frame (same
+    measure, worst block) and it is at least `motion_gap` frames after it:
+    fast head turns and cuts are where a fixed clock misses poses. With
+    `keep_between` > 0, each chosen frame carries the frames decoded since the
+    previous chosen one (at most that many, evenly thinned), for pose back-fill.
 
     Resuming: frames up to `resume_after` were handled by an earlier run; they
     are decoded (no seeking) and run through the same selection, but not
@@ -240,6 +265,7 @@ def sample_video(
     state = SamplerState()
     period = 1.0 / fps if (fps and not every) else None
     index = -1
+    pending: list[PendingFrame] = []
     try:
         for frame in _decode(container, stream, stats):
             index += 1
@@ -249,23 +275,52 @@ def sample_video(
                 due = index % every == 0
             else:
                 due = t + 1e-6 >= state.next_due
-            if not due:
+            reason = "due"
+            thumb = None
+            if not due and motion_threshold > 0 and state.last_thumb is not None \
+                    and index - state.last_index >= motion_gap:
+                thumb = luma_thumb(frame)
+                if thumb.shape == state.last_thumb.shape and change(thumb, state.last_thumb) > motion_threshold:
+                    reason = "motion"
+            if not due and reason != "motion":
+                if keep_between and index > resume_after:
+                    pending = _keep(pending, PendingFrame(index, t, frame), keep_between)
                 continue
-            if period:
+            if due and period:
                 state.next_due = (math.floor(t / period + 1e-6) + 1) * period
-            thumb = luma_thumb(frame)
-            if state.last_thumb is not None and state.last_thumb.shape == thumb.shape:
+            thumb = thumb if thumb is not None else luma_thumb(frame)
+            if due and state.last_thumb is not None and state.last_thumb.shape == thumb.shape:
                 if change(thumb, state.last_thumb) < static_threshold:
                     if index > resume_after:
                         stats.skipped_static += 1
+                    if keep_between and index > resume_after:
+                        pending = _keep(pending, PendingFrame(index, t, frame), keep_between)
                     continue
             state.last_thumb = thumb
+            state.last_index = index
             if index <= resume_after:
                 continue  # analysed by an earlier run; state rebuilt above
             stats.analysed += 1
-            yield SampledFrame(index, t, _to_bgr(frame))
+            if reason == "motion":
+                stats.extra["motion"] = stats.extra.get("motion", 0) + 1
+            between, pending = _thin(pending, keep_between), []
+            yield SampledFrame(index, t, _to_bgr(frame), reason, between)
     finally:
         container.close()
+
+
+def _keep(pending: list, frame: PendingFrame, keep: int) -> list:
+    """Append, halving the list (every other frame) when it passes 2 x keep: bounded memory on static stretches."""
+    pending.append(frame)
+    return pending[::2] if len(pending) > 2 * keep else pending
+
+
+def _thin(frames: list, keep: int) -> list:
+    """At most `keep` of `frames`, evenly spread (a long static stretch can hold hundreds)."""
+    if len(frames) <= keep:
+        return frames
+    pick = np.unique(np.linspace(0, len(frames) - 1, keep).round().astype(int))
+    return [frames[i] for i in pick]
 
 
 def _decode(container, stream, stats: SampleStats):

@@ -69,10 +69,37 @@ def test_single_person_clip_one_face_per_frame_with_head_turns(ws_talking):
     one = table[table["source"].str.endswith("driving_d9.mp4")]
     meta = read_meta(open_workspace(ws_talking))
     rec = meta["sources"][one["source_sha256"].iloc[0]]
-    # ~2 analysed frames per second of video, each with exactly one face.
-    assert abs(len(one) - rec["duration_s"] * 2) <= 3
+    # ~2 frames per second of video on the clock (plus pose fill's extras), each with exactly one face.
+    assert abs((one["sampled"] == "due").sum() - rec["duration_s"] * 2) <= 3
+    assert set(one["sampled"]) <= {"due", "motion", "backfill"}
     assert one.groupby("frame").size().max() == 1
     assert one["yaw"].max() - one["yaw"].min() > 25 or one["pitch"].max() - one["pitch"].min() > 25
+
+
+def test_pose_fill_adds_head_poses_between_clock_frames(ws_talking, tmp_path):
+    """Pose fill only adds: the clock's frames are the same with and without it, and every back-filled frame
+    lies between two clock (or motion) frames whose face jumped >= 2 pose bins."""
+    plain = tmp_path / "plain"
+    curator("extract", clip("driving_d9.mp4"), "-w", plain, "-q", "--no-pose-fill", check=True)
+    base = read_table(open_workspace(plain))
+    table = read_table(open_workspace(ws_talking))
+    filled = table[table["source"].str.endswith("driving_d9.mp4")]
+    assert set(base["sampled"]) == {"due"}
+    assert set(base["frame"]) == set(filled.loc[filled["sampled"] == "due", "frame"])
+
+    def bins(t):
+        return set(zip(np.floor(t["yaw"] / 10), np.floor(t["pitch"] / 10)))
+
+    assert bins(base) <= bins(filled)
+    extra = filled[filled["sampled"] == "backfill"]
+    assert len(extra) >= 1
+    anchors = filled[filled["sampled"] != "backfill"].sort_values("frame")
+    for f in extra["frame"]:
+        a = anchors[anchors["frame"] < f].iloc[-1]
+        b = anchors[anchors["frame"] > f].iloc[0]
+        jump = max(abs(np.floor(a["yaw"] / 10) - np.floor(b["yaw"] / 10)),
+                   abs(np.floor(a["pitch"] / 10) - np.floor(b["pitch"] / 10)))
+        assert jump >= 2, (f, a["frame"], b["frame"])
 
 
 def test_stage_clip_has_several_people(ws_talking):
