@@ -491,30 +491,34 @@ def bgr_to_frame(bgr: np.ndarray, like, fmt: str, before: np.ndarray | None = No
     planar YUV in `fmt`, only the pixels where `bgr` differs from `before` get
     new values (a chroma sample when any pixel it covers changed): every
     other value is `like`'s own, bit for bit, instead of passing through
-    YUV -> RGB -> YUV.
+    YUV -> RGB -> YUV. Only the boxes around the changes are converted.
     """
-    import av
-
     kw = {}
     if like.colorspace in (1, 4, 5, 6, 7, 9):  # the matrices swscale knows; others mean "unspecified" (BT.601)
         kw["dst_colorspace"] = like.colorspace
     if like.color_range:
         kw["dst_color_range"] = like.color_range
-    new = av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24").reformat(format=fmt, **kw)
     sub = _PLANAR_YUV.get(fmt)
-    if before is not None and sub and like.format.name == fmt:
-        changed = np.any(bgr != before, axis=2)
-        planes = []
-        for k, (plane_old, plane_new) in enumerate(zip(like.planes, new.planes)):
-            old, upd = _plane_array(plane_old), _plane_array(plane_new)
-            if k == 0:
-                sel = changed
-            else:
-                sx, sy = sub
-                h, w = changed.shape
-                ch = np.pad(changed, ((0, (-h) % sy), (0, (-w) % sx)))
-                sel = ch.reshape(ch.shape[0] // sy, sy, ch.shape[1] // sx, sx).any(axis=(1, 3))
-            planes.append(np.where(sel[:old.shape[0], :old.shape[1]], upd, old))
+    if before is None or sub is None or like.format.name != fmt:
+        new = _from_bgr(bgr, fmt, kw)
+    else:
+        d = cv2.absdiff(bgr, before)
+        changed = (d[..., 0] | d[..., 1] | d[..., 2]) != 0  # 15x faster than np.any(..., axis=2)
+        planes = [_plane_array(p).copy() for p in like.planes]
+        for y0, y1, x0, x1 in _changed_boxes(changed, 16):
+            roi = _from_bgr(bgr[y0:y1, x0:x1], fmt, kw)
+            sel_y = changed[y0:y1, x0:x1]
+            for k, plane in enumerate(roi.planes):
+                sx, sy = (1, 1) if k == 0 else sub
+                upd = _plane_array(plane)
+                if k == 0:
+                    sel = sel_y
+                else:
+                    h, w = sel_y.shape
+                    padded = np.pad(sel_y, ((0, (-h) % sy), (0, (-w) % sx)))
+                    sel = padded.reshape(padded.shape[0] // sy, sy, padded.shape[1] // sx, sx).any(axis=(1, 3))
+                target = planes[k][y0 // sy:y0 // sy + upd.shape[0], x0 // sx:x0 // sx + upd.shape[1]]
+                np.copyto(target, upd, where=sel[:target.shape[0], :target.shape[1]])
         new = _frame_from_planes(planes, fmt, bgr.shape[1], bgr.shape[0])
     new.pts, new.time_base, new.duration = like.pts, like.time_base, like.duration
     for tag in ("color_range", "colorspace", "color_primaries", "color_trc"):
@@ -523,6 +527,29 @@ def bgr_to_frame(bgr: np.ndarray, like, fmt: str, before: np.ndarray | None = No
         except (AttributeError, ValueError, TypeError):
             pass
     return new
+
+
+def _from_bgr(bgr: np.ndarray, fmt: str, kw: dict):
+    import av
+
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24").reformat(format=fmt, **kw)
+
+
+def _changed_boxes(changed: np.ndarray, block: int) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) boxes, on a `block`-pixel grid, that together cover every True of `changed`.
+
+    One box per connected group of changed blocks: the swapped face and the
+    corner mark are converted separately, not the whole span between them.
+    Groups a block apart are joined first (the ragged rim of a feathered
+    mask would otherwise make dozens of small boxes, each a new swscale setup).
+    """
+    h, w = changed.shape
+    gh, gw = -(-h // block), -(-w // block)
+    grid = np.pad(changed, ((0, gh * block - h), (0, gw * block - w))).reshape(gh, block, gw, block).any(axis=(1, 3))
+    grid = cv2.dilate(grid.astype(np.uint8), np.ones((3, 3), np.uint8)) & 1
+    _, _, stats, _ = cv2.connectedComponentsWithStats(grid, connectivity=8)
+    return [(y * block, min(h, (y + bh) * block), x * block, min(w, (x + bw) * block))
+            for x, y, bw, bh, _ in stats[1:]]
 
 
 def _plane_array(plane) -> np.ndarray:
