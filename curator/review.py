@@ -458,7 +458,8 @@ def _add_samples(dataset, table: pd.DataFrame, rows: np.ndarray, files: list, fo
                                                width=size, height=size, num_channels=3)
             samples.append(sample)
         try:
-            dataset.add_samples(samples, progress=False)
+            # The fields were declared with their types up front: skip FiftyOne's per-sample schema work.
+            dataset.add_samples(samples, expand_schema=False, validate=False, progress=False)
         except Exception as e:  # noqa: BLE001 - pymongo's BulkWriteError on the unique face_id index
             if "duplicate key" in str(e).lower():
                 raise ReviewError(f"another curator review is adding faces to dataset {dataset.name!r} right now; "
@@ -517,7 +518,9 @@ def _visualizations(ws: Workspace, dataset, table: pd.DataFrame, stale: bool) ->
     if stale or not dataset.has_brain_run(EMBEDDINGS_KEY):
         ids = dataset.values("face_id")
         rows = pd.Index(table["face_id"]).get_indexer(ids)
-        if (rows < 0).any():
+        if not len(ids):
+            pass  # every crop was missing: nothing to map (and FiftyOne cannot index zero points)
+        elif (rows < 0).any():
             notes.append(f"identity map skipped: {int((rows < 0).sum())} samples have no row (so no embedding) "
                          "in the workspace table")
         else:
@@ -835,6 +838,8 @@ def review(workspace: str | os.PathLike, *, port: int = 5151, address: str = "12
            on_note: Callable[[str], None] = lambda note: None) -> dict:
     """`curator review`: pull, sync, run the App, pull again. The CLI prints what this returns."""
     ws = open_workspace(workspace)
+    if app and not pull_only:
+        check_port(address, port)  # a busy port is refused at once, not after importing FiftyOne and syncing
     connect()  # before anything is read or written: no database, nothing touched
     name = name or dataset_name(ws)
     if pull_only:
@@ -842,10 +847,10 @@ def review(workspace: str | os.PathLike, *, port: int = 5151, address: str = "12
         if dataset is None:
             raise ReviewError(f"workspace {ws.root} has no review dataset yet ({name}); run `curator review -w {ws.root}`")
         pulled = pull_tags(ws, dataset)
+        for note in pulled["notes"]:
+            on_note(note)
         return {"workspace": str(ws.root), "dataset": name, "samples_added": 0, "samples_total": len(dataset),
                 "tags": _tag_counts(pulled), "url": None, "notes": pulled["notes"]}
-    if app:
-        check_port(address, port)  # a busy port is refused before minutes of syncing, not after
     existing = load_dataset(ws, name)
     if existing is not None and dataset_version(ws, existing) == REVIEW_SCHEMA:
         pull_tags(ws, existing)  # tags left by a review that was killed reach the table before anything else
