@@ -540,7 +540,7 @@ def review(
     pull: bool = typer.Option(False, "--pull", help="Only copy the App's tags into the table; start nothing."),
     no_app: bool = typer.Option(False, "--no-app", help="Build or update the dataset and pull tags, without starting the App."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Close the App after this many seconds [default: at Ctrl-C]."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="FiftyOne dataset name [default: curator-<folder>-<hash of its path>]."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="FiftyOne dataset name [default: curator-FOLDER-HASH, from the workspace's path]."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Review the faces in the FiftyOne App; its tags `reject`, `keep` and any others flow back into the table.
