@@ -40,6 +40,7 @@ import numpy as np
 from . import __version__, faces, media
 from .align import DEFAULT_MARGIN, align_matrix, warp
 from .atomic import atomic_path, inside, write_json
+from .extract import prefetch
 
 VIDEO_SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 MARK_TEXT = "SYNTHETIC: face swapped"
@@ -481,7 +482,8 @@ _PLANAR_YUV = {"yuv420p": (2, 2), "yuvj420p": (2, 2), "yuv422p": (2, 1), "yuvj42
 
 def frame_to_bgr(frame) -> np.ndarray:
     # PyAV takes the colour matrix from the frame but not its range; full-range video would look washed out.
-    return frame.reformat(format="bgr24", src_color_range=frame.color_range or None).to_ndarray()
+    # One swscale thread: with one per core, thread start-up costs more than a frame's conversion.
+    return frame.reformat(format="bgr24", src_color_range=frame.color_range or None, threads=1).to_ndarray()
 
 
 def bgr_to_frame(bgr: np.ndarray, like, fmt: str, before: np.ndarray | None = None):
@@ -532,7 +534,7 @@ def bgr_to_frame(bgr: np.ndarray, like, fmt: str, before: np.ndarray | None = No
 def _from_bgr(bgr: np.ndarray, fmt: str, kw: dict):
     import av
 
-    return av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24").reformat(format=fmt, **kw)
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24").reformat(format=fmt, threads=1, **kw)
 
 
 def _changed_boxes(changed: np.ndarray, block: int) -> list[tuple[int, int, int, int]]:
@@ -885,7 +887,7 @@ def convert(video: str | os.PathLike, run: str | os.PathLike, out: str | os.Path
             with ExitStack() as stack:
                 tmp_video = stack.enter_context(atomic_path(out)) if out is not None else None
                 tmp_frames = stack.enter_context(_temp_folder(frames_dir)) if frames_dir is not None else None
-                state = {"vo": None, "track": None, "pending_audio": []}
+                state = {"vo": None, "pending_audio": []}
                 # Registered last, so it runs first: the container is closed before its file is removed.
                 stack.callback(lambda: state["vo"] is not None and _close_quietly(state["vo"]))
                 digits = max(6, len(str(max(total, 1))))
@@ -920,13 +922,13 @@ def convert(video: str | os.PathLike, run: str | os.PathLike, out: str | os.Path
                         write_frame(vo, bgr_to_frame(_unrotate(after, rotation), frame, vo.fmt,
                                                      _unrotate(before, rotation)))
 
-                for batch in _batches(demux(inp, settings.max_frames, on_audio, stats), settings.batch):
-                    images, matrices = [], []
-                    for frame in batch:
-                        images.append(_rotate(frame_to_bgr(frame), int(getattr(frame, "rotation", 0) or 0)))
-                        t = float(frame.time) if frame.time is not None else (stats["frames"] + len(images)) / max(inp.info.fps, 1e-6)
-                        matrix, state["track"] = find_face(sw, images[-1], t, state["track"])
-                        matrices.append(matrix)
+                # Decoding and face detection (FFmpeg, onnxruntime: both release the GIL) run in
+                # a thread ahead of the swap, blending and encoding here.
+                for kind, *item in prefetch(analyse(inp, sw, stats), depth=4):
+                    if kind == "audio":
+                        on_audio(item[0])
+                        continue
+                    batch, images, matrices = item
                     for frame, before, after, matrix in zip(batch, images, swap_batch(sw, images, matrices), matrices):
                         stats["swapped"] += matrix is not None
                         write(frame, before, visible_mark(after) if settings.visible_mark else after)
@@ -981,15 +983,30 @@ def convert(video: str | os.PathLike, run: str | os.PathLike, out: str | os.Path
         inp.container.close()
 
 
-def _batches(items, size: int):
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
+def analyse(inp: VideoInput, sw: Swapper, stats: dict) -> Iterator[tuple]:
+    """The input in file order, as ("audio", packet) and ("batch", frames, upright BGR images, matrices).
+
+    A batch is `settings.batch` decoded frames with the chosen face found,
+    tracked and smoothed in each (matrix None where it is absent).
+    """
+    audio: list = []
+    batch, images, matrices = [], [], []
+    track = None
+    for index, frame in enumerate(demux(inp, sw.settings.max_frames, audio.append, stats)):
+        yield from (("audio", packet) for packet in audio)
+        audio.clear()
+        image = _rotate(frame_to_bgr(frame), int(getattr(frame, "rotation", 0) or 0))
+        t = float(frame.time) if frame.time is not None else index / max(inp.info.fps, 1e-6)
+        matrix, track = find_face(sw, image, t, track)
+        batch.append(frame)
+        images.append(image)
+        matrices.append(matrix)
+        if len(batch) >= sw.settings.batch:
+            yield "batch", batch, images, matrices
+            batch, images, matrices = [], [], []
     if batch:
-        yield batch
+        yield "batch", batch, images, matrices
+    yield from (("audio", packet) for packet in audio)
 
 
 def _close_quietly(vo: VideoOutput) -> None:
