@@ -639,8 +639,8 @@ def convert(
             fail("--erode and --feather are fractions of the face crop, from 0 to 0.5")
         with progress_bar(not quiet and not as_json, "convert") as (set_total, advance):
             if preview_n is not None:
-                if out is None:
-                    fail("--preview N needs --out FOLDER for the side-by-side PNGs")
+                if out is None or frames_out is not None:
+                    fail("--preview N writes its side-by-side PNGs into --out FOLDER (and takes no --frames-out)")
                 summary = do_preview(video, model, out, preview_n, refs=ref, models=models, device=device,
                                      settings=settings, force=force, on_total=set_total, on_progress=advance)
             else:
