@@ -624,6 +624,8 @@ def convert(
 
         curator convert clip.mov --model run --out clip_swapped.mkv --direction b2a --ref john.jpg --lossless
     """
+    from contextlib import ExitStack
+
     from .convert import ConvertError, ConvertSettings, convert as do_convert, preview as do_preview
 
     try:
@@ -637,10 +639,24 @@ def convert(
                 fail(f"--{name} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}")
         if not (0 <= erode < 0.5 and 0 <= feather < 0.5):
             fail("--erode and --feather are fractions of the face crop, from 0 to 0.5")
-        with progress_bar(not quiet and not as_json, "convert") as (set_total, advance):
+        if preview_n is not None and (out is None or frames_out is not None):
+            fail("--preview N writes its side-by-side PNGs into --out FOLDER (and takes no --frames-out)")
+        # The bar starts when the frames start (convert reports the total): a refusal
+        # while loading is then one line, with no empty bar above it.
+        stack, bar = ExitStack(), []
+
+        def set_total(total: int) -> None:
+            if not bar and not quiet and not as_json:
+                bar.append(stack.enter_context(progress_bar(True, "convert")))
+            if bar:
+                bar[0][0](total)
+
+        def advance(n: int) -> None:
+            if bar:
+                bar[0][1](n)
+
+        with stack:
             if preview_n is not None:
-                if out is None or frames_out is not None:
-                    fail("--preview N writes its side-by-side PNGs into --out FOLDER (and takes no --frames-out)")
                 summary = do_preview(video, model, out, preview_n, refs=ref, models=models, device=device,
                                      settings=settings, force=force, on_total=set_total, on_progress=advance)
             else:
