@@ -649,10 +649,19 @@ def pull_tags(ws: Workspace, dataset, *, wait_s: float = 0.0) -> dict:
     Holds the workspace lock only for the write; waits up to `wait_s` for
     another command's lock. Writes nothing when nothing changed.
     """
+    import fiftyone as fo
+
+    name = dataset.name
+    try:
+        with _quiet():
+            dataset.reload()
+            ids, tags = dataset.values(["face_id", "tags"])
+    except Exception as e:  # noqa: BLE001 - deleted meanwhile (by the App or another process), or no database
+        if not _still_exists(fo, name):
+            raise ReviewError(f"dataset {name!r} was deleted; no tags to pull (the table keeps the tags it had)") from None
+        raise ReviewError(f"cannot read the tags of dataset {name!r} ({type(e).__name__}: {_one_line(e)}); "
+                          f"they stay in the dataset: run `curator review -w {ws.root} --pull` when MongoDB is back") from None
     dataset_version(ws, dataset)
-    with _quiet():
-        dataset.reload()
-        ids, tags = dataset.values(["face_id", "tags"])
     by_face = dict(zip(ids, tags))
     deadline = time.monotonic() + wait_s
     while True:
@@ -686,6 +695,13 @@ def pull_tags(ws: Workspace, dataset, *, wait_s: float = 0.0) -> dict:
 
 
 # --- the App -----------------------------------------------------------------------------
+
+def _still_exists(fo, name: str) -> bool:
+    try:
+        return fo.dataset_exists(name)
+    except Exception:  # noqa: BLE001 - no database: say that, not "deleted"
+        return True
+
 
 def check_port(address: str, port: int) -> None:
     """Refuse a port something already listens on, before FiftyOne would attach to (or hang on) it."""
@@ -727,23 +743,30 @@ def is_loopback(address: str) -> bool:
 
 
 def launch(dataset, *, port: int, address: str = "127.0.0.1"):
-    """Start the App's server on address:port for `dataset`; returns (session, url). Close with `close_app`."""
+    """Start the App's web server on address:port; returns (server, url of `dataset`). Stop it with `close_app`.
+
+    FiftyOne's own server process, without a Python `Session`: the browser
+    needs none, and a session's background thread prints reconnection notices
+    on our stdout when the machine is slow (and warnings about its own removed
+    config options). The server runs under FiftyOne's service wrapper, which
+    stops it when this process dies, even by kill -9.
+    """
     import fiftyone as fo
+    from fiftyone.core.service import ServerService
 
     check_port(address, port)
     try:
         with _quiet():
-            session = fo.launch_app(dataset, port=port, address=address, remote=True, auto=False)
+            server = ServerService(port, address=address, do_not_track=fo.config.do_not_track)
     except Exception as e:  # noqa: BLE001 - ServiceListenTimeout and friends
         raise ReviewError(f"the FiftyOne App could not start on {address}:{port} ({type(e).__name__}: {_one_line(e)})") from None
-    return session, app_url(address, port, dataset.name)
+    return server, app_url(address, port, dataset.name)
 
 
-def close_app(session) -> None:
+def close_app(server) -> None:
     """Stop the App's server and wait until its processes are gone."""
     with _quiet():
-        session._disable_wait_warning = True  # FiftyOne prints "call session.wait()" advice for short sessions
-        session.close()
+        server.stop()
 
 
 def _serving(address: str, port: int) -> bool:
@@ -776,13 +799,11 @@ def _interrupt_on_signals() -> Iterator[None]:
 def serve(ws: Workspace, dataset, *, port: int, address: str, timeout: float | None,
           on_ready: Callable[[str], None], on_note: Callable[[str], None] = lambda note: None) -> dict:
     """Run the App until Ctrl-C (or `timeout` seconds), then stop it and pull the tags; returns the pull summary."""
-    session, url = launch(dataset, port=port, address=address)
+    server, url = launch(dataset, port=port, address=address)
     stopped = None
     ended = False
     try:
-        # ERROR: while the App runs, FiftyOne 1.22's session thread warns about its own removed
-        # config options (show_confidence, ...) each time a browser connects.
-        with _interrupt_on_signals(), _log_level(logging.ERROR):
+        with _interrupt_on_signals():
             try:
                 on_ready(url)
                 deadline = None if timeout is None else time.monotonic() + timeout
@@ -802,7 +823,7 @@ def serve(ws: Workspace, dataset, *, port: int, address: str, timeout: float | N
         with _shielded():
             if ended:
                 on_note("stopping the App, then copying the tags into the workspace table")
-            close_app(session)
+            close_app(server)
             # Only after a normal end or Ctrl-C: after an error the tags stay safe in the dataset.
             pulled = _pull_or_explain(ws, dataset) if ended else None
     pulled["url"] = url

@@ -270,6 +270,8 @@ def test_tags_reach_the_table_survive_new_footage_and_exclude_faces_from_export(
 
     # a deleted dataset is rebuilt with the table's tags, so the next pull changes nothing
     fo.delete_dataset(name)
+    with pytest.raises(review.ReviewError, match="was deleted; no tags to pull"):  # e.g. deleted while the App ran
+        review.pull_tags(open_workspace(ws), ds)
     s = review.review(ws, app=False)
     assert s["created"] and s["samples_added"] == len(t2) and s["tags"]["changed"] == 0
     rebuilt = by_face(fo.load_dataset(name), "tags")
@@ -329,6 +331,17 @@ def test_app_on_loopback_renders_the_grid_and_tags_are_pulled_when_it_stops(cura
         assert listening and {c.laddr.ip for c in listening} == {"127.0.0.1"}
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/fiftyone", timeout=10) as r:
             assert json.load(r)["version"] == fo.__version__
+        # what the App's own query sees: its embeddings panel lists the runs whose config class is one
+        # of fiftyone.brain.visualization's, with their points fields; the view menu lists the saved views
+        query = '{ dataset(name: "%s") { brainMethods { key config { cls pointsField } } savedViews { name } } }' % name
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            seen = json.load(r)["data"]["dataset"]
+        maps = {m["key"]: m["config"]["pointsField"] for m in seen["brainMethods"]
+                if m["config"]["cls"].startswith("fiftyone.brain.visualization.")}
+        assert maps == {"identity_pca": "identity_pca", "pose": "pose"}
+        assert {v["name"] for v in seen["savedViews"]} == set(review.VIEWS)
 
         # a person's browser: the grid shows the workspace's crops
         shot = tmp_path / "app.png"
