@@ -446,12 +446,15 @@ def test_choose_face_by_identity_and_keeps_a_track_through_poor_embeddings():
 
 
 def test_keypoints_jitter_less_with_smoothing_on_a_real_clip(run_dir):
+    from dataclasses import replace
+
     from curator.convert import ConvertSettings, _load, find_face
 
     frames = bgr_frames(clip(CLIP_A), 40)
     paths = {}
+    loaded, _ = _load(clip(CLIP_A), run_dir, None, str(PACK), "cpu", ConvertSettings())
     for smooth in (False, True):
-        sw, _ = _load(clip(CLIP_A), run_dir, None, str(PACK), "cpu", ConvertSettings(smooth=smooth))
+        sw = replace(loaded, settings=ConvertSettings(smooth=smooth))
         track, centres = None, []
         for i, image in enumerate(frames):
             matrix, track = find_face(sw, image, i / 22.13, track)
