@@ -85,8 +85,7 @@ INDEXED = ("yaw", "pitch", "roll", "quality", "sharpness", "face_px", "det_score
            "expr_cluster", "light_cluster", "source_sha256", "crop_missing", "tags")
 EMBEDDINGS_KEY = "identity_pca"
 POSE_KEY = "pose"
-LOW_QUALITY_SHARE = 0.10  # "low quality": the worst tenth by quality (or sharpness before curate) ...
-MIN_FACE_PX = 40.0  # ... and every face curate calls too small (curate.MIN_FACE_PX)
+LOW_QUALITY_SHARE = 0.10  # "low quality": the worst tenth by quality (or sharpness before curate), and too small
 ADD_BATCH = 2000  # samples per insert: bounded memory on 100k+ new faces
 MONGO_TIMEOUT_MS = 3000
 SHOWN_MISSING = 5  # missing crops named one per line before the rest are summarised
@@ -258,10 +257,9 @@ def _field_type(series: pd.Series, fo):
 def _py_values(series: pd.Series) -> list:
     """Plain Python values for a column: NaN -> None (the App filters None as 'missing'), arrays -> lists."""
     dtype = series.dtype
-    if pd.api.types.is_bool_dtype(dtype):
-        return [bool(v) for v in series.to_numpy()]
-    if pd.api.types.is_integer_dtype(dtype):
-        return [int(v) for v in series.to_numpy()]
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
+        kind = bool if pd.api.types.is_bool_dtype(dtype) else int
+        return [None if v is pd.NA else kind(v) for v in series.to_numpy(dtype=object)]
     if pd.api.types.is_float_dtype(dtype):
         arr = series.to_numpy(np.float64)
         return [float(v) if math.isfinite(v) else None for v in arr.tolist()]
@@ -562,6 +560,8 @@ def saved_views(dataset, table: pd.DataFrame) -> tuple[list[str], dict]:
     """Save (or replace) the review's views; returns (saved names, {skipped name: why})."""
     from fiftyone import ViewField as F
 
+    from .curate import MIN_FACE_PX  # curate's "face too small"
+
     saved: list[str] = []
     skipped: dict = {}
     n = len(table)
@@ -590,14 +590,16 @@ def saved_views(dataset, table: pd.DataFrame) -> tuple[list[str], dict]:
     counted = int(table["is_target"].fillna(False).sum()) if "is_target" in table else n
     few = _thin_bin_faces(counted)
     # `!= None` first: in MongoDB expressions null sorts below every number, so `None < 3` is true.
-    save("rare poses", dataset.match(_number("pose_bin_faces") & (F("pose_bin_faces") < few)).sort_by([("pose_bin_faces", 1), ("yaw", 1)]),
+    rare = dataset.match(_number("pose_bin_faces") & (F("pose_bin_faces") < few))
+    save("rare poses", rare.sort_by([("pose_bin_faces", 1), ("yaw", 1)]),
          f"faces in 10° yaw x pitch bins with fewer than {few} faces (audit's thin bins)")
     by = "quality" if "quality" in table else "sharpness"
     values = table[by].to_numpy(float)
     values = values[np.isfinite(values)]
     if len(values):
         cut = float(np.quantile(values, LOW_QUALITY_SHARE))
-        low = (_number(field_name(by)) & (F(field_name(by)) <= cut)) | (_number("face_px") & (F("face_px") < MIN_FACE_PX))
+        worst = _number(field_name(by)) & (F(field_name(by)) <= cut)
+        low = worst | (_number("face_px") & (F("face_px") < MIN_FACE_PX))
         save("low quality", dataset.match(low).sort_by(field_name(by)),
              f"the lowest {LOW_QUALITY_SHARE:.0%} by {by} (<= {cut:.3g}) and faces under {MIN_FACE_PX:g} px")
     else:
