@@ -633,10 +633,6 @@ def convert(
                                    smooth=smooth, threshold=threshold, det_size=det_size, det_thresh=det_thresh,
                                    batch=batch, visible_mark=visible_mark, lossless=lossless, crf=crf, preset=preset,
                                    max_frames=max_frames)
-        choices = {"direction": ("a2b", "b2a"), "mask": ("predicted", "landmark", "both"), "color": ("lab", "hist", "none")}
-        for name, allowed in choices.items():
-            if getattr(settings, name) not in allowed:
-                fail(f"--{name} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}")
         if not (0 <= erode < 0.5 and 0 <= feather < 0.5):
             fail("--erode and --feather are fractions of the face crop, from 0 to 0.5")
         if preview_n is not None and (out is None or frames_out is not None):

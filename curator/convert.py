@@ -24,6 +24,7 @@ written. docs/convert.md has the details.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -125,8 +126,6 @@ def _export_settings(folder: str | None) -> dict:
     if prov is None or not prov.is_file():
         return {}
     try:
-        import json
-
         return json.loads(prov.read_text()).get("settings") or {}
     except (OSError, ValueError):
         return {}
@@ -134,8 +133,6 @@ def _export_settings(folder: str | None) -> dict:
 
 def source_embedding(run: Run, direction: str, fm: faces.FaceModels) -> tuple[np.ndarray, str]:
     """The replaced identity's mean embedding [1, dim] from its export, and a description of where it came from."""
-    import json
-
     side = "a" if direction == "a2b" else "b"
     folder = Path(run.config.get(side) or "?")
     path = folder / "embeddings.npy"
@@ -164,8 +161,6 @@ def source_embedding(run: Run, direction: str, fm: faces.FaceModels) -> tuple[np
 
 def export_models(run: Run, direction: str) -> str | None:
     """The face-model pack the replaced identity's export recorded, when it is still on disk."""
-    import json
-
     folder = run.config.get("a" if direction == "a2b" else "b")
     try:
         recorded = (json.loads((Path(folder) / "provenance.json").read_text()).get("models") or {}).get("path")
@@ -614,7 +609,10 @@ def demux(inp: VideoInput, max_frames: int | None, on_audio: Callable, stats: di
     def release(upto: float) -> None:
         keep = []
         for p in held:
-            (on_audio(p) if seconds(p) is None or seconds(p) < upto else keep.append(p))
+            if seconds(p) is None or seconds(p) < upto:
+                on_audio(p)
+            else:
+                keep.append(p)
         held[:] = keep
 
     try:
@@ -756,11 +754,15 @@ def _check_target(target: Path, video: Path, force: bool, what: str) -> None:
     _check_writable(target, what)
 
 
-def _load(video: Path, run: str | os.PathLike, refs, models, device: str, settings: ConvertSettings) -> tuple[Swapper, dict]:
+def load_swapper(run: str | os.PathLike, refs: list | None = None, models: str | None = None, device: str = "auto",
+                 settings: ConvertSettings = ConvertSettings()) -> tuple[Swapper, dict]:
+    """Everything a swap needs (run, face models, the replaced identity), and a record of the identity choice."""
     from .identify import IdentityError, default_threshold, reference_embeddings
 
-    if settings.direction not in ("a2b", "b2a"):
-        raise ConvertError(f"--direction must be a2b or b2a, not {settings.direction!r}")
+    choices = {"direction": ("a2b", "b2a"), "mask": ("predicted", "landmark", "both"), "color": ("lab", "hist", "none")}
+    for name, allowed in choices.items():
+        if getattr(settings, name) not in allowed:
+            raise ConvertError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(settings, name)!r}")
     r = load_run(run, device)
     try:
         fm = faces.load_models(models or export_models(r, settings.direction),
@@ -873,7 +875,7 @@ def convert(video: str | os.PathLike, run: str | os.PathLike, out: str | os.Path
 
     inp = open_input(video)
     try:
-        sw, identity = _load(video, run, refs, models, device, settings)
+        sw, identity = load_swapper(run, refs, models, device, settings)
         video_sha = media.sha256_file(video)
         label = _label(sw, identity, video, video_sha, inp.info, settings, started)
         total = inp.info.frames if not settings.max_frames else min(inp.info.frames or settings.max_frames,
@@ -1054,7 +1056,7 @@ def preview(video: str | os.PathLike, run: str | os.PathLike, out: str | os.Path
     settings = ConvertSettings(**{**asdict(settings), "smooth": False})
     inp = open_input(video)
     try:
-        sw, identity = _load(video, run, refs, models, device, settings)
+        sw, identity = load_swapper(run, refs, models, device, settings)
         label = _label(sw, identity, video, media.sha256_file(video), inp.info, settings, started)
         estimate = inp.info.frames if not settings.max_frames else min(inp.info.frames or settings.max_frames,
                                                                       settings.max_frames)

@@ -341,6 +341,8 @@ def test_unwritable_existing_and_misnamed_outputs(run_dir, tmp_path):
     one_error_line(cli("convert", tmp_path / "missing.mp4", "--model", run_dir, "--out", tmp_path / "o.mp4"),
                    "missing.mp4", "no such file")
     one_error_line(cli("convert", src, "--model", run_dir), "--out")
+    one_error_line(cli("convert", src, "--model", run_dir, "--out", tmp_path / "o.mp4", "--mask", "oval"),
+                   "--mask", "predicted, landmark, both")
     assert leftovers(tmp_path, {"a_file", "existing.mp4"}) == []
 
 
@@ -448,11 +450,11 @@ def test_choose_face_by_identity_and_keeps_a_track_through_poor_embeddings():
 def test_keypoints_jitter_less_with_smoothing_on_a_real_clip(run_dir):
     from dataclasses import replace
 
-    from curator.convert import ConvertSettings, _load, find_face
+    from curator.convert import ConvertSettings, find_face, load_swapper
 
     frames = bgr_frames(clip(CLIP_A), 40)
     paths = {}
-    loaded, _ = _load(clip(CLIP_A), run_dir, None, str(PACK), "cpu", ConvertSettings())
+    loaded, _ = load_swapper(run_dir, models=str(PACK), device="cpu")
     for smooth in (False, True):
         sw = replace(loaded, settings=ConvertSettings(smooth=smooth))
         track, centres = None, []
