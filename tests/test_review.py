@@ -22,6 +22,7 @@ import socket
 import select
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -34,7 +35,7 @@ import pytest
 
 from conftest import ROOT, clip, curator, curator_json
 from curator import metrics, review
-from curator.workspace import open_workspace, read_embeddings
+from curator.workspace import WorkspaceLocked, locked, open_workspace, read_embeddings
 
 FOOTAGE = ("face_1.mp4", "short_hamilton_clip.mp4")
 MORE = "face_2.mp4"
@@ -283,6 +284,37 @@ def test_tags_reach_the_table_survive_new_footage_and_exclude_faces_from_export(
 def by_face_ids(ds, face_ids) -> list[str]:
     ids = by_face(ds, "id")
     return [ids[f] for f in face_ids]
+
+
+def test_pull_waits_for_another_commands_lock_and_holds_it_only_to_write(curated, tmp_path, fo, made):
+    ws = fresh(curated, tmp_path)
+    name = name_of(ws, made)
+    review.review(ws, app=False)
+    w = open_workspace(ws)
+    ds = fo.load_dataset(name)
+    face = table(ws).face_id.iloc[0]
+    ds.select(by_face_ids(ds, [face])).tag_samples("reject")
+    before = (ws / "faces.parquet").read_bytes()
+    with locked(w, "curator curate"):  # another command is writing: refused after the wait, table untouched
+        t0 = time.monotonic()
+        with pytest.raises(WorkspaceLocked, match="curator curate"):
+            review.pull_tags(w, ds, wait_s=1.5)
+        assert time.monotonic() - t0 >= 1.5
+    assert (ws / "faces.parquet").read_bytes() == before
+    # released while the pull waits: the pull goes through
+    holder = threading.Thread(target=hold_lock, args=(w, 1.0))
+    holder.start()
+    time.sleep(0.2)
+    assert review.pull_tags(w, ds, wait_s=10)["rejected"] == 1
+    holder.join()
+    assert table(ws).set_index("face_id").loc[face, "rejected"]
+    with locked(w, "next command"):  # the pull let go of it
+        pass
+
+
+def hold_lock(ws, seconds: float) -> None:
+    with locked(ws, "curator extract"):
+        time.sleep(seconds)
 
 
 # --- the App -------------------------------------------------------------------------------------
