@@ -52,13 +52,13 @@ TARGETS = {"ratio_ours_decode_max": 3.0, "speedup_naive_ours_min": 5.0, "pose_bi
 
 # --- the three contenders -------------------------------------------------------
 
-def run_ours(footage: str, models: str, workdir: Path) -> dict:
+def run_ours(footage: str, models: str, workdir: Path, *extra: str) -> dict:
     """`curator extract` on a fresh workspace in a subprocess; returns wall time, summary and the faces table."""
     import pandas as pd
 
     ws = Path(tempfile.mkdtemp(prefix="ws-", dir=workdir))
     shutil.rmtree(ws)  # let curator create it
-    cmd = [sys.executable, "-m", "curator", "extract", footage, "-w", str(ws), "--models", models, "--json", "-q"]
+    cmd = [sys.executable, "-m", "curator", "extract", footage, "-w", str(ws), "--models", models, "--json", "-q", *extra]
     wall, cpu, proc = common.run_timed(cmd)
     if proc.returncode != 0:
         raise RuntimeError(f"curator extract failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -402,8 +402,14 @@ def simulate_samplers(naive: dict, ours_table, subset_path: str, min_score: floa
     current = ("static skip on curator.media.change (worst block of a grid) < %g" % st if hasattr(media, "change")
                else "static skip on whole-frame mean diff < %g" % st)
     base = select_frames(times, thumbs, fps=fps, static_threshold=st)
+    default_rule = backfill(select_frames(times, thumbs, fps=fps, static_threshold=st,
+                                          motion_threshold=defaults.motion_threshold),
+                            oracle, jump_bins=defaults.backfill_bins)
+    default_name = (f"default: fps {fps:g} + motion extras (change > {defaults.motion_threshold:g}) + pose back-fill "
+                    f"(bin jump >= {defaults.backfill_bins})")
     rules = {
-        f"current: fps {fps:g}, {current}": base,
+        f"fps {fps:g} clock alone (--no-pose-fill), {current}": base,
+        default_name: default_rule,
         f"fps {fps:g}, no static skip": select_frames(times, thumbs, fps=fps, static_threshold=0.0),
         f"fps {fps:g}, static skip on whole-frame mean diff < 1.5 (the rule before 2026-11-26)":
             select_frames(times, thumbs, fps=fps, static_threshold=1.5, static_kind="mean"),
@@ -412,7 +418,7 @@ def simulate_samplers(naive: dict, ours_table, subset_path: str, min_score: floa
         "fps 12.5 (every 2nd frame)": select_frames(times, thumbs, fps=12.5, static_threshold=st),
         f"fps {fps:g} + pose back-fill (bin jump >= 2)": backfill(base, oracle, jump_bins=2),
     }
-    for m in (8.0, 20.0, 30.0, 60.0):
+    for m in (8.0, 20.0, 30.0, 50.0, 60.0):
         extras = select_frames(times, thumbs, fps=fps, static_threshold=st, motion_threshold=m)
         rules[f"fps {fps:g} + motion extras (change > {m:g})"] = extras
         rules[f"fps {fps:g} + motion extras (change > {m:g}) + pose back-fill"] = backfill(extras, oracle, jump_bins=2)
@@ -428,7 +434,7 @@ def simulate_samplers(naive: dict, ours_table, subset_path: str, min_score: floa
                   "plausible ones (|yaw| <= 90, |pitch| <= 60) and against plausible ones seen in >= 3 naive frames. "
                   "'change' is curator.media.change between a frame's thumbnail and the last analysed one; "
                   "'pose back-fill' bisects between consecutive analysed frames where a face's pose bin jumped by >= 2 bins",
-        "validation": {"default_rule_frames": len(base), "default_rule_bins": rows[next(iter(rows))]["bins"],
+        "validation": {"default_rule_frames": len(default_rule), "default_rule_bins": rows[default_name]["bins"],
                        "ours_measured_bins_common": len(actual & target)},
         "thumb_mean_diff_consecutive_frames": {"median": round(float(np.median(diffs)), 2),
                                                "p90": round(float(np.percentile(diffs, 90)), 2)},
@@ -488,7 +494,8 @@ def main(argv=None) -> int:
         s = res["summary"]
         return {"wall_s": round(res["wall_s"], 3), "cpu_s": round(res["cpu_s"], 3), "summary_seconds": s["seconds"],
                 "frames_decoded": s["frames_decoded"], "frames_analysed": s["frames_analysed"],
-                "frames_skipped_static": s["frames_skipped_static"], "faces": s["faces"]}
+                "frames_skipped_static": s["frames_skipped_static"], "frames_motion": s.get("frames_motion"),
+                "frames_backfilled": s.get("frames_backfilled"), "faces": s["faces"]}
 
     try:
         for r in range(args.repeats):
@@ -500,6 +507,9 @@ def main(argv=None) -> int:
             ours = run_ours(long_path, models, work)
             rep["ours"] = ours_entry(ours)
             log(f"{tag}: ours {ours['wall_s']:.1f} s, {rep['ours']['frames_analysed']} analysed, {rep['ours']['faces']} faces")
+            plain = run_ours(long_path, models, work, "--no-pose-fill")
+            rep["ours_no_pose_fill"] = ours_entry(plain)
+            log(f"{tag}: ours --no-pose-fill {plain['wall_s']:.1f} s, {rep['ours_no_pose_fill']['frames_analysed']} analysed")
             sdec_s, sdec_n, sdec_cpu = common.decode_only(sub_path)
             osub = run_ours(sub_path, models, work)
             log(f"{tag}: subset decode-only {sdec_s:.1f} s, ours {osub['wall_s']:.1f} s")
@@ -526,6 +536,8 @@ def main(argv=None) -> int:
         "ours_s": med([r["ours"]["wall_s"] for r in repeats]),
         "ratio_ours_decode": med([r["ours"]["wall_s"] / r["decode_only"]["wall_s"] for r in repeats]),
         "ratio_ours_decode_cpu": med([r["ours"]["cpu_s"] / r["decode_only"]["cpu_s"] for r in repeats]),
+        "ours_no_pose_fill_s": med([r["ours_no_pose_fill"]["wall_s"] for r in repeats]),
+        "ratio_ours_no_pose_fill_decode": med([r["ours_no_pose_fill"]["wall_s"] / r["decode_only"]["wall_s"] for r in repeats]),
         "decode_only_frames_per_s": med([r["decode_only"]["frames"] / r["decode_only"]["wall_s"] for r in repeats]),
         "ours_frames_decoded_per_s": med([r["ours"]["frames_decoded"] / r["ours"]["wall_s"] for r in repeats]),
         "ours_frames_analysed_per_s": med([r["ours"]["frames_analysed"] / r["ours"]["wall_s"] for r in repeats]),
@@ -572,7 +584,8 @@ def main(argv=None) -> int:
             "models": str(Path(models).resolve()),
             "ours": {"command": "python -m curator extract FOOTAGE -w <fresh workspace> --models PACK --json -q",
                      "fps": defaults.fps, "det_size": defaults.det_size, "det_thresh": defaults.det_thresh,
-                     "static_threshold": defaults.static_threshold},
+                     "static_threshold": defaults.static_threshold, "motion_threshold": defaults.motion_threshold,
+                     "backfill_bins": defaults.backfill_bins},
             "naive": {"code": "FaceAnalysis(name=PACK, providers=['CPUExecutionProvider']); app.prepare(ctx_id=-1, det_size=(640,640)); "
                               "app.get(frame.to_ndarray(format='bgr24')) on every frame; pose = curator.pose.estimate_pose_kps5(face.kps, (h, w))",
                       "det_thresh": 0.5},
