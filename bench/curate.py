@@ -656,11 +656,6 @@ def run_scenario(key: str, args, cache: Path, work: Path, fm) -> dict:
     t2["is_target"], t2["track_id"] = is_t2, tr2
     methods["ours@target"] = {n: np.flatnonzero(curate_mod.curate(t2, n, emb=emb).columns["selected"].to_numpy(bool))
                                                for n in budgets}
-    out["identify_proposed"] = {"target_faces": int(is_t2.sum()),
-                                "precision": round(float(gt_target[is_t2].mean()), 4) if is_t2.any() else None,
-                                "recall": round(float(is_t2[gt_target].mean()), 4), "tracks": int(len(np.unique(tr2))),
-                                "tracks_spanning_several_clips_people":
-                                    int((pd.Series(gt["person"].to_numpy()).groupby(tr2).nunique() > 1).sum())}
 
     out["results"] = {m: {lab: evaluate(sel[n], table, emb, gt_target) for lab, n in zip(labels, budgets)}
                       for m, sel in methods.items()}
@@ -716,7 +711,7 @@ def scenario_checks(results: dict) -> dict:
 
 
 def _print_scenario(key: str, s: dict) -> None:
-    i, ip = s["identify"], s["identify_proposed"]
+    i = s["identify"]
     log(f"{key}: identify precision {i['precision']} recall {i['recall']} "
         f"({i['tracks_spanning_several_clips_people']} of {i['tracks']} tracks span several clips); "
         "")
@@ -1125,7 +1120,7 @@ def render_markdown(result: dict) -> str:
                       f"clips, the rest from {f['other_people']} other people's single-person clips. Budgets: "
                       + ", ".join(f"{k} = {v}" for k, v in b.items())
                       + f". The target's faces allow at most ~{f['target_distinct_capacity']} with no near-duplicate pair."]
-            i, ip = sc["identify"], sc["identify_proposed"]
+            i = sc["identify"]
             lines.append(f"`curator identify --ref`: {i['target_faces']} faces marked, precision {i['precision']}, "
                          f"recall {i['recall']}; "
                          f"{i['tracks_spanning_several_clips_people']} of {i['tracks']} tracks span several clips/people "

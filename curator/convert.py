@@ -40,7 +40,7 @@ import numpy as np
 
 from . import __version__, faces, media
 from .align import DEFAULT_MARGIN, align_matrix, warp
-from .atomic import atomic_path, inside, write_json
+from .atomic import atomic_path, inside, replace_dir, temp_dir, write_json
 from .extract import prefetch
 
 VIDEO_SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -818,30 +818,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _temp_dir(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    # mkdtemp makes 0700 folders; give the result the permissions a plain mkdir would.
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)
-    return tmp
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put folder `new` at `target`; an existing `target` is moved aside first and removed only after."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-
-
 def convert(video: str | os.PathLike, run: str | os.PathLike, out: str | os.PathLike | None = None, *,
             frames_out: str | os.PathLike | None = None, refs: list | None = None, models: str | None = None,
             device: str = "auto", settings: ConvertSettings = ConvertSettings(), force: bool = False,
@@ -1021,10 +997,10 @@ def _close_quietly(vo: VideoOutput) -> None:
 @contextmanager
 def _temp_folder(target: Path) -> Iterator[Path]:
     """A temporary folder beside `target`, renamed over it on success and removed on any failure."""
-    tmp = _temp_dir(target)
+    tmp = temp_dir(target)
     try:
         yield tmp
-        _replace_dir(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from . import formats
-from .atomic import inside, write_json
+from .atomic import inside, replace_dir, temp_dir, write_json
 from .workspace import Workspace, WorkspaceError, now, read_embeddings, read_meta, read_table
 
 VAL_FRACTION = 0.1
@@ -101,7 +100,7 @@ def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, 
         # Leftovers of an export that was killed: half-built folders and set-aside old ones.
         for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp = temp_dir(out)
     except OSError as e:
         raise ExportError(f"cannot write to {out.parent}: {e.strerror or e}") from None
     try:
@@ -128,7 +127,7 @@ def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, 
         with open(tmp / "embeddings.npy", "wb") as f:
             np.save(f, row_emb, allow_pickle=False)
         write_json(tmp / "provenance.json", provenance)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except formats.FormatError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ExportError(str(e)) from None
@@ -168,14 +167,3 @@ def _to_csv(df: pd.DataFrame) -> pd.DataFrame:
         if out[c].dtype == object and out[c].map(lambda v: isinstance(v, (list, np.ndarray))).any():
             out[c] = out[c].map(lambda v: json.dumps(np.asarray(v).tolist()) if v is not None else "")
     return out
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put `new` at `target`; an existing `target` is moved aside first and removed only after."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
