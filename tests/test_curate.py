@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import av
@@ -227,6 +228,9 @@ def test_export_exactly_selected_minus_rejected_split_by_source(tmp_path):
     for f in m["file"]:
         assert (tmp_path / "faceset" / f).is_file()
     assert out["split_by"] == "source" and set(m["split"]) == {"train", "val"}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "faceset").stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir would make it, not 0700
     assert m.groupby("source_sha256")["split"].nunique().max() == 1  # no source on both sides
     prov = json.loads((tmp_path / "faceset" / "provenance.json").read_text())
     assert set(prov["sources"]) == set(m["source_sha256"])
