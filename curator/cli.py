@@ -547,8 +547,8 @@ def review(
 
     Creates or updates one persistent FiftyOne dataset for the workspace (new faces only; tags are
     never touched), with saved views and embeddings-panel maps, starts the App and prints its URL.
-    Ctrl-C stops it and copies the tags into `rejected`, `kept` and `review_tags` (curate and export
-    respect them). Needs FiftyOne's MongoDB: FIFTYONE_DATABASE_URI (docs/review.md).
+    Tags reach `rejected`, `kept` and `review_tags` within seconds (curate and export respect them),
+    and once more when Ctrl-C stops the App. Needs FiftyOne's MongoDB: FIFTYONE_DATABASE_URI (docs/review.md).
 
     Examples:
 
@@ -567,7 +567,7 @@ def review(
         fail("--timeout must be positive")
 
     def ready(url: str) -> None:
-        line = f"App: {url}  (review there; press Ctrl-C here when done to copy the tags into the workspace)"
+        line = f"App: {url}  (tags reach the workspace as you make them; Ctrl-C here stops the App)"
         if as_json:
             err.print(line, markup=False)
         else:

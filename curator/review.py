@@ -90,6 +90,7 @@ ADD_BATCH = 2000  # samples per insert: bounded memory on 100k+ new faces
 MONGO_TIMEOUT_MS = 3000
 SHOWN_MISSING = 5  # missing crops named one per line before the rest are summarised
 PULL_WAIT_S = 30.0  # how long the pull at the App's exit waits for another command's lock
+PULL_EVERY_S = 5.0  # while the App runs, changed tags reach the table this often
 
 VIEWS = ("selected", "rejected", "kept", "near-duplicate groups", "rare poses", "low quality", "other identities")
 
@@ -645,12 +646,8 @@ def tag_columns(table: pd.DataFrame, tags_by_face: dict) -> pd.DataFrame:
                          "review_tags": free.astype(str)})
 
 
-def pull_tags(ws: Workspace, dataset, *, wait_s: float = 0.0) -> dict:
-    """Copy the dataset's sample tags into the table's rejected / kept / review_tags; returns counts.
-
-    Holds the workspace lock only for the write; waits up to `wait_s` for
-    another command's lock. Writes nothing when nothing changed.
-    """
+def read_tags(ws: Workspace, dataset) -> dict:
+    """{face_id: [tags]} of every sample, read fresh from the database."""
     import fiftyone as fo
 
     name = dataset.name
@@ -664,19 +661,37 @@ def pull_tags(ws: Workspace, dataset, *, wait_s: float = 0.0) -> dict:
         raise ReviewError(f"cannot read the tags of dataset {name!r} ({type(e).__name__}: {_one_line(e)}); "
                           f"they stay in the dataset: run `curator review -w {ws.root} --pull` when MongoDB is back") from None
     dataset_version(ws, dataset)
-    by_face = dict(zip(ids, tags))
+    return dict(zip(ids, tags))
+
+
+def _tag_changes(table: pd.DataFrame, by_face: dict) -> tuple[pd.DataFrame, int, bool]:
+    """(new tag columns, rows whose tag columns change, whether the table needs writing)."""
+    cols = tag_columns(table, by_face)
+    before = tag_columns(table, {})
+    changed = int(((cols["rejected"] != before["rejected"]) | (cols["kept"] != before["kept"])
+                   | (cols["review_tags"] != before["review_tags"])).sum())
+    # Rows extract appended since the last pull hold nulls in these columns: fill them too.
+    absent = any(c not in table or table[c].isna().any() for c in TAG_COLUMNS)
+    return cols, changed, bool(changed or absent)
+
+
+def pull_tags(ws: Workspace, dataset, *, wait_s: float = 0.0, tags: dict | None = None) -> dict:
+    """Copy the dataset's sample tags into the table's rejected / kept / review_tags; returns counts.
+
+    Takes the workspace lock only when there is something to write, and only
+    for the write (re-reading the table under it); waits up to `wait_s` for
+    another command's lock. `tags`: what `read_tags` returned, if at hand.
+    """
+    by_face = read_tags(ws, dataset) if tags is None else tags
+    table = read_table(ws)
+    cols, changed, write = _tag_changes(table, by_face)
     deadline = time.monotonic() + wait_s
-    while True:
+    while write:
         try:
             with locked(ws, "curator review"):
-                table = read_table(ws)
-                cols = tag_columns(table, by_face)
-                before = tag_columns(table, {})
-                changed = int(((cols["rejected"] != before["rejected"]) | (cols["kept"] != before["kept"])
-                               | (cols["review_tags"] != before["review_tags"])).sum())
-                # Rows extract appended since the last pull hold nulls in these columns: fill them too.
-                absent = [c for c in TAG_COLUMNS if c not in table or table[c].isna().any()]
-                if changed or absent:
+                table = read_table(ws)  # what another command may have written since
+                cols, changed, write = _tag_changes(table, by_face)
+                if write:
                     update_columns(ws, cols)
             break
         except WorkspaceLocked:
@@ -685,12 +700,12 @@ def pull_tags(ws: Workspace, dataset, *, wait_s: float = 0.0) -> dict:
             time.sleep(1.0)
     both = int((cols["rejected"] & cols["kept"]).sum())
     summary = {"dataset": dataset.name, "rejected": int(cols["rejected"].sum()), "kept": int(cols["kept"].sum()),
-               "other_tags": int((cols["review_tags"] != "").sum()), "changed": changed,
-               "written": bool(changed or absent), "notes": []}
+               "other_tags": int((cols["review_tags"] != "").sum()), "changed": changed, "written": write,
+               "notes": []}
     if both:
         summary["notes"].append(f"{both} faces are tagged both {REJECT!r} and {KEEP!r}: {REJECT!r} wins "
                                 "(never selected, never exported)")
-    unknown = len(set(ids) - set(table["face_id"]))
+    unknown = len(set(by_face) - set(table["face_id"]))
     if unknown:
         summary["notes"].append(f"{unknown} samples have no row in the workspace table; their tags were not copied")
     return summary
@@ -800,7 +815,12 @@ def _interrupt_on_signals() -> Iterator[None]:
 
 def serve(ws: Workspace, dataset, *, port: int, address: str, timeout: float | None,
           on_ready: Callable[[str], None], on_note: Callable[[str], None] = lambda note: None) -> dict:
-    """Run the App until Ctrl-C (or `timeout` seconds), then stop it and pull the tags; returns the pull summary."""
+    """Run the App until Ctrl-C (or `timeout` seconds), then stop it and pull the tags; returns the pull summary.
+
+    While it runs, tags are copied into the table every few seconds when they
+    changed, so an export started after the browser is closed has them even if
+    the review is still running.
+    """
     server, url = launch(dataset, port=port, address=address)
     stopped = None
     ended = False
@@ -808,15 +828,9 @@ def serve(ws: Workspace, dataset, *, port: int, address: str, timeout: float | N
         with _interrupt_on_signals():
             try:
                 on_ready(url)
-                deadline = None if timeout is None else time.monotonic() + timeout
-                last_check = time.monotonic()
-                while deadline is None or time.monotonic() < deadline:
-                    time.sleep(0.2)
-                    if time.monotonic() - last_check >= 5:
-                        last_check = time.monotonic()
-                        if not _serving(address, port):
-                            stopped = "the App's server stopped by itself"
-                            break
+                _watch(ws, dataset, address, port, timeout, on_note)
+            except _ServerGone:
+                stopped = "the App's server stopped by itself"
             except KeyboardInterrupt:
                 pass
         ended = True
@@ -826,12 +840,53 @@ def serve(ws: Workspace, dataset, *, port: int, address: str, timeout: float | N
             if ended:
                 on_note("stopping the App, then copying the tags into the workspace table")
             close_app(server)
-            # Only after a normal end or Ctrl-C: after an error the tags stay safe in the dataset.
-            pulled = _pull_or_explain(ws, dataset) if ended else None
+            if ended:
+                pulled = _pull_or_explain(ws, dataset)
+            else:
+                try:  # an error is on its way up: copy what we can, but do not hide the error
+                    pull_tags(ws, dataset)
+                except Exception:  # noqa: BLE001 - the tags stay in the dataset for `--pull`
+                    pass
     pulled["url"] = url
     if stopped:
         pulled["notes"].append(stopped)
     return pulled
+
+
+class _ServerGone(Exception):
+    pass
+
+
+def _watch(ws: Workspace, dataset, address: str, port: int, timeout: float | None,
+           on_note: Callable[[str], None]) -> None:
+    """Until the timeout (or Ctrl-C): pull changed tags every few seconds; raise _ServerGone if the App dies."""
+    start = time.monotonic()
+    deadline = None if timeout is None else start + timeout
+    next_check = next_pull = start
+    last_tags = None
+    every = PULL_EVERY_S
+    while deadline is None or time.monotonic() < deadline:
+        time.sleep(0.2)
+        now_ = time.monotonic()
+        if now_ >= next_check:
+            next_check = now_ + 5
+            if not _serving(address, port):
+                raise _ServerGone
+        if every is not None and now_ >= next_pull:
+            try:
+                tags = read_tags(ws, dataset)
+                if tags != last_tags:
+                    pull_tags(ws, dataset, tags=tags)
+                    last_tags = tags
+            except WorkspaceLocked:
+                pass  # another command is writing: next round
+            except ReviewError as e:
+                on_note(f"{e}; tags are no longer copied while the App runs")
+                every = None
+                continue
+            # A large dataset takes longer to read: never spend more than a tenth of the time on it.
+            every = max(PULL_EVERY_S, 10 * (time.monotonic() - now_))
+            next_pull = time.monotonic() + every
 
 
 @contextlib.contextmanager

@@ -375,24 +375,36 @@ def test_app_on_loopback_renders_the_grid_and_tags_are_pulled_when_it_stops(cura
         assert maps == {"identity_pca": "identity_pca", "pose": "pose"}
         assert {v["name"] for v in seen["savedViews"]} == set(review.VIEWS)
 
-        # a person's browser: the grid shows the workspace's crops
-        shot = tmp_path / "app.png"
-        run = subprocess.run([find_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
-                              "--disable-background-networking", "--no-first-run", "--disable-component-update",
-                              "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
-                              "--window-size=1280,900", "--virtual-time-budget=20000", url],
-                             capture_output=True, text=True, timeout=120)
-        assert shot.is_file(), run.stderr[-2000:]
-        img = cv2.imread(str(shot))
-        assert len(np.unique(img.reshape(-1, 3), axis=0)) > 2000  # not blank: photos, not a uniform page
+        # a person's browser: the grid shows the workspace's crops. Headless Chromium's virtual time sometimes
+        # runs out while a freshly started server prepares its first answer (the shot shows the App's
+        # "Pixelating..." splash); a person's browser just waits, so a few loads are allowed
         ds = fo.load_dataset(name)
         first = [ws / c for c in table(ws).set_index("face_id").loc[ds.values("face_id")[:12], "crop_path"]]
+        for attempt in range(4):
+            shot = tmp_path / f"app{attempt}.png"
+            run = subprocess.run([find_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                                  "--disable-background-networking", "--no-first-run", "--disable-component-update",
+                                  "--disable-sync", f"--user-data-dir={tmp_path / f'profile{attempt}'}",
+                                  f"--screenshot={shot}", "--window-size=1280,900", "--virtual-time-budget=20000", url],
+                                 capture_output=True, text=True, timeout=120)
+            assert shot.is_file(), run.stderr[-2000:]
+            img = cv2.imread(str(shot))
+            if len(np.unique(img.reshape(-1, 3), axis=0)) > 2000:  # not the splash: photos
+                break
+        assert len(np.unique(img.reshape(-1, 3), axis=0)) > 2000, f"the App never rendered beyond its splash ({shot})"
         assert crops_on_screen(shot, first) >= 6, "the App's grid does not show the workspace's crops"
 
-        # tag while the App runs (as the App does), then Ctrl-C
+        # tag while the App runs (as the App does): the table has it within seconds, the review still running
         t = table(ws)
-        rejected = t.face_id[t.selected].iloc[:1].tolist()
-        ds.select(by_face_ids(ds, rejected)).tag_samples("reject")
+        rejected = t.face_id[t.selected].iloc[:2].tolist()
+        ds.select(by_face_ids(ds, rejected[:1])).tag_samples("reject")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not table(ws).get("rejected", pd.Series(dtype=bool)).fillna(False).any():
+            time.sleep(0.5)
+        t = table(ws)
+        assert t.face_id[t.rejected].tolist() == rejected[:1] and proc.poll() is None
+        # ... and a tag made just before Ctrl-C is pulled as the review ends
+        ds.select(by_face_ids(ds, rejected[1:])).tag_samples("reject")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -400,10 +412,10 @@ def test_app_on_loopback_renders_the_grid_and_tags_are_pulled_when_it_stops(cura
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
-    assert "1 rejected" in out
+    assert "2 rejected" in out
     assert not [l for l in err.splitlines() if not l.startswith("curator:")], err  # no FiftyOne chatter
     t = table(ws)
-    assert t.face_id[t.rejected].tolist() == rejected
+    assert sorted(t.face_id[t.rejected]) == sorted(rejected)
     # nothing left running: the server processes are gone, the port is free again
     gone, alive = psutil.wait_procs(children, timeout=15)
     for p in alive:
