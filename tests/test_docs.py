@@ -37,7 +37,7 @@ def test_every_column_written_is_documented(tmp_path):
     documented = documented_columns()
     assert columns - documented == set(), f"undocumented columns: {sorted(columns - documented)}"
     # written only with a 3D-68 pack, by review, by verify --repair:
-    assert documented - columns <= {"lmk68", "rejected", "crop_missing"}
+    assert documented - columns <= {"lmk68", "rejected", "kept", "review_tags", "crop_missing"}
 
 
 def test_every_command_has_help_with_examples():
