@@ -341,3 +341,25 @@ def git_rev() -> str | None:
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if rev.returncode == 0 else None
     except (OSError, Exception):
         return None if not head.exists() else "unknown"
+
+
+def cached_export(cache: Path, folder: str, name: str, clip_rel: str, log: Callable[[str], None]) -> Path:
+    """`curator run CLIP --size 128 --fps 10` into cache/folder/name once (a single-person face set), reused after."""
+    import shutil
+    import subprocess
+
+    target = cache / folder / name
+    if not (target / "manifest.parquet").is_file():
+        log(f"building export {name} from {clip_rel} ...")
+        work = Path(tempfile.mkdtemp(prefix=f"{folder}-", dir=cache))
+        cmd = [sys.executable, "-m", "curator", "run", str(VIDEOS / clip_rel), "--out", str(work / name),
+               "--budget", "2000", "--size", "128", "--fps", "10", "-q", "--models", str(PACK_SMALL)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"bench: building export {name} failed:\n{proc.stderr}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(work / name, target)
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+

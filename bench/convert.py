@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,22 +40,8 @@ def log(msg: str) -> None:
 
 
 def build_sets(cache: Path) -> tuple[Path, Path]:
-    root = cache / f"convert-sets-v{SETS_VERSION}"
-    for name, rel in CLIPS.items():
-        target = root / name
-        if not (target / "manifest.parquet").is_file():
-            log(f"building export {name} from {rel} ...")
-            work = Path(tempfile.mkdtemp(prefix="convert-set-", dir=cache))
-            cmd = [sys.executable, "-m", "curator", "run", str(common.VIDEOS / rel), "--out", str(work / name),
-                   "--budget", "2000", "--size", "128", "--fps", "10", "-q", "--models", str(common.PACK_SMALL)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.exit(f"bench: building export {name} failed:\n{proc.stderr}")
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(work / name, target)
-            shutil.rmtree(work, ignore_errors=True)
-    return root / "A", root / "B"
+    return tuple(common.cached_export(cache, f"convert-sets-v{SETS_VERSION}", name, rel, log)
+                 for name, rel in CLIPS.items())
 
 
 def train(a: Path, b: Path, run: Path, steps: int) -> None:

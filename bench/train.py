@@ -45,24 +45,8 @@ def log(msg: str) -> None:
 
 def build_sets(cache: Path) -> dict:
     """The two exports (cached). Returns {"A": path, "B": path, "faces": {...}}."""
-    root = cache / f"train-sets-v{SETS_VERSION}"
-    out = {}
-    for name, rel in CLIPS.items():
-        target = root / name
-        if not (target / "manifest.parquet").is_file():
-            log(f"building export {name} from {rel} ...")
-            work = Path(tempfile.mkdtemp(prefix="train-set-", dir=cache))
-            cmd = [sys.executable, "-m", "curator", "run", str(common.VIDEOS / rel), "--out", str(work / name),
-                   "--budget", "2000", "--size", "128", "--fps", "10", "-q", "--models", str(common.PACK_SMALL)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.exit(f"bench: building export {name} failed:\n{proc.stderr}")
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(work / name, target)
-            shutil.rmtree(work, ignore_errors=True)
-        out[name] = target
-    return with_counts(out)
+    return with_counts({name: common.cached_export(cache, f"train-sets-v{SETS_VERSION}", name, rel, log)
+                        for name, rel in CLIPS.items()})
 
 
 def given_sets(spec: str) -> dict:

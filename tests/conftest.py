@@ -45,6 +45,22 @@ def curator(*args: str, check: bool = False, **kw) -> subprocess.CompletedProces
     return proc
 
 
+def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
+    """A usage or workspace error: exit code 2 and exactly one stderr line, naming each of `words`."""
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("curator: error:"), proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def table(ws: Path):
+    import pandas as pd
+
+    return pd.read_parquet(ws / "faces.parquet")
+
+
 def curator_json(*args: str) -> dict:
     proc = curator(*args, "--json", check=True)
     return json.loads(proc.stdout)

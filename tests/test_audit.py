@@ -15,10 +15,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import pytest
 
-from conftest import clip, curator, curator_json
+from conftest import clip, curator, curator_json, one_line_error, table
 from curator import audit
 from curator.workspace import open_workspace, read_table, write_table
 
@@ -55,18 +54,6 @@ def empty_ws(tmp_path_factory) -> Path:
     curator("extract", clip("MOT20-05-raw_even_shorter.mp4"), "-w", ws, "-q", check=True)
     assert len(read_table(open_workspace(ws))) == 0
     return ws
-
-
-def table(ws: Path) -> pd.DataFrame:
-    return pd.read_parquet(ws / "faces.parquet")
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("curator: error:"), proc.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 def leftovers(folder: Path) -> list[str]:

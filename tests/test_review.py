@@ -33,7 +33,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from conftest import ROOT, clip, curator, curator_json
+from conftest import ROOT, clip, curator, curator_json, one_line_error, table
 from curator import metrics, review
 from curator.workspace import WorkspaceLocked, locked, open_workspace, read_embeddings
 
@@ -87,19 +87,6 @@ def name_of(ws: Path, made: list) -> str:
     name = review.dataset_name(open_workspace(ws))
     made.append(name)
     return name
-
-
-def table(ws: Path) -> pd.DataFrame:
-    return pd.read_parquet(ws / "faces.parquet")
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("curator: error:"), proc.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 def by_face(dataset, field: str) -> dict:
