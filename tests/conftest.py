@@ -45,6 +45,19 @@ def curator(*args: str, check: bool = False, **kw) -> subprocess.CompletedProces
     return proc
 
 
+def ctrl_c_enabled() -> None:
+    """Popen preexec_fn for children the test stops with SIGINT (as Ctrl-C would).
+
+    A shell starts background jobs with SIGINT ignored, children inherit that,
+    and Python then never raises KeyboardInterrupt: correct for `nohup curator
+    ... &`, but a test run from such a job (CI scripts can be) would see its
+    Ctrl-C ignored. The child gets the default disposition back.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
     """A usage or workspace error: exit code 2 and exactly one stderr line, naming each of `words`."""
     assert proc.returncode == 2, proc.stderr

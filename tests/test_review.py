@@ -33,7 +33,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from conftest import ROOT, clip, curator, curator_json, one_line_error, table
+from conftest import ROOT, clip, ctrl_c_enabled, curator, curator_json, one_line_error, table
 from curator import metrics, review
 from curator.workspace import WorkspaceLocked, locked, open_workspace, read_embeddings
 
@@ -333,7 +333,8 @@ def test_app_on_loopback_renders_the_grid_and_tags_are_pulled_when_it_stops(cura
     name = name_of(ws, made)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "curator", "review", "-w", str(ws), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=ctrl_c_enabled)
     children = []
     try:
         # printed once the server listens
