@@ -262,7 +262,8 @@ def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.
     yaw, pitch = cands["yaw"].to_numpy(float), cands["pitch"].to_numpy(float)
     rows = cands["row"].to_numpy() if "row" in cands else np.arange(len(cands))
     # Taken faces by coarse pose cell: a face within SAME_PICTURE_DEG lies in its own or a neighbouring cell.
-    cell = np.stack([np.floor(yaw / 10), np.floor(pitch / 10)], 1).astype(np.int64)
+    # (A face without a pose, NaN, gets a cell of its own far from every real one; it never matches anyway.)
+    cell = np.nan_to_num(np.stack([np.floor(yaw / 10), np.floor(pitch / 10)], 1), nan=1e6).astype(np.int64)
     by_cell: dict = {}
     taken_times: dict = {}
     out: list = []

@@ -20,9 +20,10 @@ LIGHT_COLUMNS = ("lum", "light_lr", "contrast")
 
 
 def pose_bins(table: pd.DataFrame, size: float = POSE_BIN) -> pd.Series:
-    yb = np.floor(table["yaw"].to_numpy(float) / size).astype("int64")
-    pb = np.floor(table["pitch"].to_numpy(float) / size).astype("int64")
-    ok = np.isfinite(table["yaw"].to_numpy(float)) & np.isfinite(table["pitch"].to_numpy(float))
+    yaw, pitch = table["yaw"].to_numpy(float), table["pitch"].to_numpy(float)
+    ok = np.isfinite(yaw) & np.isfinite(pitch)
+    yb = np.floor(np.where(ok, yaw, 0.0) / size).astype("int64")  # NaN zeroed before the cast; masked below
+    pb = np.floor(np.where(ok, pitch, 0.0) / size).astype("int64")
     # One integer per bin, (yaw bin + 500) * 1000 + (pitch bin + 500); -1 when the pose is unknown.
     return pd.Series(np.where(ok, (yb + 500) * 1000 + (pb + 500), -1), index=table.index)
 

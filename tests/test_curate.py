@@ -200,6 +200,21 @@ def test_same_picture_to_the_recogniser_is_taken_last(tmp_path):
         assert pairs(with_emb) == 0
 
 
+def test_faces_without_a_pose_are_curated_quietly(two_people):
+    """A pose the estimator could not give (NaN) neither breaks selection nor warns."""
+    import warnings
+
+    ws, ref = two_people
+    curator("identify", "-w", ws, "--ref", ref, check=True)
+    w = open_workspace(ws)
+    t = read_table(w)
+    t.loc[t.index[t["is_target"]][:3], ["yaw", "pitch"]] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        res = do_curate(t, 6, emb=np.asarray(read_embeddings(w, len(t))))
+    assert res.columns["selected"].sum() == 6
+
+
 def test_budget_larger_than_available_selects_all_and_says_so(two_people):
     ws, ref = two_people
     curator("identify", "-w", ws, "--ref", ref, check=True)
