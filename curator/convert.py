@@ -172,14 +172,6 @@ def export_models(run: Run, direction: str) -> str | None:
 # --- choosing and tracking the face ---------------------------------------------------------
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def choose_face(boxes: np.ndarray, emb: np.ndarray, target: np.ndarray, threshold: float,
                 last: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[int | None, float]:
     """Index of the face to replace in one frame (or None), and its similarity to the target.
@@ -195,7 +187,7 @@ def choose_face(boxes: np.ndarray, emb: np.ndarray, target: np.ndarray, threshol
     if sims[best] >= threshold:
         return best, float(sims[best])
     if last is not None:
-        overlap = np.array([iou(b[:4], last[0][:4]) for b in boxes])
+        overlap = faces.box_iou(boxes[:, :4], last[0][:4])[:, 0]
         alike = emb @ last[1]
         ok = (overlap >= KEEP_IOU) & (alike >= KEEP_SIM)
         if ok.any():

@@ -263,10 +263,11 @@ def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary,
     prev = _rows_at(ws, sha, resume_after) if resume_after >= 0 and settings.backfill_bins > 0 else []
     reported = 0
     last = resume_after
-    for sf in prefetch(frames, depth=4):
-        def analyse(index, time_s, image, sampled="backfill"):
-            return analyse_frame(fm, image, sha, str(item.path), "video", index, time_s, settings, ws, sampled)
 
+    def analyse(index, time_s, image, sampled="backfill"):
+        return analyse_frame(fm, image, sha, str(item.path), "video", index, time_s, settings, ws, sampled)
+
+    for sf in prefetch(frames, depth=4):
         rows, emb = analyse(sf.index, sf.time_s, sf.image, sf.reason)
         filled = backfill(prev, rows, sf.between, analyse, settings.backfill_bins) if settings.backfill_bins > 0 else []
         prev = rows
@@ -314,9 +315,8 @@ def backfill(a_rows: list[dict], b_rows: list[dict], between: list, analyse, bin
 
 
 def _pose_jump(a_rows: list[dict], b_rows: list[dict], bins: int) -> bool:
-    a_box = np.array([r["bbox"] for r in a_rows], float)
-    for r in b_rows:
-        iou = _iou(np.asarray(r["bbox"], float), a_box)
+    overlap = faces.box_iou([r["bbox"] for r in b_rows], [r["bbox"] for r in a_rows])
+    for r, iou in zip(b_rows, overlap):
         j = int(np.argmax(iou))
         if iou[j] > 0.2:
             a = a_rows[j]
@@ -325,16 +325,6 @@ def _pose_jump(a_rows: list[dict], b_rows: list[dict], bins: int) -> bool:
             if max(dy, dp) >= bins:
                 return True
     return False
-
-
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
 
 
 def _frame_of(part: tuple[list, np.ndarray]) -> int:

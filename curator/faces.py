@@ -133,6 +133,18 @@ def detector_size(height: int, width: int, cap: int = 640) -> tuple[int, int]:
     return w, h
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of every box in `a` [n, 4+] with every box in `b` [m, 4+] (x1, y1, x2, y2): [n, m]."""
+    a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
 def detect(models: FaceModels, image: np.ndarray, det_size: int = 640) -> tuple[np.ndarray, np.ndarray]:
     """Faces in a BGR image: boxes [n, 5] (x1, y1, x2, y2, score) and keypoints [n, 5, 2], best first."""
     size = detector_size(image.shape[0], image.shape[1], det_size)

@@ -100,7 +100,7 @@ def link_tracks(table: pd.DataFrame, emb: np.ndarray, min_iou: float = 0.3, min_
         ids = np.full(len(group), -1, np.int64)
         if (prev is not None and prev[0] == sha and group["source_kind"].iloc[0] == "video"
                 and t_now - prev[1] <= max_gap_s):
-            iou = _iou(boxes, prev[2])
+            iou = faces.box_iou(boxes, prev[2])
             iou = np.where(np.asarray(emb[rows]) @ np.asarray(emb[prev[4]]).T >= min_sim, iou, 0.0)
             # Greedy one-to-one matching, best overlaps first: crossing people do not swap tracks.
             for flat in np.argsort(-iou, axis=None):
@@ -116,16 +116,6 @@ def link_tracks(table: pd.DataFrame, emb: np.ndarray, min_iou: float = 0.3, min_
         track[rows] = ids
         prev = (sha, t_now, boxes, ids, rows)
     return track
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
 def cluster_embeddings(emb: np.ndarray, threshold: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
