@@ -77,8 +77,35 @@ class FaceModels:
                 "embedding_dim": self.embedding_dim}
 
 
-def load_models(pack: str | None = None, *, device: str = "auto", det_thresh: float = 0.5) -> FaceModels:
-    """Load a model pack by name or directory; raises ModelError with a user-facing reason."""
+def session_options(threads: int | None = None):
+    """onnxruntime settings for every model we run.
+
+    onnxruntime's CPU thread pool spin-waits between operators by default. In
+    extract, FFmpeg decodes on the same cores at the same time, and the
+    spinning threads took their CPU: on 2 cores an extract run took 1.4x the
+    wall time and 1.6x the CPU time of one with spinning off. `threads` caps
+    each model call's threads (None: onnxruntime's default, one per core);
+    extract runs several single-threaded calls side by side instead, which
+    packs the cores better (docs/benchmarks.md, "Extract: how the cores are used").
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    return so
+
+
+def load_models(pack: str | None = None, *, device: str = "auto", det_thresh: float = 0.5,
+                threads: int | None = None) -> FaceModels:
+    """Load a model pack by name or directory; raises ModelError with a user-facing reason.
+
+    `threads`: CPU threads per model call (None: one per core). The models
+    may be called from several threads at once (onnxruntime sessions are
+    thread-safe).
+    """
     import onnxruntime as ort
     from insightface.app import FaceAnalysis
 
@@ -90,7 +117,8 @@ def load_models(pack: str | None = None, *, device: str = "auto", det_thresh: fl
     if any(sep in name for sep in ("/", os.sep)) and not direct.is_dir():
         raise ModelError(f"model pack {name}: no such directory")
     try:
-        app = FaceAnalysis(name=str(direct) if direct.is_dir() else name, root=root, providers=providers)
+        app = FaceAnalysis(name=str(direct) if direct.is_dir() else name, root=root, providers=providers,
+                           sess_options=session_options(threads))
     except AssertionError:
         raise ModelError(f"model pack {name}: no face detector (.onnx with 5-keypoint outputs) found") from None
     except Exception as e:  # InsightFace raises plain exceptions for failed downloads and bad files

@@ -102,6 +102,22 @@ def test_pose_fill_adds_head_poses_between_clock_frames(ws_talking, tmp_path):
         assert jump >= 2, (f, a["frame"], b["frame"])
 
 
+def test_workers_change_speed_not_the_table(ws_talking, tmp_path):
+    """Frames analysed side by side (the default on CI's 2 cores: 2 workers) give the table one worker gives,
+    back-fill included: results are taken in frame order."""
+    one = tmp_path / "one"
+    curator("extract", clip("driving_d9.mp4"), "-w", one, "-q", "--workers", "1", check=True)
+    a, ea = _table_snapshot(one)
+    b, eb = _table_snapshot(ws_talking)
+    keep = b["source"].str.endswith("driving_d9.mp4").to_numpy()
+    b, eb = b[keep].reset_index(drop=True), eb[keep]
+    assert (b["sampled"] == "backfill").any()
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
+    np.testing.assert_allclose(ea, eb, atol=1e-5)
+    bad = curator("extract", clip("driving_d9.mp4"), "-w", tmp_path / "bad", "--workers", "0")
+    assert bad.returncode != 0 and "--workers must be positive" in bad.stderr
+
+
 def test_stage_clip_has_several_people(ws_talking):
     ws = open_workspace(ws_talking)
     table, emb = read_table(ws), read_embeddings(ws)
