@@ -12,6 +12,7 @@ a long video instead of starting it over. Face ids are deterministic
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import queue
@@ -149,21 +150,31 @@ def extract(
             if on_total:
                 on_total(sum(_frame_estimate(item) for item, _, _ in todo))
             writer = _PartWriter(ws, settings)
-            for item, sha, stat in todo:
-                record = {"path": str(item.path), "kind": item.kind, "consent": consent, "added": now(), **stat,
-                          "settings": {"fps": settings.fps, "every": settings.every}}
-                resume_after = progress.get(sha, {}).get("last_frame", -1)
-                if resume_after >= 0:
-                    summary.resumed_files += 1
-                try:
-                    _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, n_workers)
-                except media.MediaError as e:
-                    _problem(summary, report, str(item.path), str(e))
-                    writer.fail(sha, record, str(e))
+
+            def source_record(item, stat):
+                return {"path": str(item.path), "kind": item.kind, "consent": consent, "added": now(), **stat,
+                        "settings": {"fps": settings.fps, "every": settings.every}}
+
+            # Runs of photos go through the worker pool together; a video spreads its own frames over it.
+            for is_image, run in itertools.groupby(todo, key=lambda t: t[0].kind == "image"):
+                if is_image:
+                    _process_images([(item, sha, source_record(item, stat)) for item, sha, stat in run],
+                                    fm, settings, ws, writer, summary, report, on_progress, n_workers)
                     continue
-                summary.new_files += 1
-                if record.get("warning"):
-                    report(str(item.path), record["warning"] + "; kept the faces found before it")
+                for item, sha, stat in run:
+                    record = source_record(item, stat)
+                    resume_after = progress.get(sha, {}).get("last_frame", -1)
+                    if resume_after >= 0:
+                        summary.resumed_files += 1
+                    try:
+                        _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, n_workers)
+                    except media.MediaError as e:
+                        _problem(summary, report, str(item.path), str(e))
+                        writer.fail(sha, record, str(e))
+                        continue
+                    summary.new_files += 1
+                    if record.get("warning"):
+                        report(str(item.path), record["warning"] + "; kept the faces found before it")
             writer.flush(force=True)
             meta = read_meta(ws)
             if meta.get("models") is None:
@@ -254,20 +265,37 @@ def _frame_estimate(item: media.Footage) -> int:
 
 # --- per source -------------------------------------------------------------
 
-def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, workers=1) -> None:
+def _process_images(entries, fm, settings, ws, writer, summary, report, on_progress, workers) -> None:
+    """Photos, `workers` at a time; one that cannot be read is reported and the rest go on."""
     advance = on_progress or (lambda n, desc: None)
-    name = item.path.name
-    if item.kind == "image":
-        image = media.read_image(item.path)
+
+    def analyse(entry):
+        item, sha, record = entry
+        try:
+            image = media.read_image(item.path)
+        except media.MediaError as e:
+            return e
         record.update({"width": image.shape[1], "height": image.shape[0], "frames": 1})
-        rows, emb = analyse_frame(fm, image, sha, str(item.path), "image", 0, 0.0, settings, ws, "image")
+        return analyse_frame(fm, image, sha, str(item.path), "image", 0, 0.0, settings, ws, "image")
+
+    for (item, sha, record), result in _in_order(entries, analyse, workers):
+        advance(1, item.path.name)
+        if isinstance(result, media.MediaError):
+            _problem(summary, report, str(item.path), str(result))
+            writer.fail(sha, record, str(result))
+            continue
+        rows, emb = result
         writer.add(rows, emb, sha, record, last_frame=0, complete=True)
+        summary.new_files += 1
         summary.frames_decoded += 1
         summary.frames_analysed += 1
         summary.faces += len(rows)
-        advance(1, name)
-        return
 
+
+def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, workers=1) -> None:
+    """One video: sample, analyse (`workers` frames at a time), back-fill, stage."""
+    advance = on_progress or (lambda n, desc: None)
+    name = item.path.name
     stats = media.SampleStats()
     backfilled_before = summary.frames_backfilled
     container, stream = media.open_video(item.path)  # fail early with a clear reason

@@ -178,6 +178,23 @@ def test_bad_inputs_reported_one_line_each_rest_processed(tmp_path):
     assert table["source"].str.endswith("face_3.mp4").sum() > 0
 
 
+def test_broken_photo_among_photos_does_not_stop_the_others(tmp_path):
+    """Photos go through the worker pool together; one that cannot be decoded is one line, the others are analysed."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    good = [IMAGES / "face_recognition" / "examples" / n for n in ("alex-lacamoire.png", "obama-480p.jpg")]
+    (photos / "a.jpg").write_bytes(good[0].read_bytes())
+    (photos / "b_broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 100)
+    (photos / "c.jpg").write_bytes(good[1].read_bytes())
+    proc = curator("extract", photos, "-w", tmp_path / "ws", "-q", "--json", "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["new_files"] == 2 and summary["failed"] == 1
+    assert [Path(p["file"]).name for p in summary["problems"]] == ["b_broken.jpg"]
+    table = read_table(open_workspace(tmp_path / "ws"))
+    assert sorted({Path(s).name for s in table["source"]}) == ["a.jpg", "c.jpg"]
+
+
 def test_nothing_processable_exits_nonzero(tmp_path):
     (tmp_path / "junk.mp4").write_bytes(b"\x00" * 1000)
     proc = curator("extract", tmp_path / "junk.mp4", tmp_path / "nope", "-w", tmp_path / "ws", "-q")
