@@ -86,7 +86,7 @@ def session_options(threads: int | None = None):
     wall time and 1.6x the CPU time of one with spinning off. `threads` caps
     each model call's threads (None: onnxruntime's default, one per core);
     extract runs several single-threaded calls side by side instead, which
-    packs the cores better (docs/benchmarks.md, "Extract: how the cores are used").
+    packs the cores better (docs/benchmarks.md, Extract, "how the cores are used").
     """
     import onnxruntime as ort
 
