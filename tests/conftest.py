@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,22 @@ def curator_json(*args: str) -> dict:
 @pytest.fixture(scope="session")
 def testdata() -> Path:
     return TESTDATA
+
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+                  "--disable-component-update", "--disable-sync")
+
+
+def find_chromium(purpose: str) -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    pytest.fail(f"headless Chromium is needed to check that {purpose} renders, and none was found "
+                "(install it: `apt-get install -y chromium`; .ci/install.sh does)")
+
+
+def chromium_screenshot(url: str, shot: Path, profile: Path, window: str, *extra: str,
+                        purpose: str) -> subprocess.CompletedProcess:
+    """A real headless Chromium, with the flags that work on these machines, saving a screenshot of `url`."""
+    return subprocess.run([find_chromium(purpose), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}",
+                           f"--window-size={window}", *extra, url], capture_output=True, text=True, timeout=120)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import clip, curator, curator_json, one_line_error, table
+from conftest import chromium_screenshot, clip, curator, curator_json, one_line_error, table
 from curator import audit
 from curator.workspace import open_workspace, read_table, write_table
 
@@ -135,14 +134,6 @@ def test_audit_of_a_curated_workspace_reports_target_and_selection(curated_ws):
 
 # --- audit: the report as a person sees it -------------------------------------------
 
-def find_chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    pytest.fail("headless Chromium is needed to check that the audit report renders, and none was found "
-                "(install it: `apt-get install -y chromium`; .ci/install.sh does)")
-
-
 def test_audit_report_is_self_contained_and_renders_in_chromium(frontal_ws, tmp_path):
     out = tmp_path / "audit.html"
     curator("audit", "-w", frontal_ws, "--out", out, check=True)
@@ -156,10 +147,8 @@ def test_audit_report_is_self_contained_and_renders_in_chromium(frontal_ws, tmp_
     assert not re.search(r"https?://|<script|<link|@import|url\(", html)
 
     shot = tmp_path / "shot.png"
-    proc = subprocess.run([find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--no-first-run", "--disable-component-update", "--disable-sync",
-                           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
-                           out.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    proc = chromium_screenshot(out.resolve().as_uri(), shot, tmp_path / "profile", "1280,2000",
+                               purpose="the audit report")
     assert shot.is_file(), proc.stderr[-2000:]
     img = cv2.imread(str(shot))[:, :, ::-1].astype(np.int16)  # RGB
     assert img.shape[:2] == (2000, 1280)

@@ -33,7 +33,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from conftest import ROOT, clip, ctrl_c_enabled, curator, curator_json, one_line_error, table
+from conftest import ROOT, chromium_screenshot, clip, ctrl_c_enabled, curator, curator_json, one_line_error, table
 from curator import metrics, review
 from curator.workspace import WorkspaceLocked, locked, open_workspace, read_embeddings
 
@@ -306,14 +306,6 @@ def hold_lock(ws, seconds: float) -> None:
 
 # --- the App -------------------------------------------------------------------------------------
 
-def find_chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    pytest.fail("headless Chromium is needed to check that the App renders, and none was found "
-                "(install it: `apt-get install -y chromium`; .ci/install.sh does)")
-
-
 def crops_on_screen(shot: Path, crops: list[Path]) -> int:
     """How many of these crops appear in the screenshot as grid tiles (tiles of 100-220 px)."""
     small = cv2.resize(cv2.imread(str(shot)), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
@@ -370,11 +362,8 @@ def test_app_on_loopback_renders_the_grid_and_tags_are_pulled_when_it_stops(cura
         first = [ws / c for c in table(ws).set_index("face_id").loc[ds.values("face_id")[:12], "crop_path"]]
         for attempt in range(4):
             shot = tmp_path / f"app{attempt}.png"
-            run = subprocess.run([find_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
-                                  "--disable-background-networking", "--no-first-run", "--disable-component-update",
-                                  "--disable-sync", f"--user-data-dir={tmp_path / f'profile{attempt}'}",
-                                  f"--screenshot={shot}", "--window-size=1280,900", "--virtual-time-budget=20000", url],
-                                 capture_output=True, text=True, timeout=120)
+            run = chromium_screenshot(url, shot, tmp_path / f"profile{attempt}", "1280,900",
+                                      "--virtual-time-budget=20000", purpose="the App")
             assert shot.is_file(), run.stderr[-2000:]
             img = cv2.imread(str(shot))
             if len(np.unique(img.reshape(-1, 3), axis=0)) > 2000:  # not the splash: photos
