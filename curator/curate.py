@@ -261,9 +261,11 @@ def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.
     time_s = cands["time_s"].to_numpy(float) if "time_s" in cands else np.full(len(cands), np.nan)
     yaw, pitch = cands["yaw"].to_numpy(float), cands["pitch"].to_numpy(float)
     rows = cands["row"].to_numpy() if "row" in cands else np.arange(len(cands))
-    # Taken faces by coarse pose cell: a face within SAME_PICTURE_DEG lies in its own or a neighbouring cell.
-    # (A face without a pose, NaN, gets a cell of its own far from every real one; it never matches anyway.)
-    cell = np.nan_to_num(np.stack([np.floor(yaw / 10), np.floor(pitch / 10)], 1), nan=1e6).astype(np.int64)
+    # Taken faces by coarse pose cell: with cells at least SAME_PICTURE_DEG wide, a face within
+    # SAME_PICTURE_DEG lies in its own or a neighbouring cell. (A face without a pose, NaN, gets a cell of
+    # its own far from every real one; it never matches anyway.)
+    side = 2 * SAME_PICTURE_DEG
+    cell = np.nan_to_num(np.stack([np.floor(yaw / side), np.floor(pitch / side)], 1), nan=1e6).astype(np.int64)
     by_cell: dict = {}
     taken_times: dict = {}
     out: list = []
