@@ -49,7 +49,12 @@ def emit(as_json: bool, payload: dict, human: str) -> None:
 
 @contextmanager
 def progress_bar(enabled: bool, label: str) -> Iterator[tuple]:
-    """Yields (set_total, advance) callbacks for a stage; a no-op pair when disabled."""
+    """Yields (set_total, advance) callbacks for a stage; a no-op pair when disabled.
+
+    The bar appears at the first callback, when the work itself starts: a
+    refusal while loading (a bad model pack, a checkpoint that does not fit)
+    is then one line, with no empty bar above it.
+    """
     if not enabled:
         yield (lambda total: None), (lambda n, desc="": None)
         return
@@ -63,11 +68,21 @@ def progress_bar(enabled: bool, label: str) -> Iterator[tuple]:
         console=err,
         transient=False,
     )
-    with bar:
-        task = bar.add_task(label, total=None, item="")
-        yield (lambda total: bar.update(task, total=total or None)), (
-            lambda n, desc="": bar.update(task, advance=n, item=desc)
+    task: list = []
+
+    def started():
+        if not task:
+            bar.start()
+            task.append(bar.add_task(label, total=None, item=""))
+        return task[0]
+
+    try:
+        yield (lambda total: bar.update(started(), total=total or None)), (
+            lambda n, desc="": bar.update(started(), advance=n, item=desc)
         )
+    finally:
+        if task:
+            bar.stop()
 
 
 def version_callback(value: bool) -> None:
@@ -625,8 +640,6 @@ def convert(
 
         curator convert clip.mov --model run --out clip_swapped.mkv --direction b2a --ref john.jpg --lossless
     """
-    from contextlib import ExitStack
-
     from .convert import ConvertError, ConvertSettings, convert as do_convert, preview as do_preview
 
     try:
@@ -638,21 +651,7 @@ def convert(
             fail("--erode and --feather are fractions of the face crop, from 0 to 0.5")
         if preview_n is not None and (out is None or frames_out is not None):
             fail("--preview N writes its side-by-side PNGs into --out FOLDER (and takes no --frames-out)")
-        # The bar starts when the frames start (convert reports the total): a refusal
-        # while loading is then one line, with no empty bar above it.
-        stack, bar = ExitStack(), []
-
-        def set_total(total: int) -> None:
-            if not bar and not quiet and not as_json:
-                bar.append(stack.enter_context(progress_bar(True, "convert")))
-            if bar:
-                bar[0][0](total)
-
-        def advance(n: int) -> None:
-            if bar:
-                bar[0][1](n)
-
-        with stack:
+        with progress_bar(not quiet and not as_json, "convert") as (set_total, advance):
             if preview_n is not None:
                 summary = do_preview(video, model, out, preview_n, refs=ref, models=models, device=device,
                                      settings=settings, force=force, on_total=set_total, on_progress=advance)

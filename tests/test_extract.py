@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import IMAGES, PACK, clip, curator, curator_json
+from conftest import IMAGES, PACK, clip, curator, curator_json, one_line_error
 from curator import extract as ex
 from curator import faces, media
 from curator.workspace import FORMAT_VERSION, locked, open_workspace, read_embeddings, read_meta, read_table
@@ -193,6 +193,15 @@ def test_broken_photo_among_photos_does_not_stop_the_others(tmp_path):
     assert [Path(p["file"]).name for p in summary["problems"]] == ["b_broken.jpg"]
     table = read_table(open_workspace(tmp_path / "ws"))
     assert sorted({Path(s).name for s in table["source"]}) == ["a.jpg", "c.jpg"]
+
+
+def test_unusable_model_pack_is_one_line_with_no_empty_progress_bar(tmp_path):
+    """The progress bar is on (no -q); it appears only once frames flow, so a refused pack is the only line."""
+    empty = tmp_path / "empty pack"
+    empty.mkdir()
+    for pack, words in ((tmp_path / "no such pack", ("no such directory",)), (empty, ("no face detector",))):
+        proc = curator("extract", clip("face_2.mp4"), "-w", tmp_path / "ws", "--models", pack)
+        one_line_error(proc, str(pack), *words)
 
 
 def test_nothing_processable_exits_nonzero(tmp_path):
