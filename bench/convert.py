@@ -55,13 +55,13 @@ def train(a: Path, b: Path, run: Path, steps: int) -> None:
 def decode_fps(clip: Path) -> float:
     import av
 
-    from curator.convert import frame_to_bgr
+    from curator.media import to_bgr
 
     t0 = time.perf_counter()
     with av.open(str(clip)) as c:
         stream = c.streams.video[0]
         stream.thread_type = "AUTO"
-        n = sum(1 for frame in c.decode(stream) if frame_to_bgr(frame) is not None)
+        n = sum(1 for frame in c.decode(stream) if to_bgr(frame) is not None)
     return n / (time.perf_counter() - t0)
 
 

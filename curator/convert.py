@@ -42,6 +42,7 @@ from . import __version__, faces, media
 from .align import DEFAULT_MARGIN, align_matrix, warp
 from .atomic import atomic_path, inside, replace_dir, temp_dir, write_json
 from .extract import prefetch
+from .workspace import now
 
 VIDEO_SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 MARK_TEXT = "SYNTHETIC: face swapped"
@@ -467,12 +468,6 @@ _PLANAR_YUV = {"yuv420p": (2, 2), "yuvj420p": (2, 2), "yuv422p": (2, 1), "yuvj42
                "yuv444p": (1, 1), "yuvj444p": (1, 1)}
 
 
-def frame_to_bgr(frame) -> np.ndarray:
-    # PyAV takes the colour matrix from the frame but not its range; full-range video would look washed out.
-    # One swscale thread: with one per core, thread start-up costs more than a frame's conversion.
-    return frame.reformat(format="bgr24", src_color_range=frame.color_range or None, threads=1).to_ndarray()
-
-
 def bgr_to_frame(bgr: np.ndarray, like, fmt: str, before: np.ndarray | None = None):
     """A VideoFrame in pixel format `fmt` showing `bgr`, with `like`'s timing and colour tags.
 
@@ -553,17 +548,6 @@ def _frame_from_planes(planes: list[np.ndarray], fmt: str, width: int, height: i
         view = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
         view[:data.shape[0], :data.shape[1]] = data
     return frame
-
-
-def _rotate(image: np.ndarray, rotation: int) -> np.ndarray:
-    # As media._to_bgr: display rotation in the stream, applied so faces are upright for the detector.
-    k = (rotation % 360) // 90
-    return np.ascontiguousarray(np.rot90(image, k=k)) if k else image
-
-
-def _unrotate(image: np.ndarray, rotation: int) -> np.ndarray:
-    k = (rotation % 360) // 90
-    return np.ascontiguousarray(np.rot90(image, k=-k)) if k else image
 
 
 @dataclass
@@ -804,12 +788,6 @@ def _metadata(label: dict, sidecar_name: str) -> dict:
             "curator_run_id": label["model"]["run_id"]}
 
 
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def convert(video: str | os.PathLike, run: str | os.PathLike, out: str | os.PathLike | None = None, *,
             frames_out: str | os.PathLike | None = None, refs: list | None = None, models: str | None = None,
             device: str = "auto", settings: ConvertSettings = ConvertSettings(), force: bool = False,
@@ -820,7 +798,7 @@ def convert(video: str | os.PathLike, run: str | os.PathLike, out: str | os.Path
     FRAMES_OUT unless the whole conversion succeeded.
     """
     t0 = time.perf_counter()
-    started = _now()
+    started = now()
     video = Path(video).expanduser()
     if out is None and frames_out is None:
         raise ConvertError("give --out OUT (a video file) and/or --frames-out DIR (a folder of PNGs)")
@@ -885,12 +863,12 @@ def convert(video: str | os.PathLike, run: str | os.PathLike, out: str | os.Path
                             write_audio(state["vo"], packet)
                         state["pending_audio"].clear()
                     vo = state["vo"]
-                    rotation = int(getattr(frame, "rotation", 0) or 0)
+                    rotation = media.display_rotation(frame)
                     if after is before and frame.format.name == vo.fmt:
                         write_frame(vo, frame)  # untouched: the decoded frame itself
                     else:
-                        write_frame(vo, bgr_to_frame(_unrotate(after, rotation), frame, vo.fmt,
-                                                     _unrotate(before, rotation)))
+                        write_frame(vo, bgr_to_frame(media.rotate(after, -rotation), frame, vo.fmt,
+                                                     media.rotate(before, -rotation)))
 
                 # Decoding and face detection (FFmpeg, onnxruntime: both release the GIL) run in
                 # a thread ahead of the swap, blending and encoding here.
@@ -965,7 +943,7 @@ def analyse(inp: VideoInput, sw: Swapper, stats: dict) -> Iterator[tuple]:
     for index, frame in enumerate(demux(inp, sw.settings.max_frames, audio.append, stats)):
         yield from (("audio", packet) for packet in audio)
         audio.clear()
-        image = _rotate(frame_to_bgr(frame), int(getattr(frame, "rotation", 0) or 0))
+        image = media.to_bgr(frame)
         t = float(frame.time) if frame.time is not None else index / max(inp.info.fps, 1e-6)
         matrix, track = find_face(sw, image, t, track)
         batch.append(frame)
@@ -1009,7 +987,7 @@ def preview(video: str | os.PathLike, run: str | os.PathLike, out: str | os.Path
     over those that have the face. No temporal smoothing (the frames are far apart).
     """
     t0 = time.perf_counter()
-    started = _now()
+    started = now()
     video = Path(video).expanduser()
     out = Path(out).expanduser().absolute()
     if count <= 0:
@@ -1038,7 +1016,7 @@ def preview(video: str | os.PathLike, run: str | os.PathLike, out: str | os.Path
                 on_progress(1)
             if index not in picks:
                 continue
-            image = _rotate(frame_to_bgr(frame), int(getattr(frame, "rotation", 0) or 0))
+            image = media.to_bgr(frame)
             swapped, hit, _ = swap_frame(sw, image)
             if hit:
                 found.append((index, image, swapped))

@@ -403,7 +403,7 @@ def source_frames(rows: pd.DataFrame, meta: dict, stats: RenderStats) -> Iterato
         try:
             for index, frame in enumerate(media._decode(container, stream, decode_stats)):
                 if index in wanted:
-                    image = media._to_bgr(frame)
+                    image = media.to_bgr(frame)
                     for pos in wanted.pop(index):
                         yield pos, image
                 if index >= last:

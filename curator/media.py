@@ -155,7 +155,7 @@ class PendingFrame:
     frame: object  # av.VideoFrame; converted only if used
 
     def image(self) -> np.ndarray:
-        return _to_bgr(self.frame)
+        return to_bgr(self.frame)
 
 
 @dataclass
@@ -304,7 +304,7 @@ def sample_video(
             if reason == "motion":
                 stats.extra["motion"] = stats.extra.get("motion", 0) + 1
             between, pending = _thin(pending, keep_between), []
-            yield SampledFrame(index, t, _to_bgr(frame), reason, between)
+            yield SampledFrame(index, t, to_bgr(frame), reason, between)
     finally:
         container.close()
 
@@ -340,10 +340,25 @@ def _decode(container, stream, stats: SampleStats):
         stats.error = f"decoding stopped after {stats.decoded} frames ({_av_reason(e)})"
 
 
-def _to_bgr(frame) -> np.ndarray:
-    img = frame.to_ndarray(format="bgr24")
-    # Phone footage stores portrait video as landscape plus a display rotation.
-    rotation = int(getattr(frame, "rotation", 0) or 0) % 360
-    if rotation:
-        img = np.ascontiguousarray(np.rot90(img, k=rotation // 90))
-    return img
+def to_bgr(frame) -> np.ndarray:
+    """A decoded frame as an upright BGR uint8 image.
+
+    The frame's colour range is handed to swscale explicitly, so full-range
+    video is not read as limited range (washed out). One swscale thread: with
+    one per core, starting them cost more than the conversion (720p: 3.7 ms
+    per frame through `to_ndarray`, 0.43 ms this way, the same pixels).
+    """
+    img = frame.reformat(format="bgr24", src_color_range=frame.color_range or None, threads=1).to_ndarray()
+    return rotate(img, display_rotation(frame))
+
+
+def display_rotation(frame) -> int:
+    """Degrees the frame must turn counter-clockwise to be upright (phone footage stores portrait video as
+    landscape plus a display rotation)."""
+    return int(getattr(frame, "rotation", 0) or 0) % 360
+
+
+def rotate(image: np.ndarray, degrees: int) -> np.ndarray:
+    """`image` turned counter-clockwise by `degrees`, a multiple of 90 (negative: clockwise, to undo it)."""
+    k = (degrees % 360) // 90
+    return np.ascontiguousarray(np.rot90(image, k=k)) if k else image

@@ -269,6 +269,31 @@ def test_static_frames_skipped_before_any_network(tmp_path):
     assert out["faces"] == 1
 
 
+def test_display_rotation_is_applied_and_undone(tmp_path):
+    """Phone video stores portrait frames as landscape plus a display rotation: `media.to_bgr` turns them
+    upright (what extract and convert analyse) and `media.rotate(-r)` gives back the stored picture exactly
+    (what convert writes). The clip is made here with PyAV, rotation tag and all."""
+    import av
+
+    path = tmp_path / "rotated.mp4"
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:8, :8] = 255  # a mark in the stored picture's top-left corner
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(90)
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(stored, format="bgr24")), *stream.encode()]:
+            out.mux(packet)
+    with av.open(str(path)) as c:
+        frame = next(c.decode(video=0))
+        plain = frame.to_ndarray(format="bgr24")
+        assert media.display_rotation(frame) == 90
+        upright = media.to_bgr(frame)
+    assert upright.shape == (64, 32, 3)
+    assert upright[-8:, :8].mean() > 200 and upright[:8, :8].mean() < 50  # turned a quarter counter-clockwise
+    np.testing.assert_array_equal(media.rotate(upright, -90), plain)
+
+
 def _table_snapshot(ws: Path) -> tuple[pd.DataFrame, np.ndarray]:
     w = open_workspace(ws)
     table = read_table(w).sort_values("face_id").reset_index(drop=True)
