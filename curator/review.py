@@ -324,7 +324,7 @@ def _landmarks(row, fo):
     if matrix is None or size is None:
         return None
     lmk = row.get("lmk68")
-    if lmk is not None and not (isinstance(lmk, float) and math.isnan(lmk)):
+    if not _missing(lmk):
         pts, label = np.asarray(lmk, np.float64).reshape(-1, 2), "lmk68"
     elif row.get("kps") is not None:
         pts, label = np.asarray(row["kps"], np.float64).reshape(-1, 2), "kps5"
@@ -347,8 +347,13 @@ def _seed_tags(row) -> list[str]:
     return tags
 
 
+def _missing(v) -> bool:
+    """A table cell with no value: None, NaN (float columns) or pd.NA (nullable columns)."""
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+
+
 def _truthy(v) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v)) and bool(v)
+    return not _missing(v) and bool(v)
 
 
 def _missing_notes(missing: list[tuple[str, str]], what: str) -> list[str]:
@@ -467,7 +472,7 @@ def _add_samples(dataset, table: pd.DataFrame, rows: np.ndarray, files: list, fo
 
 
 def _py_int(v):
-    return int(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else None
+    return None if _missing(v) else int(v)
 
 
 def _refresh(dataset, table: pd.DataFrame, fo, *, all_columns: bool) -> int:
