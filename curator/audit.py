@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import CuratorError
 from . import __version__, metrics
 from .atomic import atomic_path
 from .workspace import Workspace, read_table
@@ -74,7 +75,7 @@ EXPRESSION_TOLERANCE_STD = 0.5
 FULL_GAP_UNITS = 3.0
 
 
-class AuditError(Exception):
+class AuditError(CuratorError):
     """A problem with the input the user can act on; the message says what."""
 
 

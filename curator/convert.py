@@ -38,10 +38,10 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
+from .errors import CuratorError
 from . import __version__, faces, media
 from .align import DEFAULT_MARGIN, align_matrix, warp
 from .atomic import atomic_path, inside, replace_dir, temp_dir, write_json
-from .extract import prefetch
 from .workspace import now
 
 VIDEO_SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
@@ -55,7 +55,7 @@ KEEP_IOU, KEEP_SIM = 0.3, 0.3
 KEEP_GAP_S = 0.5  # a track lost for longer starts afresh
 
 
-class ConvertError(Exception):
+class ConvertError(CuratorError):
     """A problem the user can fix; the message is one line naming the file and the reason."""
 
 
@@ -872,7 +872,7 @@ def convert(video: str | os.PathLike, run: str | os.PathLike, out: str | os.Path
 
                 # Decoding and face detection (FFmpeg, onnxruntime: both release the GIL) run in
                 # a thread ahead of the swap, blending and encoding here.
-                for kind, *item in prefetch(analyse(inp, sw, stats), depth=4):
+                for kind, *item in media.prefetch(analyse(inp, sw, stats), depth=4):
                     if kind == "audio":
                         on_audio(item[0])
                         continue

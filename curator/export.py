@@ -29,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import CuratorError
 from . import __version__
 from . import formats
 from .atomic import inside, replace_dir, temp_dir, write_json
@@ -37,7 +38,7 @@ from .workspace import Workspace, WorkspaceError, now, read_embeddings, read_met
 VAL_FRACTION = 0.1
 
 
-class ExportError(Exception):
+class ExportError(CuratorError):
     pass
 
 

@@ -13,10 +13,7 @@ a long video instead of starting it over. Face ids are deterministic
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import queue
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,29 +21,27 @@ from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import descriptors, faces, media, pose
 from .align import DEFAULT_MARGIN, align_matrix, warp
 from .metrics import POSE_BIN
-from .atomic import atomic_path
 from .workspace import (
+    PartWriter,
     Workspace,
     WorkspaceError,
+    commit_staging,
+    crop_path,
+    face_id,
     locked,
     now,
     open_workspace,
-    read_embeddings,
     read_meta,
     read_table,
-    write_embeddings,
+    source_sha256,
+    staged_progress,
+    write_crop,
     write_meta,
-    write_table,
 )
-
-PART_META_KEY = b"curator.progress"
 
 
 @dataclass
@@ -134,7 +129,7 @@ def extract(
         todo: list[tuple[media.Footage, str, dict]] = []
         for item in found:
             try:
-                sha, stat = _source_hash(meta, item.path)
+                sha, stat = source_sha256(meta, item.path)
             except OSError as e:
                 _problem(summary, report, str(item.path), f"cannot read: {e.strerror or e}")
                 continue
@@ -149,7 +144,7 @@ def extract(
             _check_models(meta, fm)
             if on_total:
                 on_total(sum(_frame_estimate(item) for item, _, _ in todo))
-            writer = _PartWriter(ws, settings)
+            writer = PartWriter(ws, every_frames=settings.checkpoint_frames, every_seconds=settings.checkpoint_seconds)
 
             def source_record(item, stat):
                 return {"path": str(item.path), "kind": item.kind, "consent": consent, "added": now(), **stat,
@@ -239,15 +234,6 @@ def _check_models(meta: dict, fm: faces.FaceModels) -> None:
             f"({', '.join(name for name, _ in changed[:4])}); embeddings from different models cannot be compared. "
             f"Use --models {recorded.get('path')} or a new workspace"
         )
-
-
-def _source_hash(meta: dict, path: Path) -> tuple[str, os.stat_result]:
-    """sha256 of a source, reusing the recorded one when path, size and mtime are unchanged."""
-    st = path.stat()
-    for sha, rec in meta["sources"].items():
-        if rec.get("path") == str(path) and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
-            return sha, st
-    return media.sha256_file(path), st
 
 
 def _frame_estimate(item: media.Footage) -> int:
@@ -350,7 +336,7 @@ def _in_order(items: Iterable, fn: Callable, workers: int) -> Iterator[tuple]:
 
     Items come through `prefetch`, so the decoder runs ahead in its own thread.
     """
-    source = prefetch(items, depth=4)
+    source = media.prefetch(items, depth=4)
     if workers <= 1:
         for item in source:
             yield item, fn(item)
@@ -442,12 +428,11 @@ def analyse_frame(fm, image, sha, source, kind, frame, time_s, settings, ws,
         else:
             yaw, pitch, roll = pose.estimate_pose_kps5(kps, (h, w))
             pose_method = "kps5_pnp"
-        face_id = f"{sha[:12]}_{frame:07d}_{k:02d}"
-        crop_rel = f"crops/{sha[:12]}/{frame:07d}_{k:02d}.jpg"
-        _write_crop(ws.root / crop_rel, warp(image, m_crop, settings.size), settings.jpeg_quality)
+        crop_rel = crop_path(sha, frame, k)
+        write_crop(ws, crop_rel, warp(image, m_crop, settings.size), settings.jpeg_quality)
         scale = float(np.hypot(m_crop[0, 0], m_crop[0, 1]))
         rows.append({
-            "face_id": face_id,
+            "face_id": face_id(sha, frame, k),
             "source": source,
             "source_sha256": sha,
             "source_kind": kind,
@@ -472,175 +457,3 @@ def analyse_frame(fm, image, sha, source, kind, frame, time_s, settings, ws,
             "crop_path": crop_rel,
         })
     return rows, emb
-
-
-def _write_crop(path: Path, crop: np.ndarray, quality: int) -> None:
-    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise OSError(f"could not encode crop {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.tobytes())
-    # No fsync per crop (thousands per minute); the staged part that references
-    # them is fsynced, and `curator verify` finds crops lost to a power cut.
-    os.replace(tmp, path)
-
-
-def prefetch(iterable: Iterable, depth: int = 4) -> Iterator:
-    """Run a generator in a background thread, `depth` items ahead.
-
-    Decoding (FFmpeg) and inference (onnxruntime) both release the GIL, so
-    decoding the next frames overlaps the network work on this one.
-    """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def produce():
-        try:
-            for item in iterable:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
-        except BaseException as e:  # handed to the consumer, raised there
-            q.put(e)
-
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
-
-
-# --- staging: checkpoints and the merge ---------------------------------------
-
-class _PartWriter:
-    """Buffers rows and writes them as staged parts with the progress they stand for."""
-
-    def __init__(self, ws: Workspace, settings: ExtractSettings):
-        self.ws = ws
-        self.settings = settings
-        self.rows: list[dict] = []
-        self.embs: list[np.ndarray] = []
-        self.progress: dict[str, dict] = {}
-        self.frames = 0
-        self.last_flush = time.monotonic()
-        existing = sorted(ws.staging_dir.glob("part-*.parquet"))
-        self.seq = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
-
-    def add(self, rows, emb, sha, record, *, last_frame: int, complete: bool) -> None:
-        self.rows.extend(rows)
-        if emb is not None and len(emb):
-            self.embs.append(emb)
-        self.progress[sha] = {**record, "last_frame": int(last_frame), "complete": complete, "status": "complete" if complete else "partial"}
-        self.frames += 1
-        self.flush()
-
-    def fail(self, sha, record, reason) -> None:
-        self.progress[sha] = {**record, "last_frame": -1, "complete": False, "status": "failed", "error": reason}
-        self.flush(force=True)
-
-    def flush(self, force: bool = False) -> None:
-        due = self.frames >= self.settings.checkpoint_frames or time.monotonic() - self.last_flush > self.settings.checkpoint_seconds
-        if not (force or due) or not self.progress:
-            return
-        write_part(self.ws, self.seq, self.rows, np.concatenate(self.embs) if self.embs else None, self.progress)
-        self.seq += 1
-        self.rows, self.embs, self.progress, self.frames = [], [], {}, 0
-        self.last_flush = time.monotonic()
-
-
-def write_part(ws: Workspace, seq: int, rows: list[dict], emb: np.ndarray | None, progress: dict) -> None:
-    df = pd.DataFrame(rows)
-    if len(df):
-        df["embedding"] = list(np.asarray(emb, np.float32))
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), PART_META_KEY: json.dumps(progress).encode()})
-    with atomic_path(ws.staging_dir / f"part-{seq:06d}.parquet") as tmp:
-        pq.write_table(table, tmp)
-
-
-def part_progress(path: Path) -> dict:
-    meta = pq.read_schema(path).metadata or {}
-    return json.loads(meta.get(PART_META_KEY, b"{}"))
-
-
-def staged_progress(ws: Workspace) -> dict[str, dict]:
-    """Per source sha: the furthest frame staged and whether the source is finished."""
-    merged: dict[str, dict] = {}
-    for part in sorted(ws.staging_dir.glob("part-*.parquet")):
-        for sha, rec in part_progress(part).items():
-            prev = merged.get(sha)
-            if prev is None or rec.get("complete") or rec.get("last_frame", -1) >= prev.get("last_frame", -1):
-                merged[sha] = {**(prev or {}), **rec, "complete": bool(rec.get("complete") or (prev or {}).get("complete"))}
-    return merged
-
-
-def commit_staging(ws: Workspace) -> int:
-    """Merge staged parts into the table and embeddings; returns the table's row count.
-
-    Safe to repeat after a crash at any point (see workspace module doc).
-    """
-    parts = sorted(ws.staging_dir.glob("part-*.parquet")) if ws.staging_dir.is_dir() else []
-    table = read_table(ws)
-    if not parts:
-        return len(table)
-    emb = read_embeddings(ws, len(table)) if len(table) else None
-    known = set(table["face_id"]) if len(table) else set()
-    new_frames, new_embs = [], []
-    for part in parts:
-        df = pq.read_table(part).to_pandas()
-        if not len(df):
-            continue
-        df = df[~df["face_id"].isin(known)].drop_duplicates("face_id")
-        known.update(df["face_id"])
-        if len(df):
-            new_embs.append(np.stack(df.pop("embedding").to_numpy()).astype(np.float32))
-            new_frames.append(df)
-    meta = read_meta(ws)
-    progress = staged_progress(ws)
-    if new_frames:
-        added = pd.concat(new_frames, ignore_index=True)
-        merged = pd.concat([table, added], ignore_index=True) if len(table) else added
-        all_emb = np.concatenate(([np.asarray(emb)] if emb is not None else []) + new_embs)
-        # Embeddings first: a crash between the two renames leaves extra
-        # trailing embedding rows, which readers ignore (module doc of workspace).
-        write_embeddings(ws, all_emb)
-        write_table(ws, merged)
-        table = merged
-        meta["embeddings"]["dim"] = int(all_emb.shape[1])
-    counts = table.groupby("source_sha256").size().to_dict() if len(table) else {}
-    for sha, rec in progress.items():
-        entry = {k: v for k, v in rec.items() if k not in ("complete", "last_frame")}
-        if not rec.get("complete"):
-            if rec.get("status") == "failed" and meta["sources"].get(sha, {}).get("status") == "complete":
-                continue
-            entry["last_frame"] = rec.get("last_frame", -1)
-        entry["faces"] = int(counts.get(sha, 0))
-        meta["sources"][sha] = {**meta["sources"].get(sha, {}), **entry}
-    meta["rows"] = len(table)
-    write_meta(ws, meta)
-    # Partial sources keep their parts until they complete, so resume still knows where they stopped.
-    for part in parts:
-        if all(progress.get(sha, {}).get("complete") or progress.get(sha, {}).get("status") == "failed"
-               for sha in part_progress(part)):
-            part.unlink()
-    return len(table)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import CuratorError
 from .align import recognition_crop
 from .media import sha256_file
 
@@ -28,7 +29,7 @@ ENV_PACK = "CURATOR_MODELS"
 ENV_ROOT = "CURATOR_MODELS_ROOT"  # where named packs are stored; InsightFace's default otherwise
 
 
-class ModelError(Exception):
+class ModelError(CuratorError):
     pass
 
 

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from .errors import CuratorError
 from . import media
 from .align import similarity, transform_points
 from .atomic import inside, safe_name
@@ -110,7 +111,7 @@ FRAME_MATCH_TOLERANCE = 10.0
 LIST_COLUMNS = {"bbox", "kps", "lmk68", "align_matrix", "appearance"}
 
 
-class FormatError(Exception):
+class FormatError(CuratorError):
     """The workspace cannot be exported in the requested format; the message says why."""
 
 

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from .errors import CuratorError
 from . import faces, media
 from .atomic import atomic_path
 from .workspace import Workspace, WorkspaceError, read_embeddings, read_meta, read_table
@@ -45,7 +46,7 @@ CLUSTER_SAMPLE = 4000  # agglomerative clustering is O(n^2); the rest are assign
 REF_DET_THRESH = 0.7
 
 
-class IdentityError(Exception):
+class IdentityError(CuratorError):
     pass
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -20,11 +22,13 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
+from .errors import CuratorError
+
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts", ".m2ts", ".3gp"}
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
-class MediaError(Exception):
+class MediaError(CuratorError):
     """A file that cannot be used as footage; the message is the reason."""
 
 
@@ -362,3 +366,47 @@ def rotate(image: np.ndarray, degrees: int) -> np.ndarray:
     """`image` turned counter-clockwise by `degrees`, a multiple of 90 (negative: clockwise, to undo it)."""
     k = (degrees % 360) // 90
     return np.ascontiguousarray(np.rot90(image, k=k)) if k else image
+
+
+def prefetch(iterable: Iterable, depth: int = 4) -> Iterator:
+    """Run a generator in a background thread, `depth` items ahead.
+
+    Decoding (FFmpeg) and inference (onnxruntime) both release the GIL, so
+    decoding the next frames overlaps the network work on this one.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)

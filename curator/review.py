@@ -46,6 +46,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
+from .errors import CuratorError
 from . import __version__, metrics
 from .atomic import inside, safe_name
 from .workspace import (
@@ -95,7 +96,7 @@ PULL_EVERY_S = 5.0  # while the App runs, changed tags reach the table this ofte
 VIEWS = ("selected", "rejected", "kept", "near-duplicate groups", "rare poses", "low quality", "other identities")
 
 
-class ReviewError(Exception):
+class ReviewError(CuratorError):
     """A review problem the user can act on; the message is one line saying what and how."""
 
 

@@ -24,13 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .extract import commit_staging, part_progress
 from .media import sha256_file
 from .workspace import (
     Workspace,
+    commit_staging,
     locked,
+    part_progress,
     read_meta,
     read_table,
+    staged_crops,
     update_columns,
     write_embeddings,
     write_meta,
@@ -97,19 +99,7 @@ def orphan_crops(ws: Workspace, referenced: set[str]) -> list[str]:
     if not ws.crops_dir.is_dir():
         return []
     on_disk = {p.relative_to(ws.root).as_posix() for p in ws.crops_dir.rglob("*") if p.is_file()}
-    return sorted(on_disk - referenced - _staged_crops(ws))
-
-
-def _staged_crops(ws: Workspace) -> set[str]:
-    """Crops referenced by staged parts (a partial source keeps its parts until it completes)."""
-    import pyarrow.parquet as pq
-
-    out: set[str] = set()
-    if ws.staging_dir.is_dir():
-        for part in ws.staging_dir.glob("part-*.parquet"):
-            if "crop_path" in pq.read_schema(part).names:
-                out.update(pq.read_table(part, columns=["crop_path"]).column("crop_path").to_pylist())
-    return out
+    return sorted(on_disk - referenced - staged_crops(ws))
 
 
 def _changed_models(meta: dict) -> list[str]:

@@ -1,6 +1,7 @@
 """The workspace: a folder that every stage reads and writes.
 
-Layout (the contract is documented in docs/workspace.md):
+This module owns the workspace format; no other module reads or writes the
+files below except through it. Layout (the contract is docs/workspace.md):
 
     WS/workspace.json     format version, models, settings, sources, consent
     WS/faces.parquet      one row per face
@@ -16,6 +17,9 @@ Invariants that make crashes harmless:
   always the table's embeddings, even if a crash fell between the two renames;
 - extract's staged parts carry deterministic face ids, so merging them twice
   adds nothing the second time.
+
+Sections: the workspace and its metadata; the write lock; table and
+embeddings; face ids and crops; staging (checkpoints, resume state, commit).
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ import fcntl
 import json
 import os
 import socket
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -37,6 +43,8 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .atomic import atomic_path, write_json
+from .errors import CuratorError
+from .media import sha256_file
 
 FORMAT_NAME = "curator-workspace"
 FORMAT_VERSION = 1
@@ -49,7 +57,7 @@ STAGING = "staging"
 LOCK = ".lock"
 
 
-class WorkspaceError(Exception):
+class WorkspaceError(CuratorError):
     """A workspace problem the user can act on; the message says what and where."""
 
 
@@ -243,3 +251,172 @@ def update_columns(ws: Workspace, columns: pd.DataFrame) -> pd.DataFrame:
     meta = read_meta(ws)
     write_meta(ws, meta)
     return table
+
+
+# --- face ids, crops and sources ----------------------------------------------
+
+def face_id(sha: str, frame: int, k: int) -> str:
+    """Deterministic id of face `k` (left to right) of `frame` of the source with SHA-256 `sha` (invariant 3)."""
+    return f"{sha[:12]}_{int(frame):07d}_{int(k):02d}"
+
+
+def crop_path(sha: str, frame: int, k: int) -> str:
+    """Where that face's aligned crop lives, relative to the workspace."""
+    return f"{CROPS}/{sha[:12]}/{int(frame):07d}_{int(k):02d}.jpg"
+
+
+def write_crop(ws: Workspace, relative: str, crop: np.ndarray, quality: int) -> None:
+    """Write an aligned crop as JPEG at `relative` (from `crop_path`)."""
+    path = ws.root / relative
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise OSError(f"could not encode crop {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.tobytes())
+    # No fsync per crop (thousands per minute); the staged part that references
+    # them is fsynced, and `curator verify` finds crops lost to a power cut.
+    os.replace(tmp, path)
+
+
+def source_sha256(meta: dict, path: Path) -> tuple[str, os.stat_result]:
+    """SHA-256 of a source file, reusing the one `meta` records when path, size and mtime are unchanged."""
+    st = path.stat()
+    for sha, rec in meta["sources"].items():
+        if rec.get("path") == str(path) and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+            return sha, st
+    return sha256_file(path), st
+
+
+# --- staging: checkpoints and the merge ---------------------------------------
+# A writer (extract) stages rows in parts: Parquet files holding rows, their
+# embeddings and, in the file's metadata, how far into each source they go.
+# `commit_staging` merges finished parts into the table; a partial source
+# keeps its parts so a resumed run knows where to start.
+
+PART_META_KEY = b"curator.progress"
+
+
+class PartWriter:
+    """Buffers rows and writes them as staged parts with the progress they stand for."""
+
+    def __init__(self, ws: Workspace, *, every_frames: int = 200, every_seconds: float = 60.0):
+        self.ws = ws
+        self.every_frames = every_frames
+        self.every_seconds = every_seconds
+        self.rows: list[dict] = []
+        self.embs: list[np.ndarray] = []
+        self.progress: dict[str, dict] = {}
+        self.frames = 0
+        self.last_flush = time.monotonic()
+        existing = sorted(ws.staging_dir.glob("part-*.parquet"))
+        self.seq = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+
+    def add(self, rows, emb, sha, record, *, last_frame: int, complete: bool) -> None:
+        self.rows.extend(rows)
+        if emb is not None and len(emb):
+            self.embs.append(emb)
+        self.progress[sha] = {**record, "last_frame": int(last_frame), "complete": complete, "status": "complete" if complete else "partial"}
+        self.frames += 1
+        self.flush()
+
+    def fail(self, sha, record, reason) -> None:
+        self.progress[sha] = {**record, "last_frame": -1, "complete": False, "status": "failed", "error": reason}
+        self.flush(force=True)
+
+    def flush(self, force: bool = False) -> None:
+        due = self.frames >= self.every_frames or time.monotonic() - self.last_flush > self.every_seconds
+        if not (force or due) or not self.progress:
+            return
+        write_part(self.ws, self.seq, self.rows, np.concatenate(self.embs) if self.embs else None, self.progress)
+        self.seq += 1
+        self.rows, self.embs, self.progress, self.frames = [], [], {}, 0
+        self.last_flush = time.monotonic()
+
+
+def write_part(ws: Workspace, seq: int, rows: list[dict], emb: np.ndarray | None, progress: dict) -> None:
+    df = pd.DataFrame(rows)
+    if len(df):
+        df["embedding"] = list(np.asarray(emb, np.float32))
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), PART_META_KEY: json.dumps(progress).encode()})
+    with atomic_path(ws.staging_dir / f"part-{seq:06d}.parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def part_progress(path: Path) -> dict:
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta.get(PART_META_KEY, b"{}"))
+
+
+def staged_progress(ws: Workspace) -> dict[str, dict]:
+    """Per source sha: the furthest frame staged and whether the source is finished."""
+    merged: dict[str, dict] = {}
+    for part in sorted(ws.staging_dir.glob("part-*.parquet")):
+        for sha, rec in part_progress(part).items():
+            prev = merged.get(sha)
+            if prev is None or rec.get("complete") or rec.get("last_frame", -1) >= prev.get("last_frame", -1):
+                merged[sha] = {**(prev or {}), **rec, "complete": bool(rec.get("complete") or (prev or {}).get("complete"))}
+    return merged
+
+
+def commit_staging(ws: Workspace) -> int:
+    """Merge staged parts into the table and embeddings; returns the table's row count.
+
+    Safe to repeat after a crash at any point (see workspace module doc).
+    """
+    parts = sorted(ws.staging_dir.glob("part-*.parquet")) if ws.staging_dir.is_dir() else []
+    table = read_table(ws)
+    if not parts:
+        return len(table)
+    emb = read_embeddings(ws, len(table)) if len(table) else None
+    known = set(table["face_id"]) if len(table) else set()
+    new_frames, new_embs = [], []
+    for part in parts:
+        df = pq.read_table(part).to_pandas()
+        if not len(df):
+            continue
+        df = df[~df["face_id"].isin(known)].drop_duplicates("face_id")
+        known.update(df["face_id"])
+        if len(df):
+            new_embs.append(np.stack(df.pop("embedding").to_numpy()).astype(np.float32))
+            new_frames.append(df)
+    meta = read_meta(ws)
+    progress = staged_progress(ws)
+    if new_frames:
+        added = pd.concat(new_frames, ignore_index=True)
+        merged = pd.concat([table, added], ignore_index=True) if len(table) else added
+        all_emb = np.concatenate(([np.asarray(emb)] if emb is not None else []) + new_embs)
+        # Embeddings first: a crash between the two renames leaves extra
+        # trailing embedding rows, which readers ignore (module doc of workspace).
+        write_embeddings(ws, all_emb)
+        write_table(ws, merged)
+        table = merged
+        meta["embeddings"]["dim"] = int(all_emb.shape[1])
+    counts = table.groupby("source_sha256").size().to_dict() if len(table) else {}
+    for sha, rec in progress.items():
+        entry = {k: v for k, v in rec.items() if k not in ("complete", "last_frame")}
+        if not rec.get("complete"):
+            if rec.get("status") == "failed" and meta["sources"].get(sha, {}).get("status") == "complete":
+                continue
+            entry["last_frame"] = rec.get("last_frame", -1)
+        entry["faces"] = int(counts.get(sha, 0))
+        meta["sources"][sha] = {**meta["sources"].get(sha, {}), **entry}
+    meta["rows"] = len(table)
+    write_meta(ws, meta)
+    # Partial sources keep their parts until they complete, so resume still knows where they stopped.
+    for part in parts:
+        if all(progress.get(sha, {}).get("complete") or progress.get(sha, {}).get("status") == "failed"
+               for sha in part_progress(part)):
+            part.unlink()
+    return len(table)
+
+
+def staged_crops(ws: Workspace) -> set[str]:
+    """Crops referenced by staged parts (a partial source keeps its parts until it completes)."""
+    out: set[str] = set()
+    if ws.staging_dir.is_dir():
+        for part in ws.staging_dir.glob("part-*.parquet"):
+            if "crop_path" in pq.read_schema(part).names:
+                out.update(pq.read_table(part, columns=["crop_path"]).column("crop_path").to_pylist())
+    return out

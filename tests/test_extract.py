@@ -15,9 +15,8 @@ import pandas as pd
 import pytest
 
 from conftest import IMAGES, PACK, clip, curator, curator_json, one_line_error
-from curator import extract as ex
 from curator import faces, media
-from curator.workspace import FORMAT_VERSION, locked, open_workspace, read_embeddings, read_meta, read_table
+from curator.workspace import FORMAT_VERSION, locked, open_workspace, read_embeddings, read_meta, read_table, staged_progress
 
 CONTRACT_COLUMNS = ["face_id", "source", "source_sha256", "frame", "time_s", "bbox", "kps", "det_score", "yaw",
                     "pitch", "roll", "pose_method", "sharpness", "face_px", "crop_path", "mouth_open", "eyes_open",
@@ -313,7 +312,7 @@ def test_resume_after_kill_gives_the_same_table(tmp_path):
     killed_mid_source = False
     while time.monotonic() < deadline and proc.poll() is None:
         if ws.joinpath("workspace.json").exists():
-            progress = ex.staged_progress(open_workspace(ws))
+            progress = staged_progress(open_workspace(ws))
             if any(not p["complete"] and p["last_frame"] > 0 for p in progress.values()) and len(progress) >= 2:
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed_mid_source = True

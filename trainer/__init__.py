@@ -9,6 +9,8 @@ several with torchrun + DistributedDataParallel. The loop is in `train.py`;
     torchrun --nproc-per-node 4 -m trainer --a SET_A --b SET_B --out RUN --time-limit 8h
 """
 
+from curator.errors import CuratorError
 
-class TrainError(Exception):
+
+class TrainError(CuratorError):
     """A problem the user can fix (bad input folder, foreign checkpoint, bad option): printed as one line."""

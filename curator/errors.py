@@ -1,0 +1,15 @@
+"""The one exception every curator error derives from.
+
+Each stage raises its own subclass (WorkspaceError, ModelError, ...) with a
+message that is one line saying what is wrong, where, and what to do. The
+command line prints that line and exits with `exit_code`; a library caller
+can catch `CuratorError` alone.
+"""
+
+from __future__ import annotations
+
+
+class CuratorError(Exception):
+    """A problem the user can act on; str(error) is one line naming the file or option and the reason."""
+
+    exit_code = 2  # usage, input or workspace problems; 1 is kept for "ran, but found nothing"
