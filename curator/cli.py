@@ -1,8 +1,10 @@
-"""The `curator` command: a thin typer layer over the stage modules.
+"""The `curator` command: parse, call, print.
 
-Each command parses options, calls one stage function, and prints either a
-human summary or (with --json) one JSON object on stdout. Progress and
-problems go to stderr, so `--json` output can be piped.
+Each command parses its options, calls the function of the same name in
+`curator.api` with them, and prints what it returns: a human summary, or
+with --json that dict as one JSON object on stdout. Progress bars and
+problems go to stderr, so `--json` output can be piped. A `CuratorError`
+becomes one line, `curator: error: ...`, and its exit code.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -34,6 +36,20 @@ MODELS_HELP = "InsightFace model pack: a name InsightFace downloads (default buf
 def fail(message: str, code: int = 2) -> None:
     err.print(f"curator: error: {message}", markup=False)
     raise typer.Exit(code)
+
+
+@contextmanager
+def errors_as_lines(on_oserror: Callable[[OSError], str] = str) -> Iterator[None]:
+    """A CuratorError becomes one stderr line and its exit code; an OSError (a full disk, a read-only folder)
+    one line too, worded by `on_oserror` (what was committed before it stays: every write is atomic)."""
+    from .errors import CuratorError
+
+    try:
+        yield
+    except CuratorError as e:
+        fail(str(e), e.exit_code)
+    except OSError as e:
+        fail(on_oserror(e))
 
 
 def problem(path: str, reason: str) -> None:
@@ -132,73 +148,25 @@ def extract(
 
         curator extract long_interview.mp4 -w ws --no-pose-fill    # faster: the fps clock alone
     """
-    from .extract import ExtractSettings
-    from .extract import extract as run_extract
-    from .faces import ModelError
-    from .workspace import WorkspaceError
+    from . import api
 
-    given = {"fps": fps, "every": every, "size": size, "det_size": det_size, "det_thresh": det_thresh,
-             "checkpoint_frames": checkpoint_every}
-    for name, value in {**given, "workers": workers}.items():
-        if value is not None and value <= 0:
-            fail(f"--{name.replace('_', '-')} must be positive")
-    if pose_fill is not None:
-        defaults = ExtractSettings()
-        given["motion_threshold"] = defaults.motion_threshold if pose_fill else 0.0
-        given["backfill_bins"] = defaults.backfill_bins if pose_fill else 0
-    explicit = {k for k, v in given.items() if v is not None}
-    settings = ExtractSettings(**{k: v for k, v in given.items() if v is not None})
-    try:
+    def disk_error(e: OSError) -> str:
+        return (f"cannot write to the workspace ({e.strerror or e}{': ' + str(e.filename) if e.filename else ''}); "
+                "what was already committed is intact, re-run to resume")
+
+    with errors_as_lines(disk_error):
         with progress_bar(not quiet and not as_json, "extract") as (set_total, advance):
-            summary = run_extract(
-                footage, workspace, models=models, settings=settings, explicit=explicit, consent=consent,
-                device=device, on_problem=problem, on_progress=advance, on_total=set_total, workers=workers,
-            )
-    except (WorkspaceError, ModelError) as e:
-        fail(str(e))
-    except OSError as e:
-        fail(f"cannot write to the workspace ({e.strerror or e}{': ' + str(e.filename) if e.filename else ''}); "
-             "what was already committed is intact, re-run to resume")
-    s = summary
-    processed = s.new_files + s.already_in_workspace
-    emit(as_json, s.as_dict(),
-         f"{s.new_files} new file(s), {s.already_in_workspace} already in workspace, {s.failed} problem(s); "
-         f"{s.frames_decoded} frames decoded, {s.frames_analysed} analysed ({s.frames_motion} for picture changes, "
-         f"{s.frames_backfilled} for head turns; {s.frames_skipped_static} near-identical skipped), {s.faces} faces; "
-         f"{s.rows_total} faces in {s.workspace} ({s.seconds:.1f} s)")
-    if processed == 0 and s.failed:
+            s = api.extract(footage, workspace, models=models, fps=fps, every=every, size=size, det_size=det_size,
+                            det_thresh=det_thresh, checkpoint_every=checkpoint_every, pose_fill=pose_fill,
+                            consent=consent, device=device, workers=workers, on_problem=problem,
+                            on_progress=advance, on_total=set_total)
+    emit(as_json, s,
+         f"{s['new_files']} new file(s), {s['already_in_workspace']} already in workspace, {s['failed']} problem(s); "
+         f"{s['frames_decoded']} frames decoded, {s['frames_analysed']} analysed ({s['frames_motion']} for picture "
+         f"changes, {s['frames_backfilled']} for head turns; {s['frames_skipped_static']} near-identical skipped), "
+         f"{s['faces']} faces; {s['rows_total']} faces in {s['workspace']} ({s['seconds']:.1f} s)")
+    if s["new_files"] + s["already_in_workspace"] == 0 and s["failed"]:
         raise typer.Exit(1)
-
-
-def _errors():
-    from .export import ExportError
-    from .faces import ModelError
-    from .identify import IdentityError
-    from .workspace import WorkspaceError
-
-    # OSError: a full disk, a read-only folder, a file-size limit. What was
-    # committed before it stays (atomic writes); the user gets one line.
-    return (WorkspaceError, ModelError, IdentityError, ExportError, OSError)
-
-
-def run_identify(workspace: Path, refs: Optional[List[Path]], cluster: Optional[int], threshold: Optional[float],
-                 models: Optional[str], device: str = "auto") -> dict:
-    from . import faces as faces_mod
-    from .identify import identify as do_identify
-    from .identify import reference_embeddings
-    from .workspace import locked, open_workspace, read_meta, update_columns
-
-    ws = open_workspace(workspace)
-    ref_emb = None
-    with locked(ws, "curator identify"):
-        if refs:
-            meta = read_meta(ws)
-            recorded = (meta.get("models") or {}).get("path")
-            fm = faces_mod.load_models(models or recorded, device=device)
-            ref_emb = reference_embeddings(fm, refs)
-        result = do_identify(ws, refs=ref_emb, cluster=cluster, threshold=threshold)
-        update_columns(ws, result.table)
-    return result.summary()
 
 
 @app.command()
@@ -206,7 +174,7 @@ def identify(
     workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace folder."),
     ref: Optional[List[Path]] = typer.Option(None, "--ref", help="Reference photo of the target (one face). Repeatable."),
     cluster: Optional[int] = typer.Option(None, "--cluster", help="Target = this cluster of `curator identities`."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Same-person cosine similarity [default: per recogniser, see docs/identity.md]."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Same-person cosine similarity [default: per recogniser, see docs/curation.md]."),
     models: Optional[str] = typer.Option(None, "--models", help=MODELS_HELP + " Default: the workspace's."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
@@ -220,10 +188,10 @@ def identify(
 
         curator identities ws && curator identify -w ws --cluster 2
     """
-    try:
-        summary = run_identify(workspace, ref, cluster, threshold, models)
-    except _errors() as e:
-        fail(str(e))
+    from . import api
+
+    with errors_as_lines():
+        summary = api.identify(workspace, ref=ref, cluster=cluster, threshold=threshold, models=models)
     emit(as_json, summary, f"target: {summary['target_faces']} of {summary['faces']} faces "
          f"({summary['method']}, threshold {summary['threshold']:.2f})")
 
@@ -242,39 +210,15 @@ def identities(
 
         curator identities ws --json | jq '.[0]'
     """
-    from .identify import identities as list_identities
-    from .workspace import open_workspace
+    from . import api
 
-    try:
-        listing = list_identities(open_workspace(workspace), threshold=threshold)
-    except _errors() as e:
-        fail(str(e))
+    with errors_as_lines():
+        listing = api.identities(workspace, threshold=threshold)
     if as_json:
         print(json.dumps(listing, indent=2))
         return
     for c in listing:
         print(f"cluster {c['cluster']:3d}: {c['faces']:6d} faces from {c['sources']} source(s)  {c['contact_sheet']}")
-
-
-def run_curate(workspace: Path, budget: Optional[int], minutes: Optional[float], fps: float, seed: int) -> dict:
-    from .curate import budget_from, curate as do_curate
-    from .identify import identify as do_identify
-    from .workspace import locked, open_workspace, read_embeddings, read_table, update_columns
-
-    ws = open_workspace(workspace)
-    n = budget_from(budget, minutes, fps)
-    with locked(ws, "curator curate"):
-        table = read_table(ws)
-        note = None
-        if len(table) and "is_target" not in table:
-            update_columns(ws, do_identify(ws).table)
-            table = read_table(ws)
-            note = "no target chosen: used the largest identity cluster (see `curator identities`)"
-        result = do_curate(table, n, seed=seed, emb=read_embeddings(ws, len(table)) if len(table) else None)
-        update_columns(ws, result.columns)
-    if note:
-        result.summary["identify"] = note
-    return result.summary
 
 
 def _curate_line(s: dict) -> str:
@@ -303,10 +247,10 @@ def curate(
 
         curator curate -w ws --minutes 9 --fps 25 --json
     """
-    try:
-        summary = run_curate(workspace, budget, minutes, fps, seed)
-    except _errors() as e:
-        fail(str(e))
+    from . import api
+
+    with errors_as_lines():
+        summary = api.curate(workspace, budget=budget, minutes=minutes, fps=fps, seed=seed)
     emit(as_json, summary, _curate_line(summary))
 
 
@@ -333,15 +277,10 @@ def export(
 
         curator export -w ws --out faceswap_A --format faceswap
     """
-    from .export import export as do_export
-    from .workspace import locked, open_workspace
+    from . import api
 
-    try:
-        ws = open_workspace(workspace)
-        with locked(ws, "curator export"):  # curate must not rewrite `selected` under a running export
-            summary = do_export(ws, out, include_all=include_all, val_fraction=val_fraction, force=force, fmt=fmt)
-    except _errors() as e:
-        fail(str(e))
+    with errors_as_lines():
+        summary = api.export(workspace, out, include_all=include_all, val=val_fraction, force=force, format=fmt)
     for note in summary.get("notes", []):
         problem("export", note)
     emit(as_json, summary, f"{summary['faces']} faces ({summary['train']} train, {summary['val']} val, "
@@ -371,30 +310,16 @@ def run(
 
         curator run clip.mp4 --out faceset --models ~/models/buffalo_l --consent "Jane Doe, signed 2026-03-01"
     """
-    from .export import export as do_export
-    from .extract import ExtractSettings
-    from .extract import extract as run_extract
-    from .workspace import locked, open_workspace
+    from . import api
 
-    ws_path = workspace or out.with_name(out.name + ".workspace")
-    given = {"fps": fps, "size": size}
-    try:
+    with errors_as_lines():
         with progress_bar(not quiet and not as_json, "extract") as (set_total, advance):
-            ex = run_extract(footage, ws_path, models=models, settings=ExtractSettings(**{k: v for k, v in given.items() if v}),
-                             explicit={k for k, v in given.items() if v}, consent=consent, on_problem=problem,
-                             on_progress=advance, on_total=set_total)
-        if ex.rows_total == 0:
-            fail("no faces found in the footage", 1)
-        ident = run_identify(ws_path, ref, None, None, models)
-        cur = run_curate(ws_path, budget, None, 25.0, 0)
-        ws = open_workspace(ws_path)
-        with locked(ws, "curator run (export)"):
-            exp = do_export(ws, out, force=force)
-    except _errors() as e:
-        fail(str(e))
-    payload = {"workspace": str(Path(ws_path).resolve()), "extract": ex.as_dict(), "identify": ident, "curate": cur, "export": exp}
+            payload = api.run(footage, out, ref=ref, budget=budget, workspace=workspace, models=models, fps=fps,
+                              size=size, consent=consent, force=force, on_problem=problem, on_progress=advance,
+                              on_total=set_total)
+    ex, ident, cur, exp = (payload[k] for k in ("extract", "identify", "curate", "export"))
     emit(as_json, payload,
-         f"extract: {ex.faces} new faces from {ex.new_files} file(s), {ex.rows_total} in workspace {payload['workspace']}\n"
+         f"extract: {ex['faces']} new faces from {ex['new_files']} file(s), {ex['rows_total']} in workspace {payload['workspace']}\n"
          f"identify: {ident['target_faces']} target faces ({ident['method']})\n"
          f"curate: {_curate_line(cur)}\n"
          f"export: {exp['faces']} faces ({exp['train']} train, {exp['val']} val) -> {exp['out']}")
@@ -417,14 +342,10 @@ def verify(
 
         curator verify -w ws --repair --json
     """
-    from .verify import check, repair
-    from .workspace import open_workspace
+    from . import api
 
-    try:
-        ws = open_workspace(workspace)
-        report = repair(ws) if do_repair else check(ws)
-    except _errors() as e:
-        fail(str(e))
+    with errors_as_lines():
+        report = api.verify(workspace, repair=do_repair)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -506,13 +427,11 @@ def audit(
 
         curator audit -w ws --json | jq '.holes[].words'
     """
-    from .audit import AuditError, audit as do_audit, audit_line
-    from .workspace import WorkspaceError, open_workspace
+    from . import api
+    from .audit import audit_line
 
-    try:
-        summary = do_audit(open_workspace(workspace), selected=selected, out=out)
-    except (AuditError, WorkspaceError) as e:
-        fail(str(e))
+    with errors_as_lines():
+        summary = api.audit(workspace, selected=selected, out=out)
     emit(as_json, summary, audit_line(summary))
 
 
@@ -538,13 +457,11 @@ def compare(
 
         curator compare jane_ws john_video_ws --out gaps.html --json | jq .gap_score
     """
-    from .audit import AuditError, compare as do_compare, compare_line
-    from .workspace import WorkspaceError, open_workspace
+    from . import api
+    from .audit import compare_line
 
-    try:
-        result = do_compare(open_workspace(source), open_workspace(target), out=out)
-    except (AuditError, WorkspaceError) as e:
-        fail(str(e))
+    with errors_as_lines():
+        result = api.compare(source, target, out=out)
     emit(as_json, result, compare_line(result))
 
 
@@ -576,11 +493,8 @@ def review(
 
         curator review -w ws --no-app --json
     """
-    from .review import ReviewError, review as do_review, summary_line
-    from .workspace import WorkspaceError
-
-    if timeout is not None and timeout <= 0:
-        fail("--timeout must be positive")
+    from . import api
+    from .review import summary_line
 
     def ready(url: str) -> None:
         line = f"App: {url}  (tags reach the workspace as you make them; Ctrl-C here stops the App)"
@@ -589,11 +503,9 @@ def review(
         else:
             print(line, flush=True)
 
-    try:
-        summary = do_review(workspace, port=port, address=address, pull_only=pull, app=not (pull or no_app),
-                            timeout=timeout, name=dataset, on_ready=ready, on_note=lambda note: problem("review", note))
-    except (ReviewError, WorkspaceError, OSError) as e:
-        fail(str(e))
+    with errors_as_lines():
+        summary = api.review(workspace, port=port, address=address, pull=pull, no_app=no_app, timeout=timeout,
+                             dataset=dataset, on_ready=ready, on_note=lambda note: problem("review", note))
     emit(as_json, summary, summary_line(summary))
 
 
@@ -640,28 +552,16 @@ def convert(
 
         curator convert clip.mov --model run --out clip_swapped.mkv --direction b2a --ref john.jpg --lossless
     """
-    from .convert import ConvertError, ConvertSettings, convert as do_convert, preview as do_preview
+    from . import api
 
     try:
-        settings = ConvertSettings(direction=direction, mask=mask, erode=erode, feather=feather, color=color,
-                                   smooth=smooth, threshold=threshold, det_size=det_size, det_thresh=det_thresh,
-                                   batch=batch, visible_mark=visible_mark, lossless=lossless, crf=crf, preset=preset,
-                                   max_frames=max_frames)
-        if not (0 <= erode < 0.5 and 0 <= feather < 0.5):
-            fail("--erode and --feather are fractions of the face crop, from 0 to 0.5")
-        if preview_n is not None and (out is None or frames_out is not None):
-            fail("--preview N writes its side-by-side PNGs into --out FOLDER (and takes no --frames-out)")
-        with progress_bar(not quiet and not as_json, "convert") as (set_total, advance):
-            if preview_n is not None:
-                summary = do_preview(video, model, out, preview_n, refs=ref, models=models, device=device,
-                                     settings=settings, force=force, on_total=set_total, on_progress=advance)
-            else:
-                summary = do_convert(video, model, out, frames_out=frames_out, refs=ref, models=models, device=device,
-                                     settings=settings, force=force, on_total=set_total, on_progress=advance)
-    except ConvertError as e:
-        fail(str(e))
-    except OSError as e:
-        fail(f"{e.filename or out}: {e.strerror or e}; nothing was written")
+        with errors_as_lines(lambda e: f"{e.filename or out}: {e.strerror or e}; nothing was written"), \
+                progress_bar(not quiet and not as_json, "convert") as (set_total, advance):
+            summary = api.convert(video, model, out, frames_out=frames_out, preview=preview_n, direction=direction,
+                                  ref=ref, models=models, device=device, threshold=threshold, mask=mask, erode=erode,
+                                  feather=feather, color=color, smooth=smooth, batch=batch, lossless=lossless, crf=crf,
+                                  preset=preset, visible_mark=visible_mark, max_frames=max_frames, det_size=det_size,
+                                  det_thresh=det_thresh, force=force, on_total=set_total, on_progress=advance)
     except KeyboardInterrupt:
         fail("interrupted; nothing was written", 130)
     for note in summary.get("notes", []):

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from .errors import UsageError
 from .workspace import WorkspaceError
 
 MIN_FACE_PX = 40.0
@@ -406,5 +407,5 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
 
 def budget_from(budget: int | None, minutes: float | None, fps: float) -> int:
     if (budget is None) == (minutes is None):
-        raise WorkspaceError("give exactly one of --budget or --minutes")
+        raise UsageError("give exactly one of --budget or --minutes")
     return int(budget) if budget is not None else int(round(minutes * 60 * fps))

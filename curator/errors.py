@@ -13,3 +13,13 @@ class CuratorError(Exception):
     """A problem the user can act on; str(error) is one line naming the file or option and the reason."""
 
     exit_code = 2  # usage, input or workspace problems; 1 is kept for "ran, but found nothing"
+
+
+class UsageError(CuratorError):
+    """An option value or combination that cannot work (a negative count, two options that exclude each other)."""
+
+
+class NothingFound(CuratorError):
+    """The command ran but its input held nothing to work on (no faces in any footage)."""
+
+    exit_code = 1

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import descriptors, faces, media, pose
 from .align import DEFAULT_MARGIN, align_matrix, warp
+from .errors import UsageError
 from .metrics import POSE_BIN
 from .workspace import (
     PartWriter,
@@ -32,9 +33,7 @@ from .workspace import (
     commit_staging,
     crop_path,
     face_id,
-    locked,
     now,
-    open_workspace,
     read_meta,
     read_table,
     source_sha256,
@@ -89,98 +88,116 @@ class ExtractSummary:
 Reporter = Callable[[str, str], None]  # (path, reason)
 
 
+def extract_settings(*, fps: float | None = None, every: int | None = None, size: int | None = None,
+                     det_size: int | None = None, det_thresh: float | None = None,
+                     checkpoint_every: int | None = None, pose_fill: bool | None = None) -> tuple[ExtractSettings, set[str]]:
+    """The settings for the options a user gave (None: not given), and the names of those given on purpose.
+
+    Options not given are taken from the workspace when it has them (see
+    `extract`), so re-running with fewer options continues the same way.
+    """
+    given = {"fps": fps, "every": every, "size": size, "det_size": det_size, "det_thresh": det_thresh,
+             "checkpoint_frames": checkpoint_every}
+    for name, value in given.items():
+        if value is not None and value <= 0:
+            option = "checkpoint-every" if name == "checkpoint_frames" else name.replace("_", "-")
+            raise UsageError(f"--{option} must be positive")
+    if pose_fill is not None:
+        defaults = ExtractSettings()
+        given["motion_threshold"] = defaults.motion_threshold if pose_fill else 0.0
+        given["backfill_bins"] = defaults.backfill_bins if pose_fill else 0
+    given = {k: v for k, v in given.items() if v is not None}
+    return ExtractSettings(**given), set(given)
+
+
 def extract(
+    ws: Workspace,
     footage: Iterable[str | os.PathLike],
-    workspace: str | os.PathLike,
     *,
-    models: str | None = None,
     settings: ExtractSettings | None = None,
     explicit: Iterable[str] = (),
+    models: str | None = None,
     consent: str | None = None,
     device: str = "auto",
+    workers: int | None = None,
     on_problem: Reporter | None = None,
     on_progress: Callable[[int, str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
-    workers: int | None = None,
 ) -> ExtractSummary:
-    """Extract every face from `footage` into `workspace` (created if needed).
+    """Extract every face from `footage` into the workspace `ws`; the caller holds its lock (`curator.api.extract`).
 
     `explicit` names the settings the user set on purpose; the others are
-    taken from the workspace when it has them, so re-running with fewer
-    options continues the same way. `workers`: frames analysed at once
-    (None: from the number of cores; see `analysis_workers`). It changes
-    speed only, never the table.
+    taken from the workspace when it has them. `workers`: frames analysed at
+    once (None: from the number of cores; see `analysis_workers`). It
+    changes speed only, never the table.
     """
     t0 = time.monotonic()
     report = on_problem or (lambda path, reason: None)
-    ws = open_workspace(workspace, create=True)
     summary = ExtractSummary(workspace=str(ws.root))
     found, problems = media.discover(footage)
     for path, reason in problems:
         _problem(summary, report, path, reason)
     summary.files = len(found)
+    commit_staging(ws)  # an interrupted run's finished parts come first
+    meta = read_meta(ws)
+    settings = _effective_settings(meta, settings or ExtractSettings(), set(explicit))
+    progress = staged_progress(ws)
 
-    with locked(ws, "curator extract"):
-        commit_staging(ws)  # an interrupted run's finished parts come first
-        meta = read_meta(ws)
-        settings = _effective_settings(meta, settings or ExtractSettings(), set(explicit))
-        progress = staged_progress(ws)
+    todo: list[tuple[media.Footage, str, dict]] = []
+    for item in found:
+        try:
+            sha, stat = source_sha256(meta, item.path)
+        except OSError as e:
+            _problem(summary, report, str(item.path), f"cannot read: {e.strerror or e}")
+            continue
+        if meta["sources"].get(sha, {}).get("status") == "complete" or progress.get(sha, {}).get("complete"):
+            summary.already_in_workspace += 1
+            continue
+        todo.append((item, sha, {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
 
-        todo: list[tuple[media.Footage, str, dict]] = []
-        for item in found:
-            try:
-                sha, stat = source_sha256(meta, item.path)
-            except OSError as e:
-                _problem(summary, report, str(item.path), f"cannot read: {e.strerror or e}")
+    if todo:
+        n_workers, threads = analysis_workers(workers, faces.available_providers(device))
+        fm = faces.load_models(models, device=device, det_thresh=settings.det_thresh, threads=threads)
+        _check_models(meta, fm)
+        if on_total:
+            on_total(sum(_frame_estimate(item) for item, _, _ in todo))
+        writer = PartWriter(ws, every_frames=settings.checkpoint_frames, every_seconds=settings.checkpoint_seconds)
+
+        def source_record(item, stat):
+            return {"path": str(item.path), "kind": item.kind, "consent": consent, "added": now(), **stat,
+                    "settings": {"fps": settings.fps, "every": settings.every}}
+
+        # Runs of photos go through the worker pool together; a video spreads its own frames over it.
+        for is_image, run in itertools.groupby(todo, key=lambda t: t[0].kind == "image"):
+            if is_image:
+                _process_images([(item, sha, source_record(item, stat)) for item, sha, stat in run],
+                                fm, settings, ws, writer, summary, report, on_progress, n_workers)
                 continue
-            if meta["sources"].get(sha, {}).get("status") == "complete" or progress.get(sha, {}).get("complete"):
-                summary.already_in_workspace += 1
-                continue
-            todo.append((item, sha, {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
-
-        if todo:
-            n_workers, threads = analysis_workers(workers, faces.available_providers(device))
-            fm = faces.load_models(models, device=device, det_thresh=settings.det_thresh, threads=threads)
-            _check_models(meta, fm)
-            if on_total:
-                on_total(sum(_frame_estimate(item) for item, _, _ in todo))
-            writer = PartWriter(ws, every_frames=settings.checkpoint_frames, every_seconds=settings.checkpoint_seconds)
-
-            def source_record(item, stat):
-                return {"path": str(item.path), "kind": item.kind, "consent": consent, "added": now(), **stat,
-                        "settings": {"fps": settings.fps, "every": settings.every}}
-
-            # Runs of photos go through the worker pool together; a video spreads its own frames over it.
-            for is_image, run in itertools.groupby(todo, key=lambda t: t[0].kind == "image"):
-                if is_image:
-                    _process_images([(item, sha, source_record(item, stat)) for item, sha, stat in run],
-                                    fm, settings, ws, writer, summary, report, on_progress, n_workers)
+            for item, sha, stat in run:
+                record = source_record(item, stat)
+                resume_after = progress.get(sha, {}).get("last_frame", -1)
+                if resume_after >= 0:
+                    summary.resumed_files += 1
+                try:
+                    _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, n_workers)
+                except media.MediaError as e:
+                    _problem(summary, report, str(item.path), str(e))
+                    writer.fail(sha, record, str(e))
                     continue
-                for item, sha, stat in run:
-                    record = source_record(item, stat)
-                    resume_after = progress.get(sha, {}).get("last_frame", -1)
-                    if resume_after >= 0:
-                        summary.resumed_files += 1
-                    try:
-                        _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, n_workers)
-                    except media.MediaError as e:
-                        _problem(summary, report, str(item.path), str(e))
-                        writer.fail(sha, record, str(e))
-                        continue
-                    summary.new_files += 1
-                    if record.get("warning"):
-                        report(str(item.path), record["warning"] + "; kept the faces found before it")
-            writer.flush(force=True)
-            meta = read_meta(ws)
-            if meta.get("models") is None:
-                meta["models"] = fm.describe()
-                meta["embeddings"]["dim"] = fm.embedding_dim
-            meta["settings"] = {k: getattr(settings, k) for k in ("size", "margin", "det_size", "det_thresh", "static_threshold",
-                                                                  "motion_threshold", "backfill_bins")}
-            if consent:
-                meta["consent"].append({"text": consent, "recorded": now(), "sources": [s for _, s, _ in todo]})
-            write_meta(ws, meta)
-        summary.rows_total = commit_staging(ws)
+                summary.new_files += 1
+                if record.get("warning"):
+                    report(str(item.path), record["warning"] + "; kept the faces found before it")
+        writer.flush(force=True)
+        meta = read_meta(ws)
+        if meta.get("models") is None:
+            meta["models"] = fm.describe()
+            meta["embeddings"]["dim"] = fm.embedding_dim
+        meta["settings"] = {k: getattr(settings, k) for k in ("size", "margin", "det_size", "det_thresh", "static_threshold",
+                                                              "motion_threshold", "backfill_bins")}
+        if consent:
+            meta["consent"].append({"text": consent, "recorded": now(), "sources": [s for _, s, _ in todo]})
+        write_meta(ws, meta)
+    summary.rows_total = commit_staging(ws)
     summary.seconds = round(time.monotonic() - t0, 3)
     return summary
 

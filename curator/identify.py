@@ -14,8 +14,10 @@ they sit in a track whose frontal frames identify it; this keeps the rare poses
 a training set needs without admitting other people.
 
 Thresholds are cosine similarities between L2-normalised embeddings, per
-recogniser (docs/identity.md has the calibration on the shared labelled
-photos).
+recogniser (docs/curation.md has the calibration on the shared labelled
+photos). Everything here works on a face table and its embeddings and
+writes nothing; `curator.api.identify` reads the workspace, holds its lock
+and writes the columns back.
 """
 
 from __future__ import annotations
@@ -28,16 +30,18 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .errors import CuratorError
 from . import faces, media
 from .atomic import atomic_path
-from .workspace import Workspace, WorkspaceError, read_embeddings, read_meta, read_table
+from .errors import CuratorError
+from .workspace import WorkspaceError
 
 # Same-person threshold per recogniser file. mobilefacenet_128 was calibrated
 # on the shared identity-labelled photos (all 67 same-person pairs >= 0.54,
 # 99.5% of 429 different-person pairs < 0.45). w600k_r50 (buffalo_l) was not
 # available to calibrate here; 0.35 is InsightFace users' usual operating point
-# for it and should be re-checked with `bench/identity.py` on real data.
+# for it and should be re-checked on labelled photos of the footage's people, as
+# tests/test_curate.py::test_identity_threshold_calibration_on_labelled_photos
+# does for the shared recogniser.
 THRESHOLDS = {"mobilefacenet_128.onnx": 0.45, "w600k_r50.onnx": 0.35}
 DEFAULT_THRESHOLD = 0.45
 CLUSTER_SAMPLE = 4000  # agglomerative clustering is O(n^2); the rest are assigned to centres
@@ -160,6 +164,15 @@ def assign(emb: np.ndarray, centres: np.ndarray, threshold: float, chunk: int = 
     return np.where(best >= threshold, labels, -1), best
 
 
+def identity_clusters(table: pd.DataFrame, emb: np.ndarray, threshold: float,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """(labels, centres, listing): `cluster_embeddings` plus each cluster's face and source counts, largest first."""
+    labels, centres = cluster_embeddings(emb, threshold, seed)
+    listing = [{"cluster": int(k), "faces": int((labels == k).sum()),
+                "sources": int(table.loc[labels == k, "source_sha256"].nunique())} for k in range(len(centres))]
+    return labels, centres, listing
+
+
 @dataclass
 class IdentifyResult:
     table: pd.DataFrame  # face_id, identity_cluster, identity_score, is_target, track_id
@@ -174,18 +187,16 @@ class IdentifyResult:
                 "clusters": self.clusters[:20]}
 
 
-def identify(ws: Workspace, *, refs: np.ndarray | None = None, cluster: int | None = None,
-             threshold: float | None = None, seed: int = 0) -> IdentifyResult:
-    """Score every face against the target; does not write (see `save`)."""
-    table = read_table(ws)
+def identify(table: pd.DataFrame, emb: np.ndarray, *, threshold: float, refs: np.ndarray | None = None,
+             cluster: int | None = None, seed: int = 0) -> IdentifyResult:
+    """Score every face of `table` (embeddings `emb`, row-aligned) against the target; pure, writes nothing.
+
+    The target is the reference embeddings `refs` (one per photo), or else
+    identity cluster `cluster` (default: the largest).
+    """
     if not len(table):
-        raise WorkspaceError(f"workspace {ws.root} has no faces yet; run `curator extract` first")
-    meta = read_meta(ws)
-    emb = read_embeddings(ws, len(table))
-    threshold = default_threshold(meta) if threshold is None else threshold
-    labels, centres = cluster_embeddings(emb, threshold, seed)
-    clusters = [{"cluster": int(k), "faces": int((labels == k).sum()),
-                 "sources": int(table.loc[labels == k, "source_sha256"].nunique())} for k in range(len(centres))]
+        raise WorkspaceError("the workspace has no faces yet; run `curator extract` first")
+    labels, centres, clusters = identity_clusters(table, emb, threshold, seed)
     if refs is not None:
         score = np.asarray(emb @ refs.T).max(1)
         method, target = "reference", None
@@ -205,11 +216,11 @@ def identify(ws: Workspace, *, refs: np.ndarray | None = None, cluster: int | No
     return IdentifyResult(out, method, float(threshold), target, clusters)
 
 
-def contact_sheet(ws: Workspace, crop_paths: list[str], out: Path, tile: int = 128, cols: int = 6) -> Path:
-    """A grid image of up to cols*cols crops, for a person to recognise a cluster at a glance."""
+def contact_sheet(crops_root: Path, crop_paths: list[str], out: Path, tile: int = 128, cols: int = 6) -> Path:
+    """A grid image of up to cols*cols crops (paths relative to `crops_root`), for a person to recognise a cluster at a glance."""
     tiles = []
     for rel in crop_paths[: cols * cols]:
-        img = cv2.imread(str(ws.root / rel))
+        img = cv2.imread(str(crops_root / rel))
         tiles.append(cv2.resize(img, (tile, tile)) if img is not None else np.zeros((tile, tile, 3), np.uint8))
     while len(tiles) % cols:
         tiles.append(np.zeros((tile, tile, 3), np.uint8))
@@ -219,16 +230,7 @@ def contact_sheet(ws: Workspace, crop_paths: list[str], out: Path, tile: int = 1
     return out
 
 
-def identities(ws: Workspace, out_dir: Path | None = None, threshold: float | None = None, seed: int = 0) -> list[dict]:
-    """List identity clusters with counts and write a contact sheet per cluster."""
-    result = identify(ws, threshold=threshold, seed=seed)
-    table = read_table(ws, columns=["face_id", "crop_path", "det_score", "sharpness"])
-    out_dir = out_dir or ws.root / "identities"
-    listing = []
-    for c in result.clusters:
-        members = table[result.table["identity_cluster"].to_numpy() == c["cluster"]]
-        # Spread the sheet over the cluster (evenly spaced in extraction order), not its first frames.
-        picks = members.iloc[np.linspace(0, len(members) - 1, min(36, len(members))).astype(int)]
-        sheet = contact_sheet(ws, list(picks["crop_path"]), out_dir / f"cluster_{c['cluster']:03d}.jpg")
-        listing.append({**c, "contact_sheet": str(sheet)})
-    return listing
+def sheet_members(crop_paths: pd.Series, labels: np.ndarray, cluster: int, count: int = 36) -> list[str]:
+    """Up to `count` crops of one cluster, evenly spaced in extraction order (not just its first frames)."""
+    members = crop_paths[labels == cluster]
+    return list(members.iloc[np.linspace(0, len(members) - 1, min(count, len(members))).astype(int)])

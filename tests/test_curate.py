@@ -278,7 +278,7 @@ def test_run_end_to_end(tmp_path):
 
 
 def test_identity_threshold_calibration_on_labelled_photos():
-    """docs/identity.md's claim: at the default threshold for the shared recogniser, every same-person pair of
+    """docs/curation.md's claim (Identity): at the default threshold for the shared recogniser, every same-person pair of
     the single-person labelled photos is accepted and at most 1% of different-person pairs are."""
     labels = pd.read_csv(IMAGES / "identity_labels.csv")
     labels = labels[~labels["identity"].str.contains(";")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import ROOT, clip, curator
+from conftest import ROOT, TESTDATA, clip, curator
 from curator.workspace import open_workspace, read_table
 
 
@@ -53,3 +53,64 @@ def test_docs_links_resolve():
     for md in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for link in re.findall(r"\]\(([^)#:]+)\)", md.read_text()):
             assert (md.parent / link).exists(), f"{md.name} links to missing {link}"
+
+
+def python_blocks(md: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "docs" / md).read_text(), flags=re.S)
+
+
+def test_api_examples_run_as_written(tmp_path, capsys):
+    """docs/api.md's examples, every block in order, from a folder beside `shared/` as the repository is."""
+    import os
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (tmp_path / "shared").symlink_to(TESTDATA.parent)
+    blocks = python_blocks("api.md")
+    assert len(blocks) >= 4
+    namespace: dict = {}
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        for block in blocks:
+            exec(compile(block, "docs/api.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    printed = capsys.readouterr().out
+    assert "faces selected of" in printed and "exported to" in printed
+    assert "my script" in printed and "give exactly one of --budget or --minutes" in printed
+    assert (project / "faceset" / "manifest.parquet").is_file() and (project / "selected.html").is_file()
+
+
+# Files of this project that code, help text, pyproject.toml and docs may name.
+PROJECT_PATH = re.compile(r"(?<![\w./-])((?:docs|bench|tests|curator|trainer|\.ci)/[\w./-]*\w|README\.md|pyproject\.toml)")
+
+
+def named_paths(text: str) -> set[str]:
+    """Project paths named in `text`: `docs/x.md`, `bench/y.py`, `curator/z.py`, ... (no globs, no folders ending in /)."""
+    found = set()
+    for match in PROJECT_PATH.finditer(text):
+        path = match.group(1).rstrip(".")
+        if any(ch in text[match.end():match.end() + 1] for ch in "*{") or "*" in path:
+            continue  # a pattern such as docs/*.md
+        found.add(path)
+    return found
+
+
+def test_every_named_project_file_exists():
+    """A reference to a file of this project that does not exist (docs/identity.md, say) fails here, wherever it is
+    written: code, tests, benchmarks, docs, pyproject.toml, CI, or a command's --help. (This file names example
+    paths on purpose and is left out.)"""
+    sources = [*ROOT.glob("curator/*.py"), *ROOT.glob("trainer/*.py"), *ROOT.glob("bench/*.py"), *ROOT.glob("tests/*.py"),
+               *ROOT.glob("docs/*.md"), ROOT / "README.md", ROOT / "pyproject.toml", *ROOT.glob(".ci/*")]
+    texts = {str(p.relative_to(ROOT)): p.read_text() for p in sources if p.name != "test_docs.py"}
+    out = curator("--help", check=True).stdout
+    commands = re.findall(r"│ (\w+)\s{2,}", out)
+    texts.update({f"curator {cmd} --help": curator(cmd, "--help", check=True).stdout for cmd in commands})
+    missing: dict = {}
+    for where, text in texts.items():
+        for path in named_paths(text):
+            if not (ROOT / path).exists() and not path.startswith("bench/out/"):  # bench/out/: benchmark scratch
+                missing.setdefault(path, []).append(where)
+    assert not missing, f"named but missing: {missing}"
+    assert named_paths("see docs/identity.md.") == {"docs/identity.md"} and not named_paths("all of docs/*.md")

@@ -1,0 +1,274 @@
+"""curator's Python API: one function per `curator` command, with the command's name and options.
+
+    from curator import api
+
+    api.extract(["interview.mp4"], "ws", consent="Jane Doe, signed release 2026-03-01")
+    api.identify("ws", ref=["jane.jpg"])
+    api.curate("ws", budget=3000)
+    api.export("ws", "faceset")
+
+`curator COMMAND` parses its options, calls the function of the same name
+here and prints what it returns: a dict of plain values, the same one
+`--json` prints. Every function raises `curator.errors.CuratorError` (one
+line saying what and where) for anything the user can fix.
+
+A function that writes a workspace (its table, embeddings, crops,
+workspace.json or staging) takes the workspace's lock itself, and a second
+writer is refused. Reports and contact sheets are derived files written
+whole (atomically) and take no lock; `review` takes the lock only while it
+writes tags, never while the App is open.
+
+Long work reports through callbacks, all optional:
+`on_total(n)` (the amount of work, once known), `on_progress(n, what)` (n more
+done), `on_problem(path, reason)` (a bad input, the rest continues),
+`on_note(text)` (something worth telling the user), `on_ready(url)` (review).
+
+Below each function is the stage module that does the work: a reader can
+follow footage from `run` through `extract`, `identify`, `curate` and
+`export` here, and from each into its module.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from . import faces
+from .curate import budget_from
+from .curate import curate as curate_table
+from .errors import NothingFound, UsageError
+from .export import export as export_faces
+from .extract import extract as extract_footage
+from .extract import extract_settings
+from .identify import (
+    contact_sheet,
+    default_threshold,
+    identity_clusters,
+    reference_embeddings,
+    sheet_members,
+)
+from .identify import identify as identify_table
+from .workspace import locked, open_workspace, read_embeddings, read_meta, read_table, update_columns
+
+PathLike = str | os.PathLike
+Progress = Callable[[int, str], None]
+Total = Callable[[int], None]
+Problem = Callable[[str, str], None]
+Note = Callable[[str], None]
+
+
+# --- the main job -------------------------------------------------------------------
+
+def run(footage: PathLike | Sequence[PathLike], out: PathLike, *, ref: PathLike | Sequence[PathLike] | None = None, budget: int = 2000,
+        workspace: PathLike | None = None, models: str | None = None, fps: float | None = None,
+        size: int | None = None, consent: str | None = None, force: bool = False,
+        on_problem: Problem | None = None, on_progress: Progress | None = None, on_total: Total | None = None) -> dict:
+    """The whole job: extract FOOTAGE, identify the target, curate BUDGET faces, export them to OUT.
+
+    The workspace defaults to OUT.workspace beside OUT. Raises NothingFound
+    when the footage holds no faces at all.
+    """
+    ws = Path(workspace) if workspace is not None else default_workspace(out)
+    ex = extract(footage, ws, models=models, fps=fps, size=size, consent=consent,
+                 on_problem=on_problem, on_progress=on_progress, on_total=on_total)
+    if ex["rows_total"] == 0:
+        raise NothingFound("no faces found in the footage")
+    ident = identify(ws, ref=ref, models=models)
+    cur = curate(ws, budget=budget)
+    exp = export(ws, out, force=force)
+    return {"workspace": str(open_workspace(ws).root), "extract": ex, "identify": ident, "curate": cur, "export": exp}
+
+
+def default_workspace(out: PathLike) -> Path:
+    """`run`'s workspace when none is named: OUT.workspace, beside the export folder."""
+    out = Path(out)
+    return out.with_name(out.name + ".workspace")
+
+
+# --- the stages -----------------------------------------------------------------------
+
+def extract(footage: PathLike | Sequence[PathLike], workspace: PathLike, *, models: str | None = None,
+            fps: float | None = None, every: int | None = None, size: int | None = None,
+            det_size: int | None = None, det_thresh: float | None = None, checkpoint_every: int | None = None,
+            pose_fill: bool | None = None, consent: str | None = None, device: str = "auto",
+            workers: int | None = None, on_problem: Problem | None = None, on_progress: Progress | None = None,
+            on_total: Total | None = None) -> dict:
+    """Find, align and describe every face in FOOTAGE (videos, photos, folders) into WORKSPACE (created if needed).
+
+    Options left as None come from the workspace's earlier runs, else the
+    defaults of `curator.extract.ExtractSettings`. Re-running adds only new
+    files and resumes an interrupted one. Bad files are reported through
+    `on_problem` and listed in the summary's `problems`; the rest goes on.
+    """
+    if workers is not None and workers <= 0:
+        raise UsageError("--workers must be positive")
+    footage = _paths(footage)
+    settings, explicit = extract_settings(fps=fps, every=every, size=size, det_size=det_size, det_thresh=det_thresh,
+                                          checkpoint_every=checkpoint_every, pose_fill=pose_fill)
+    ws = open_workspace(workspace, create=True)
+    with locked(ws, "curator extract"):
+        summary = extract_footage(ws, footage, settings=settings, explicit=explicit, models=models, consent=consent,
+                                  device=device, workers=workers, on_problem=on_problem, on_progress=on_progress,
+                                  on_total=on_total)
+    return summary.as_dict()
+
+
+def identify(workspace: PathLike, *, ref: PathLike | Sequence[PathLike] | None = None, cluster: int | None = None,
+             threshold: float | None = None, models: str | None = None, device: str = "auto") -> dict:
+    """Choose the target identity: faces like the reference photos REF, or identity cluster CLUSTER (default the largest).
+
+    Writes `identity_cluster`, `identity_score`, `track_id` and `is_target`.
+    Reference photos are read with MODELS (default: the pack the workspace
+    was extracted with); each must show exactly one clear face.
+    """
+    ws = open_workspace(workspace)
+    with locked(ws, "curator identify"):
+        meta = read_meta(ws)
+        table = read_table(ws)
+        refs = None
+        if ref:
+            fm = faces.load_models(models or (meta.get("models") or {}).get("path"), device=device)
+            refs = reference_embeddings(fm, _paths(ref))
+        emb = read_embeddings(ws, len(table))
+        result = identify_table(table, emb, refs=refs, cluster=cluster,
+                                threshold=default_threshold(meta) if threshold is None else threshold)
+        update_columns(ws, result.table)
+    return result.summary()
+
+
+def identities(workspace: PathLike, *, threshold: float | None = None) -> list[dict]:
+    """Identity clusters with face and source counts, largest first, and a contact sheet per cluster (WS/identities/)."""
+    ws = open_workspace(workspace)
+    table = read_table(ws, columns=["face_id", "source_sha256", "crop_path"])
+    emb = read_embeddings(ws, len(table))
+    labels, _, listing = identity_clusters(table, emb, default_threshold(read_meta(ws)) if threshold is None else threshold)
+    for c in listing:
+        sheet = ws.root / "identities" / f"cluster_{c['cluster']:03d}.jpg"
+        c["contact_sheet"] = str(contact_sheet(ws.root, sheet_members(table["crop_path"], labels, c["cluster"]), sheet))
+    return listing
+
+
+def curate(workspace: PathLike, *, budget: int | None = None, minutes: float | None = None, fps: float = 25.0,
+           seed: int = 0) -> dict:
+    """Remove near-duplicates among the target's faces and select the most diverse BUDGET (or MINUTES x FPS).
+
+    Runs `identify` with the largest cluster first when no target was chosen.
+    Writes `quality`, `dup_group`, `pose_cluster`, `expr_cluster`,
+    `light_cluster`, `selected` and `reason`.
+    """
+    n = budget_from(budget, minutes, fps)
+    ws = open_workspace(workspace)
+    with locked(ws, "curator curate"):
+        table = read_table(ws)
+        emb = read_embeddings(ws, len(table)) if len(table) else None
+        note = None
+        if len(table) and "is_target" not in table:
+            found = identify_table(table, emb, threshold=default_threshold(read_meta(ws)))
+            table = update_columns(ws, found.table)
+            note = "no target chosen: used the largest identity cluster (see `curator identities`)"
+        result = curate_table(table, n, seed=seed, emb=emb)
+        update_columns(ws, result.columns)
+    if note:
+        result.summary["identify"] = note
+    return result.summary
+
+
+def export(workspace: PathLike, out: PathLike, *, include_all: bool = False, val: float = 0.1, force: bool = False,
+           format: str = "folder") -> dict:
+    """Write the selected faces (or all with INCLUDE_ALL), never those rejected in review, to OUT in FORMAT.
+
+    Formats: folder (crops + manifest + embeddings + provenance), faceswap,
+    dfl, fiftyone (docs/formats.md). The lock keeps curate from changing the
+    selection while the export reads it.
+    """
+    ws = open_workspace(workspace)
+    with locked(ws, "curator export"):
+        return export_faces(ws, out, include_all=include_all, val_fraction=val, force=force, fmt=format)
+
+
+def verify(workspace: PathLike, *, repair: bool = False) -> dict:
+    """Check that table, embeddings, crops and workspace.json agree; with REPAIR, fix what needs no guessing."""
+    from .verify import check, repair as repair_workspace
+
+    ws = open_workspace(workspace)
+    if not repair:
+        return check(ws)
+    with locked(ws, "curator verify --repair"):
+        return repair_workspace(ws)
+
+
+# --- around the set -------------------------------------------------------------------
+
+def audit(workspace: PathLike, *, selected: bool = False, out: PathLike | None = None) -> dict:
+    """An offline HTML report of what the faces cover and their holes in words (OUT, default WS/audit.html)."""
+    from .audit import audit as audit_report
+
+    return audit_report(open_workspace(workspace), selected=selected, out=out)
+
+
+def compare(source: PathLike, target: PathLike, *, out: PathLike | None = None) -> dict:
+    """What SOURCE's faces lack for converting TARGET's video: gap regions, a gap score, footage to look for."""
+    from .audit import compare as compare_report
+
+    return compare_report(open_workspace(source), open_workspace(target), out=out)
+
+
+def review(workspace: PathLike, *, port: int = 5151, address: str = "127.0.0.1", pull: bool = False,
+           no_app: bool = False, timeout: float | None = None, dataset: str | None = None,
+           on_ready: Callable[[str], None] = lambda url: None, on_note: Note = lambda note: None) -> dict:
+    """The faces in the FiftyOne App; its tags `reject`, `keep` and others flow back into the table.
+
+    PULL: only copy the App's tags into the table. NO_APP: build or update the
+    dataset and pull, without starting the App. Otherwise the App runs until
+    Ctrl-C or TIMEOUT seconds.
+    """
+    from .review import review as review_faces
+
+    if timeout is not None and timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    return review_faces(workspace, port=port, address=address, pull_only=pull, app=not (pull or no_app),
+                        timeout=timeout, name=dataset, on_ready=on_ready, on_note=on_note)
+
+
+def train(**options) -> dict:
+    """Train a face swap between two exports; OPTIONS are the fields of `trainer.config.Config` (a, b, out, steps, ...)."""
+    from trainer.train import train as train_model
+
+    return train_model(options)
+
+
+def convert(video: PathLike, model: PathLike, out: PathLike | None = None, *, frames_out: PathLike | None = None,
+            preview: int | None = None, direction: str = "a2b", ref: PathLike | Sequence[PathLike] | None = None,
+            models: str | None = None, device: str = "auto", threshold: float | None = None, mask: str = "predicted",
+            erode: float = 0.02, feather: float = 0.04, color: str = "lab", smooth: bool = True, batch: int = 16,
+            lossless: bool = False, crf: int = 18, preset: str = "medium", visible_mark: bool = True,
+            max_frames: int | None = None, det_size: int = 640, det_thresh: float = 0.6, force: bool = False,
+            on_total: Total | None = None, on_progress: Progress | None = None) -> dict:
+    """Replace a face in VIDEO with the `train` run MODEL; OUT is labelled synthetic (metadata, sidecar, corner mark).
+
+    With PREVIEW N, only N sample frames, original | swapped side by side,
+    are written as PNGs into the folder OUT.
+    """
+    from .convert import ConvertSettings, convert as convert_video, preview as preview_video
+
+    if not (0 <= erode < 0.5 and 0 <= feather < 0.5):
+        raise UsageError("--erode and --feather are fractions of the face crop, from 0 to 0.5")
+    if preview is not None and (out is None or frames_out is not None):
+        raise UsageError("--preview N writes its side-by-side PNGs into --out FOLDER (and takes no --frames-out)")
+    settings = ConvertSettings(direction=direction, mask=mask, erode=erode, feather=feather, color=color,
+                               smooth=smooth, threshold=threshold, det_size=det_size, det_thresh=det_thresh,
+                               batch=batch, visible_mark=visible_mark, lossless=lossless, crf=crf, preset=preset,
+                               max_frames=max_frames)
+    ref = _paths(ref) if ref else None
+    progress = (lambda n: on_progress(n, "")) if on_progress else None
+    if preview is not None:
+        return preview_video(video, model, out, preview, refs=ref, models=models, device=device, settings=settings,
+                             force=force, on_total=on_total, on_progress=progress)
+    return convert_video(video, model, out, frames_out=frames_out, refs=ref, models=models, device=device,
+                         settings=settings, force=force, on_total=on_total, on_progress=progress)
+
+
+def _paths(value: PathLike | Iterable[PathLike]) -> list:
+    """A path or a list of paths, as a list (`api.extract("clip.mp4", "ws")` means one clip, not its characters)."""
+    return [value] if isinstance(value, (str, os.PathLike)) else list(value)
