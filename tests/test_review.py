@@ -34,7 +34,7 @@ import psutil
 import pytest
 
 from conftest import ROOT, chromium_screenshot, clip, ctrl_c_enabled, curator, curator_json, one_line_error, table
-from curator import metrics, review
+from curator import metrics, review, review_dataset, review_db, review_tags
 from curator.workspace import WorkspaceLocked, locked, open_workspace, read_embeddings
 
 FOOTAGE = ("face_1.mp4", "short_hamilton_clip.mp4")
@@ -84,7 +84,7 @@ def fresh(src: Path, tmp_path: Path, name: str = "ws") -> Path:
 
 
 def name_of(ws: Path, made: list) -> str:
-    name = review.dataset_name(open_workspace(ws))
+    name = review_db.dataset_name(open_workspace(ws))
     made.append(name)
     return name
 
@@ -167,7 +167,7 @@ def test_dataset_holds_exactly_the_workspace_faces_with_their_fields(curated, tm
     assert indexes["face_id"].get("unique") is True
     assert {"yaw", "pitch", "quality", "sharpness", "selected", "dup_group", "is_target", "pose_cluster", "tags"} <= set(indexes)
     info = ds.info["curator"]
-    assert (info["review_schema"], info["workspace"]) == (review.REVIEW_SCHEMA, str(ws.resolve()))
+    assert (info["review_schema"], info["workspace"]) == (review_db.REVIEW_SCHEMA, str(ws.resolve()))
 
     # a second run adds nothing and keeps the samples themselves
     ids = by_face(ds, "id")
@@ -258,8 +258,8 @@ def test_tags_reach_the_table_survive_new_footage_and_exclude_faces_from_export(
 
     # a deleted dataset is rebuilt with the table's tags, so the next pull changes nothing
     fo.delete_dataset(name)
-    with pytest.raises(review.ReviewError, match="was deleted; no tags to pull"):  # e.g. deleted while the App ran
-        review.pull_tags(open_workspace(ws), ds)
+    with pytest.raises(review_db.ReviewError, match="was deleted; no tags to pull"):  # e.g. deleted while the App ran
+        review_tags.pull_tags(open_workspace(ws), ds)
     s = review.review(ws, app=False)
     assert s["created"] and s["samples_added"] == len(t2) and s["tags"]["changed"] == 0
     rebuilt = by_face(fo.load_dataset(name), "tags")
@@ -285,14 +285,14 @@ def test_pull_waits_for_another_commands_lock_and_holds_it_only_to_write(curated
     with locked(w, "curator curate"):  # another command is writing: refused after the wait, table untouched
         t0 = time.monotonic()
         with pytest.raises(WorkspaceLocked, match="curator curate"):
-            review.pull_tags(w, ds, wait_s=1.5)
+            review_tags.pull_tags(w, ds, wait_s=1.5)
         assert time.monotonic() - t0 >= 1.5
     assert (ws / "faces.parquet").read_bytes() == before
     # released while the pull waits: the pull goes through
     holder = threading.Thread(target=hold_lock, args=(w, 1.0))
     holder.start()
     time.sleep(0.2)
-    assert review.pull_tags(w, ds, wait_s=10)["rejected"] == 1
+    assert review_tags.pull_tags(w, ds, wait_s=10)["rejected"] == 1
     holder.join()
     assert table(ws).set_index("face_id").loc[face, "rejected"]
     with locked(w, "next command"):  # the pull let go of it
@@ -353,7 +353,7 @@ def test_app_on_loopback_renders_the_grid_and_tags_are_pulled_when_it_stops(cura
         maps = {m["key"]: m["config"]["pointsField"] for m in seen["brainMethods"]
                 if m["config"]["cls"].startswith("fiftyone.brain.visualization.")}
         assert maps == {"identity_pca": "identity_pca", "pose": "pose"}
-        assert {v["name"] for v in seen["savedViews"]} == set(review.VIEWS)
+        assert {v["name"] for v in seen["savedViews"]} == set(review_dataset.VIEWS)
 
         # a person's browser: the grid shows the workspace's crops. Headless Chromium's virtual time sometimes
         # runs out while a freshly started server prepares its first answer (the shot shows the App's
@@ -481,7 +481,7 @@ def test_older_dataset_is_upgraded_keeping_tags_and_newer_is_refused(curated, tm
     s = review.review(ws, app=False, on_note=notes.append)
     assert s["upgraded_from"] == 0 and any("older curator review" in n and "every tag kept" in n for n in notes)
     ds = fo.load_dataset(name)
-    assert ds.info["curator"]["review_schema"] == review.REVIEW_SCHEMA
+    assert ds.info["curator"]["review_schema"] == review_db.REVIEW_SCHEMA
     assert "pose_bin_faces" in ds.get_field_schema() and "rare poses" in ds.list_saved_views()
     assert ds.has_brain_run("pose")
     assert sorted(by_face(ds, "tags")[face]) == ["check later", "reject"]
@@ -490,13 +490,13 @@ def test_older_dataset_is_upgraded_keeping_tags_and_newer_is_refused(curated, tm
 
     # written by a newer curator: refused, nothing changed on either side
     info = ds.info
-    info["curator"]["review_schema"] = review.REVIEW_SCHEMA + 1
+    info["curator"]["review_schema"] = review_db.REVIEW_SCHEMA + 1
     ds.info = info
     ds.save()
     ds.select(by_face_ids(ds, [face])).untag_samples("reject")
     before = snapshot(ws)
     one_line_error(curator("review", "-w", ws, "--pull"), name, "newer curator", "upgrade curator")
-    with pytest.raises(review.ReviewError, match="newer curator"):
+    with pytest.raises(review_db.ReviewError, match="newer curator"):
         review.review(ws, app=False)
     assert snapshot(ws) == before
     assert by_face(fo.load_dataset(name), "tags")[face] == ["check later"]
