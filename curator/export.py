@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 from .errors import CuratorError
 from . import __version__
 from . import formats
-from .atomic import inside, replace_dir, temp_dir, write_json
+from . import outputs
+from .atomic import inside, write_json
 from .workspace import Workspace, WorkspaceError, now, read_embeddings, read_meta, read_table
 
 VAL_FRACTION = 0.1
@@ -76,11 +77,9 @@ def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, 
            force: bool = False, seed: int = 0, fmt: str = "folder", face_size: int = formats.FACE_SIZE) -> dict:
     if fmt not in formats.FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(formats.FORMATS)}")
-    out = Path(out).expanduser().resolve()
-    if out == ws.root or ws.root in out.parents:
-        raise ExportError(f"export folder {out} is inside the workspace; choose another folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ExportError(f"{out} exists and is not empty; use --force to replace it")
+    meta = read_meta(ws)
+    out = outputs.check_folder(out, "export", force=force, keep=inputs_of(ws, meta),
+                               not_inside={ws.root: f"the workspace {ws.root}"})
     table = read_table(ws)
     if not len(table):
         raise WorkspaceError(f"workspace {ws.root} has no faces")
@@ -92,16 +91,11 @@ def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, 
         formats.check(fmt, rows)  # before anything is written
     except formats.FormatError as e:
         raise ExportError(str(e)) from None
-    meta = read_meta(ws)
     split, split_by = split_by_source(rows, val_fraction, seed)
     names = formats.unique_names(list(rows["face_id"]))
 
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # Leftovers of an export that was killed: half-built folders and set-aside old ones.
-        for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = temp_dir(out)
+        tmp = outputs.temp_folder(out)
     except OSError as e:
         raise ExportError(f"cannot write to {out.parent}: {e.strerror or e}") from None
     try:
@@ -128,18 +122,30 @@ def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, 
         with open(tmp / "embeddings.npy", "wb") as f:
             np.save(f, row_emb, allow_pickle=False)
         write_json(tmp / "provenance.json", provenance)
-        replace_dir(tmp, out)
+        outputs.write_marker(tmp, "export", format=fmt)
+        outputs.replace_folder(tmp, out, "export")
     except formats.FormatError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        outputs.discard(tmp)
         raise ExportError(str(e)) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        outputs.discard(tmp)
         raise
     summary = {"out": str(out), "format": fmt, "faces": len(rows), "train": provenance["train"], "val": provenance["val"],
                "split_by": split_by, "sources": len(provenance["sources"])}
     if fmt_info and fmt_info.get("notes"):
         summary["notes"] = fmt_info["notes"]
     return summary
+
+
+def inputs_of(ws: Workspace, meta: dict) -> dict:
+    """What an output of this workspace must never be or contain: the workspace, its footage, its model pack."""
+    keep = {ws.root: f"the workspace {ws.root}"}
+    keep.update({Path(rec["path"]): "input footage of the workspace" for rec in meta.get("sources", {}).values()
+                 if rec.get("path")})
+    pack = (meta.get("models") or {}).get("path")
+    if pack:
+        keep[Path(pack)] = "the workspace's model pack"
+    return keep
 
 
 def _write_faces(fmt: str, ws: Workspace, rows: pd.DataFrame, names: list[str], tmp: Path, meta: dict,

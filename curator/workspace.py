@@ -119,9 +119,11 @@ def open_workspace(path: str | os.PathLike, *, create: bool = False) -> Workspac
     if ws.exists():
         read_meta(ws)  # validates the version
         return ws
+    if ws.root.is_dir() and any(ws.root.iterdir()):
+        # Never make a workspace of a folder that holds other things (footage, an export): its files would mix.
+        raise WorkspaceError(f"{ws.root} is not a curator workspace (no {META})"
+                             + ("; give a new or empty folder for one" if create else ""))
     if not create:
-        if ws.root.is_dir() and any(ws.root.iterdir()):
-            raise WorkspaceError(f"{ws.root} is not a curator workspace (no {META})")
         raise WorkspaceError(f"no workspace at {ws.root}: run `curator extract FOOTAGE --workspace {path}` first")
     try:
         ws.root.mkdir(parents=True, exist_ok=True)
