@@ -4,6 +4,10 @@ Each stage raises its own subclass (WorkspaceError, ModelError, ...) with a
 message that is one line saying what is wrong, where, and what to do. The
 command line prints that line and exits with `exit_code`; a library caller
 can catch `CuratorError` alone.
+
+ConvertError is defined here rather than in its stage: `curator convert`'s
+modules (convert, swap, videoio) all raise it, and none imports another
+just for it. curator.convert re-exports it.
 """
 
 from __future__ import annotations
@@ -13,3 +17,7 @@ class CuratorError(Exception):
     """A problem the user can act on; str(error) is one line naming the file or option and the reason."""
 
     exit_code = 2  # usage, input or workspace problems; 1 is kept for "ran, but found nothing"
+
+
+class ConvertError(CuratorError):
+    """A problem the user can fix; the message is one line naming the file and the reason."""
