@@ -4,6 +4,10 @@ Each stage raises its own subclass (WorkspaceError, ModelError, ...) with a
 message that is one line saying what is wrong, where, and what to do. The
 command line prints that line and exits with `exit_code`; a library caller
 can catch `CuratorError` alone.
+
+ConvertError is defined here rather than in its stage: `curator convert`'s
+modules (convert, swap, videoio) all raise it, and none imports another
+just for it. curator.convert re-exports it.
 """
 
 from __future__ import annotations
@@ -23,3 +27,7 @@ class NothingFound(CuratorError):
     """The command ran but its input held nothing to work on (no faces in any footage)."""
 
     exit_code = 1
+
+
+class ConvertError(CuratorError):
+    """`curator convert` cannot go on: one line naming the file and the reason."""
