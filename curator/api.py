@@ -34,7 +34,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from . import faces
+from . import faces, outputs
 from .curate import budget_from
 from .curate import curate as curate_table
 from .errors import NothingFound, UsageError
@@ -70,6 +70,15 @@ def run(footage: PathLike | Sequence[PathLike], out: PathLike, *, ref: PathLike 
     when the footage holds no faces at all.
     """
     ws = Path(workspace) if workspace is not None else default_workspace(out)
+    footage = _paths(footage)
+    # Before anything is read: the export may replace only an earlier export, never the footage or the workspace.
+    folders = [Path(f) for f in footage if Path(f).is_dir()]
+    keep = {ws: "the workspace", **{Path(f): "input footage" for f in footage}}
+    if models and Path(models).expanduser().is_dir():
+        keep[Path(models)] = "the model pack"
+    outputs.check_folder(out, "export", force=force, keep=keep,
+                         not_inside={f: f"the footage folder {f} (its faces would be read as footage next time)"
+                                     for f in folders})
     ex = extract(footage, ws, models=models, fps=fps, size=size, consent=consent,
                  on_problem=on_problem, on_progress=on_progress, on_total=on_total)
     if ex["rows_total"] == 0:

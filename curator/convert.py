@@ -30,10 +30,8 @@ writing the video) and curator.synthetic (the label).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -41,11 +39,12 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from . import faces, media
-from .atomic import atomic_path, inside, replace_dir, temp_dir, write_json
+from . import faces, media, outputs
+from .atomic import atomic_path, inside, write_json
 from .errors import ConvertError
-from .swap import Swapper, SwapSettings, export_models, find_face, load_run, source_embedding, swap_batch, swap_frame
-from .synthetic import container_metadata, label_record, sidecar_path, visible_mark
+from .swap import (Swapper, SwapSettings, export_models, find_face, load_run, run_inputs, source_embedding, swap_batch,
+                   swap_frame)
+from .synthetic import container_metadata, is_labelled_output, label_record, read_sidecar, sidecar_path, visible_mark
 from .videoio import (VIDEO_SUFFIXES, VideoInput, VideoOutput, bgr_to_frame, demux, open_input, open_output,
                       write_audio, write_frame)
 from .workspace import now
@@ -66,26 +65,23 @@ class ConvertSettings(SwapSettings):
 # --- the command -------------------------------------------------------------------------------
 
 
-def _check_writable(target: Path, what: str) -> None:
-    """Fail now, not after minutes of work, when `target`'s folder cannot take a new file."""
-    parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ConvertError(f"{target}: cannot write the {what} there ({e.strerror or e})") from None
+def kept_paths(video: Path, run: str | os.PathLike, refs: list | None, models: str | None) -> dict:
+    """What no output of this conversion may be or contain: the input, the run and the exports it learned from,
+    the reference photos and the face-model pack."""
+    keep = {video: "the input video", Path(run): "the model run folder"}
+    keep.update({Path(r): "a reference photo" for r in refs or ()})
+    if models and Path(models).expanduser().is_dir():
+        keep[Path(models)] = "the face-model pack"
+    keep.update({Path(p): what for p, what in run_inputs(run).items()})
+    return keep
 
 
-def _check_target(target: Path, video: Path, force: bool, what: str) -> None:
-    if target.exists() and video.exists() and target.resolve() == video.resolve():
-        raise ConvertError(f"{target}: is the input video; choose another output")
-    if target.is_dir():
-        raise ConvertError(f"{target}: is a folder; give a file name for the {what}")
-    if target.exists() and not force:
-        raise ConvertError(f"{target}: exists; use --force to replace it")
-    _check_writable(target, what)
+def check_video_out(out: Path, keep: dict, force: bool) -> None:
+    """The video and its sidecar may replace only an earlier, labelled `curator convert` output."""
+    outputs.check_file(out, "convert", force=force, keep=keep, is_ours=is_labelled_output, what="video")
+    outputs.check_file(sidecar_path(out), "convert", force=True, keep=keep,
+                       is_ours=lambda p: read_sidecar(p) is not None, what="sidecar")
+    outputs.check_writable(out, "video")
 
 
 def load_swapper(run: str | os.PathLike, refs: list | None = None, models: str | None = None, device: str = "auto",
@@ -137,16 +133,15 @@ def convert(video: str | os.PathLike, run: str | os.PathLike, out: str | os.Path
         raise ConvertError(f"{video}: no such file")
     out = Path(out).expanduser().absolute() if out is not None else None
     frames_dir = Path(frames_out).expanduser().absolute() if frames_out is not None else None
+    keep = kept_paths(video, run, refs, models)
     if out is not None:
         container_format = VIDEO_SUFFIXES.get(out.suffix.lower())
         if container_format is None:
             raise ConvertError(f"{out}: unknown video type {out.suffix or '(none)'!r}; use .mp4, .mov or .mkv")
-        _check_target(out, video, force, "video")
-        _check_target(sidecar_path(out), video, True, "sidecar")
+        check_video_out(out, keep, force)
     if frames_dir is not None:
-        if frames_dir.exists() and (not frames_dir.is_dir() or any(frames_dir.iterdir())) and not force:
-            raise ConvertError(f"{frames_dir}: exists and is not empty; use --force to replace it")
-        _check_writable(frames_dir, "frames folder")
+        frames_dir = outputs.check_folder(frames_dir, "convert --frames-out", force=force, keep=keep)
+        outputs.check_writable(frames_dir, "frames folder")
     if settings.batch <= 0 or (settings.max_frames is not None and settings.max_frames <= 0):
         raise ConvertError("--batch and --max-frames must be positive")
 
@@ -165,7 +160,7 @@ def convert(video: str | os.PathLike, run: str | os.PathLike, out: str | os.Path
         try:
             with ExitStack() as stack:
                 tmp_video = stack.enter_context(atomic_path(out)) if out is not None else None
-                tmp_frames = stack.enter_context(_temp_folder(frames_dir)) if frames_dir is not None else None
+                tmp_frames = stack.enter_context(outputs.building(frames_dir, "convert --frames-out")) if frames_dir is not None else None
                 state = {"vo": None, "pending_audio": []}
                 # Registered last, so it runs first: the container is closed before its file is removed.
                 stack.callback(lambda: state["vo"] is not None and _close_quietly(state["vo"]))
@@ -296,18 +291,6 @@ def _close_quietly(vo: VideoOutput) -> None:
         pass
 
 
-@contextmanager
-def _temp_folder(target: Path) -> Iterator[Path]:
-    """A temporary folder beside `target`, renamed over it on success and removed on any failure."""
-    tmp = temp_dir(target)
-    try:
-        yield tmp
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def preview(video: str | os.PathLike, run: str | os.PathLike, out: str | os.PathLike, count: int = 8, *,
             refs: list | None = None, models: str | None = None, device: str = "auto",
             settings: ConvertSettings = ConvertSettings(), force: bool = False,
@@ -328,9 +311,8 @@ def preview(video: str | os.PathLike, run: str | os.PathLike, out: str | os.Path
         raise ConvertError(f"{video}: no such file")
     if out.suffix.lower() in VIDEO_SUFFIXES or (out.exists() and not out.is_dir()):
         raise ConvertError(f"{out}: --preview writes a folder of PNGs; give a folder, not a video file")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ConvertError(f"{out}: exists and is not empty; use --force to replace it")
-    _check_writable(out, "preview folder")
+    out = outputs.check_folder(out, "convert --preview", force=force, keep=kept_paths(video, run, refs, models))
+    outputs.check_writable(out, "preview folder")
     settings = ConvertSettings(**{**asdict(settings), "smooth": False})
     inp = open_input(video)
     try:
@@ -357,7 +339,7 @@ def preview(video: str | os.PathLike, run: str | os.PathLike, out: str | os.Path
                                f"looked at (similarity threshold {sw.threshold:.2f}); check --direction, or pass --ref "
                                "photos of the person to replace")
         chosen = [found[i] for i in sorted(set(np.linspace(0, len(found) - 1, min(count, len(found))).round().astype(int)))]
-        with _temp_folder(out) as tmp:
+        with outputs.building(out, "convert --preview") as tmp:
             files = []
             for index, image, swapped in chosen:
                 right = visible_mark(swapped) if settings.visible_mark else swapped

@@ -93,43 +93,36 @@ def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, 
         raise ExportError(str(e)) from None
     split, split_by = split_by_source(rows, val_fraction, seed)
     names = formats.unique_names(list(rows["face_id"]))
+    outputs.check_writable(out, "export folder")
 
     try:
-        tmp = outputs.temp_folder(out)
-    except OSError as e:
-        raise ExportError(f"cannot write to {out.parent}: {e.strerror or e}") from None
-    try:
-        row_emb = np.asarray(emb[rows.index.to_numpy()], np.float32)
-        provenance = {
-            "tool": "curator", "tool_version": __version__, "exported": now(), "workspace": str(ws.root),
-            "format": fmt,
-            "faces": len(rows), "split_by": split_by, "train": int((split == "train").sum()), "val": int((split == "val").sum()),
-            "models": meta.get("models"), "settings": meta.get("settings"),
-            "consent": meta.get("consent", []),
-            "sources": {sha: {"path": meta["sources"].get(sha, {}).get("path"), "sha256": sha,
-                              "consent": meta["sources"].get(sha, {}).get("consent"), "faces": int(n)}
-                        for sha, n in rows.groupby("source_sha256").size().items()},
-        }
-        files, fmt_info = _write_faces(fmt, ws, rows, names, tmp, meta, row_emb, split, provenance, face_size)
-        if fmt_info:
-            provenance[fmt] = fmt_info
-        manifest = rows.copy()
-        manifest["file"] = files
-        manifest["split"] = split
-        pq.write_table(pa.Table.from_pandas(manifest.reset_index(drop=True), preserve_index=False),
-                       tmp / "manifest.parquet", compression="zstd")
-        _to_csv(manifest).to_csv(tmp / "manifest.csv", index=False)
-        with open(tmp / "embeddings.npy", "wb") as f:
-            np.save(f, row_emb, allow_pickle=False)
-        write_json(tmp / "provenance.json", provenance)
-        outputs.write_marker(tmp, "export", format=fmt)
-        outputs.replace_folder(tmp, out, "export")
+        with outputs.building(out, "export", format=fmt) as tmp:
+            row_emb = np.asarray(emb[rows.index.to_numpy()], np.float32)
+            provenance = {
+                "tool": "curator", "tool_version": __version__, "exported": now(), "workspace": str(ws.root),
+                "format": fmt,
+                "faces": len(rows), "split_by": split_by, "train": int((split == "train").sum()),
+                "val": int((split == "val").sum()),
+                "models": meta.get("models"), "settings": meta.get("settings"),
+                "consent": meta.get("consent", []),
+                "sources": {sha: {"path": meta["sources"].get(sha, {}).get("path"), "sha256": sha,
+                                  "consent": meta["sources"].get(sha, {}).get("consent"), "faces": int(n)}
+                            for sha, n in rows.groupby("source_sha256").size().items()},
+            }
+            files, fmt_info = _write_faces(fmt, ws, rows, names, tmp, meta, row_emb, split, provenance, face_size)
+            if fmt_info:
+                provenance[fmt] = fmt_info
+            manifest = rows.copy()
+            manifest["file"] = files
+            manifest["split"] = split
+            pq.write_table(pa.Table.from_pandas(manifest.reset_index(drop=True), preserve_index=False),
+                           tmp / "manifest.parquet", compression="zstd")
+            _to_csv(manifest).to_csv(tmp / "manifest.csv", index=False)
+            with open(tmp / "embeddings.npy", "wb") as f:
+                np.save(f, row_emb, allow_pickle=False)
+            write_json(tmp / "provenance.json", provenance)
     except formats.FormatError as e:
-        outputs.discard(tmp)
         raise ExportError(str(e)) from None
-    except BaseException:
-        outputs.discard(tmp)
-        raise
     summary = {"out": str(out), "format": fmt, "faces": len(rows), "train": provenance["train"], "val": provenance["val"],
                "split_by": split_by, "sources": len(provenance["sources"])}
     if fmt_info and fmt_info.get("notes"):

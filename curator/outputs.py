@@ -29,8 +29,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from .atomic import replace_dir, temp_dir, write_json
 from .errors import CuratorError
@@ -125,6 +127,17 @@ def check_file(out: str | os.PathLike, command: str, *, force: bool, keep: Mappi
     return out
 
 
+def check_writable(target: Path, what: str) -> None:
+    """Fail now, not after minutes of work, when `target`'s folder cannot take a new file or folder."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=target.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"{target}: cannot write the {what} there ({e.strerror or e})") from None
+
+
 # --- markers ------------------------------------------------------------------------------
 
 def files_in(folder: Path) -> list[str]:
@@ -179,6 +192,20 @@ def replace_folder(tmp: Path, out: Path, command: str) -> None:
     elif out.is_dir():
         out.rmdir()
     replace_dir(tmp, out)
+
+
+@contextmanager
+def building(out: Path, command: str, **record) -> Iterator[Path]:
+    """Build the output folder `out` of `curator COMMAND` in a temporary folder; on success mark it and rename it
+    into place (`replace_folder`), on any failure remove it. `record` goes into the marker."""
+    tmp = temp_folder(out)
+    try:
+        yield tmp
+        write_marker(tmp, command, **record)
+        replace_folder(tmp, out, command)
+    except BaseException:
+        discard(tmp)
+        raise
 
 
 def discard(tmp: Path) -> None:

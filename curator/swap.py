@@ -105,6 +105,15 @@ def _export_settings(folder: str | None) -> dict:
         return {}
 
 
+def run_inputs(run: str | os.PathLike) -> dict[str, str]:
+    """The exports a run folder learned from, as {path: what it is}, read from its weights' metadata ({} if none)."""
+    from trainer.checkpoint import read_config
+
+    config = read_config(Path(run).expanduser()) or {}
+    return {config[side]: f"identity {side.upper()}'s export, which the run learned from"
+            for side in ("a", "b") if config.get(side)}
+
+
 def source_embedding(run: Run, direction: str, fm: faces.FaceModels) -> tuple[np.ndarray, str]:
     """The replaced identity's mean embedding [1, dim] from its export, and a description of where it came from."""
     side = "a" if direction == "a2b" else "b"

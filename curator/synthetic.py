@@ -9,6 +9,7 @@ settings made it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -41,6 +42,21 @@ def visible_mark(frame: np.ndarray, text: str = MARK_TEXT) -> np.ndarray:
 
 def sidecar_path(out: Path) -> Path:
     return out.with_name(out.name + SIDECAR_SUFFIX)
+
+
+def read_sidecar(path: Path) -> dict | None:
+    """A synthetic-media record curator wrote (`synthetic: true`, `tool: curator`), or None for anything else."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("synthetic") is True and record.get("tool") == "curator" else None
+
+
+def is_labelled_output(video: Path) -> bool:
+    """True when `video` is an earlier `curator convert` output: its sidecar records exactly this file's SHA-256."""
+    record = read_sidecar(sidecar_path(video))
+    return bool(record) and (record.get("output") or {}).get("sha256") == media.sha256_file(video)
 
 
 def label_record(sw: Swapper, identity: dict, video: Path, video_sha: str, info: media.VideoInfo,

@@ -146,6 +146,18 @@ def load_optimizer(run: Path, optimizer: torch.optim.Optimizer, state: dict) -> 
         raise TrainError(f"{run / STATE}: optimiser state does not fit this model ({e})") from None
 
 
+def read_config(run: Path) -> dict | None:
+    """The training config a run's weights file records in its metadata (no tensor is read), or None."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(Path(run) / WEIGHTS), framework="pt") as f:
+            meta = f.metadata() or {}
+        return json.loads(meta["config"]) if meta.get("format") == FORMAT else None
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_for_inference(run: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict, dict]:
     """RUN's network for inference: (model in eval mode on `device`, training config, info).
 
