@@ -538,7 +538,8 @@ def compare(
 
         curator compare jane_ws john_video_ws --out gaps.html --json | jq .gap_score
     """
-    from .audit import AuditError, compare as do_compare, compare_line
+    from .audit import AuditError
+    from .compare import compare as do_compare, compare_line
     from .workspace import WorkspaceError, open_workspace
 
     try:

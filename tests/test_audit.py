@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import chromium_screenshot, clip, curator, curator_json, one_line_error, table
-from curator import audit
+from curator import audit, compare
 from curator.workspace import open_workspace, read_table, write_table
 
 FRONTAL = ("face_1.mp4", "face_4.mp4", "face_5.mp4")
@@ -203,7 +203,7 @@ def test_compare_finds_the_head_turn_the_frontal_set_lacks(frontal_ws, turns_ws,
 
 def test_compare_a_set_with_itself_has_no_gaps(frontal_ws):
     ws = open_workspace(frontal_ws)
-    c = audit.compare_sets(audit.load_faces(ws, "source"), audit.load_faces(ws))
+    c = compare.compare_sets(audit.load_faces(ws, "source"), audit.load_faces(ws))
     assert c["gap_score"] == 0 and c["regions"] == [] and c["look_for"] == []
 
 
@@ -216,8 +216,8 @@ def test_compare_skips_expression_when_methods_differ(frontal_ws, turns_ws, tmp_
     t["expression_method"] = "lmk68"
     write_table(ws, t)
     source = audit.load_faces(open_workspace(frontal_ws), "source")
-    same = audit.compare_sets(source, audit.load_faces(open_workspace(turns_ws)))
-    diff = audit.compare_sets(source, audit.load_faces(ws))
+    same = compare.compare_sets(source, audit.load_faces(open_workspace(turns_ws)))
+    diff = compare.compare_sets(source, audit.load_faces(ws))
     assert same["expression_compared"] and same["expression_gap_faces"] > 0  # different people, different mouths
     assert not diff["expression_compared"] and diff["expression_gap_faces"] == 0
     assert not [g for g in diff["regions"] if g["kind"] == "expression"]
