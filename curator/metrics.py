@@ -1,7 +1,8 @@
 """Coverage measures shared by curate, audit, compare and the benchmarks.
 
 - pose bins: 10 deg x 10 deg cells of (yaw, pitch); the grid of them over the
-  plausible pose range, with face counts, that the reports' heatmaps draw;
+  plausible pose range, with face counts or per-bin means, that the reports'
+  heatmaps draw;
 - expression cells: tertiles of mouth_open x eyes_open x smile (27 cells);
 - lighting cells: tertiles of lum x light_lr x contrast (27 cells).
 
@@ -69,16 +70,34 @@ def pose_grid(*sets: pd.DataFrame, size: float = POSE_BIN) -> tuple[np.ndarray, 
     return edges(lo_y, hi_y), edges(lo_p, hi_p)
 
 
+def _grid_cells(faces: pd.DataFrame, yaw_edges: np.ndarray, pitch_edges: np.ndarray):
+    """(pitch bin, yaw bin) of each face inside the grid, and which faces those are (unknown poses are outside)."""
+    size = yaw_edges[1] - yaw_edges[0]
+    with np.errstate(invalid="ignore"):
+        yi = np.floor((faces["yaw"].to_numpy(float) - yaw_edges[0]) / size)
+        pi = np.floor((faces["pitch"].to_numpy(float) - pitch_edges[0]) / size)
+    inside = (yi >= 0) & (yi < len(yaw_edges) - 1) & (pi >= 0) & (pi < len(pitch_edges) - 1)  # NaN: False
+    return pi[inside].astype(int), yi[inside].astype(int), inside
+
+
 def pose_counts(faces: pd.DataFrame, yaw_edges: np.ndarray, pitch_edges: np.ndarray) -> np.ndarray:
     """Face counts [pitch bin, yaw bin] in bins [edge, next edge), like `pose_bins`; faces outside are left out."""
-    k = known_pose(faces)
-    size = yaw_edges[1] - yaw_edges[0]
-    yi = np.floor((k["yaw"].to_numpy(float) - yaw_edges[0]) / size).astype(int)
-    pi = np.floor((k["pitch"].to_numpy(float) - pitch_edges[0]) / size).astype(int)
-    inside = (yi >= 0) & (yi < len(yaw_edges) - 1) & (pi >= 0) & (pi < len(pitch_edges) - 1)
+    pi, yi, _ = _grid_cells(faces, yaw_edges, pitch_edges)
     counts = np.zeros((len(pitch_edges) - 1, len(yaw_edges) - 1), np.int64)
-    np.add.at(counts, (pi[inside], yi[inside]), 1)
+    np.add.at(counts, (pi, yi), 1)
     return counts
+
+
+def pose_means(faces: pd.DataFrame, values, yaw_edges: np.ndarray, pitch_edges: np.ndarray) -> np.ndarray:
+    """Mean of a per-face value [pitch bin, yaw bin], over the faces with a finite value; NaN where a bin has none."""
+    pi, yi, inside = _grid_cells(faces, yaw_edges, pitch_edges)
+    v = np.asarray(values, float)[inside]
+    ok = np.isfinite(v)
+    sums = np.zeros((len(pitch_edges) - 1, len(yaw_edges) - 1))
+    n = np.zeros_like(sums)
+    np.add.at(sums, (pi[ok], yi[ok]), v[ok])
+    np.add.at(n, (pi[ok], yi[ok]), 1)
+    return np.divide(sums, n, out=np.full_like(sums, np.nan), where=n > 0)
 
 
 def tertile_edges(reference: pd.DataFrame, columns) -> dict[str, np.ndarray]:

@@ -2,7 +2,8 @@
 
 A report is one HTML file with every image embedded as a base64 data URI and
 no scripts, fonts or links, so it opens offline and can be mailed as it is.
-The pieces: `heatmap_png` (a yaw x pitch grid of face counts), `histograms_png`, `thumbnail`, `render_page` (a Jinja
+The pieces: `heatmap_png` (a yaw x pitch grid of face counts, or of the mean
+of a per-face value), `histograms_png`, `thumbnail`, `render_page` (a Jinja
 template with the shared CSS), and `check_out` / `write_report` (refuse a bad
 path before the work, then write the whole file or nothing). What a report
 says is up to the command that makes it (audit, compare).
@@ -22,7 +23,7 @@ import pandas as pd
 from . import __version__
 from .atomic import atomic_path
 from .errors import CuratorError
-from .metrics import PLAUSIBLE_PITCH, PLAUSIBLE_YAW, pose_counts, pose_grid
+from .metrics import PLAUSIBLE_PITCH, PLAUSIBLE_YAW, pose_counts, pose_grid, pose_means
 from .workspace import Workspace
 
 THUMB_PX = 72
@@ -43,27 +44,46 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def heatmap_png(faces: pd.DataFrame, title: str, yaw_edges=None, pitch_edges=None, marks: pd.DataFrame | None = None) -> str:
-    """Yaw x pitch face counts in 10 degree bins, empty bins grey; `marks` faces drawn as red crosses."""
+def _cell_number(v: float) -> str:
+    """A bin's mean in at most about five characters, so it fits its cell: 4123, 12, 0.023."""
+    return f"{v:.0f}" if abs(v) >= 10 else f"{v:.2g}"
+
+
+def heatmap_png(faces: pd.DataFrame, title: str, yaw_edges=None, pitch_edges=None, marks: pd.DataFrame | None = None,
+                values=None, value_label: str = "mean per 10° bin") -> str:
+    """Yaw x pitch face counts in 10 degree bins, empty bins grey; `marks` faces drawn as red crosses.
+
+    With `values` (one number per face, aligned with `faces`): each bin shows the mean of
+    its faces' finite values instead of a count, on a linear scale labelled `value_label`;
+    bins without a value are grey.
+    """
     from matplotlib.colors import LogNorm, Normalize
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     if yaw_edges is None:
         yaw_edges, pitch_edges = pose_grid(faces)
-    counts = pose_counts(faces, yaw_edges, pitch_edges)
+    if values is None:
+        grid = pose_counts(faces, yaw_edges, pitch_edges)
+        top = max(int(grid.max()), 1)
+        norm = LogNorm(vmin=1, vmax=top) if top >= 30 else Normalize(vmin=0, vmax=top)
+        shown, label, words = np.ma.masked_equal(grid, 0), "faces per 10° bin", str
+    else:
+        grid = pose_means(faces, values, yaw_edges, pitch_edges)
+        known = grid[np.isfinite(grid)]
+        lo, hi = (float(known.min()), float(known.max())) if len(known) else (0.0, 1.0)
+        norm = Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)  # one value: still a valid scale
+        shown, label, words = np.ma.masked_invalid(grid), value_label, _cell_number
     fig = Figure(figsize=(0.42 * len(yaw_edges) + 1.6, 0.42 * len(pitch_edges) + 1.0))
     ax = fig.add_subplot()
     ax.set_facecolor("#e6e6e6")
-    top = max(int(counts.max()), 1)
-    norm = LogNorm(vmin=1, vmax=top) if top >= 30 else Normalize(vmin=0, vmax=top)
-    mesh = ax.pcolormesh(yaw_edges, pitch_edges, np.ma.masked_equal(counts, 0), cmap="viridis", norm=norm,
+    mesh = ax.pcolormesh(yaw_edges, pitch_edges, shown, cmap="viridis", norm=norm,
                          edgecolors="white", linewidth=0.5)
-    for (pi, yi), c in np.ndenumerate(counts):
-        if c:
-            rgba = mesh.cmap(mesh.norm(c))
-            ax.text((yaw_edges[yi] + yaw_edges[yi + 1]) / 2, (pitch_edges[pi] + pitch_edges[pi + 1]) / 2, str(c),
-                    ha="center", va="center", fontsize=6.5, color="white" if sum(rgba[:3]) < 1.6 else "black")
+    for pi, yi in zip(*np.nonzero(~np.ma.getmaskarray(shown))):
+        c = grid[pi, yi]
+        rgba = mesh.cmap(mesh.norm(c))
+        ax.text((yaw_edges[yi] + yaw_edges[yi + 1]) / 2, (pitch_edges[pi] + pitch_edges[pi + 1]) / 2, words(c),
+                ha="center", va="center", fontsize=6.5, color="white" if sum(rgba[:3]) < 1.6 else "black")
     if marks is not None and len(marks):
         ax.scatter(marks["yaw"], marks["pitch"], marker="x", s=22, linewidths=1.3, color="#e0201b", zorder=3)
     ax.add_patch(Rectangle((-PLAUSIBLE_YAW, -PLAUSIBLE_PITCH), 2 * PLAUSIBLE_YAW, 2 * PLAUSIBLE_PITCH, fill=False,
@@ -76,7 +96,7 @@ def heatmap_png(faces: pd.DataFrame, title: str, yaw_edges=None, pitch_edges=Non
     ax.set_aspect("equal")
     ax.set_title(title, fontsize=9)
     cb = fig.colorbar(mesh, ax=ax, fraction=0.03, pad=0.02)
-    cb.set_label("faces per 10° bin", fontsize=7)
+    cb.set_label(label, fontsize=7)
     cb.ax.tick_params(labelsize=6)
     return _png(fig)
 
