@@ -218,7 +218,7 @@ def audit(workspace: PathLike, *, selected: bool = False, out: PathLike | None =
 
 def compare(source: PathLike, target: PathLike, *, out: PathLike | None = None) -> dict:
     """What SOURCE's faces lack for converting TARGET's video: gap regions, a gap score, footage to look for."""
-    from .audit import compare as compare_report
+    from .compare import compare as compare_report
 
     return compare_report(open_workspace(source), open_workspace(target), out=out)
 

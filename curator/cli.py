@@ -458,7 +458,7 @@ def compare(
         curator compare jane_ws john_video_ws --out gaps.html --json | jq .gap_score
     """
     from . import api
-    from .audit import compare_line
+    from .compare import compare_line
 
     with errors_as_lines():
         result = api.compare(source, target, out=out)

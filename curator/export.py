@@ -34,7 +34,7 @@ from . import __version__
 from . import formats
 from . import outputs
 from .atomic import inside, write_json
-from .workspace import Workspace, WorkspaceError, now, read_embeddings, read_meta, read_table
+from .workspace import Workspace, WorkspaceError, inputs_of, now, read_embeddings, read_meta, read_table
 
 VAL_FRACTION = 0.1
 
@@ -78,7 +78,7 @@ def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, 
     if fmt not in formats.FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(formats.FORMATS)}")
     meta = read_meta(ws)
-    out = outputs.check_folder(out, "export", force=force, keep=inputs_of(ws, meta),
+    out = outputs.check_folder(out, "export", force=force, keep=inputs_of(ws),
                                not_inside={ws.root: f"the workspace {ws.root}"})
     table = read_table(ws)
     if not len(table):
@@ -128,17 +128,6 @@ def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, 
     if fmt_info and fmt_info.get("notes"):
         summary["notes"] = fmt_info["notes"]
     return summary
-
-
-def inputs_of(ws: Workspace, meta: dict) -> dict:
-    """What an output of this workspace must never be or contain: the workspace, its footage, its model pack."""
-    keep = {ws.root: f"the workspace {ws.root}"}
-    keep.update({Path(rec["path"]): "input footage of the workspace" for rec in meta.get("sources", {}).values()
-                 if rec.get("path")})
-    pack = (meta.get("models") or {}).get("path")
-    if pack:
-        keep[Path(pack)] = "the workspace's model pack"
-    return keep
 
 
 def _write_faces(fmt: str, ws: Workspace, rows: pd.DataFrame, names: list[str], tmp: Path, meta: dict,

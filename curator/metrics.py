@@ -1,6 +1,8 @@
 """Coverage measures shared by curate, audit, compare and the benchmarks.
 
-- pose bins: 10 deg x 10 deg cells of (yaw, pitch);
+- pose bins: 10 deg x 10 deg cells of (yaw, pitch); the grid of them over the
+  plausible pose range, with face counts or per-bin means, that the reports'
+  heatmaps draw;
 - expression cells: tertiles of mouth_open x eyes_open x smile (27 cells);
 - lighting cells: tertiles of lum x light_lr x contrast (27 cells).
 
@@ -11,12 +13,18 @@ does this subset occupy.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
 POSE_BIN = 10.0
 EXPRESSION_COLUMNS = ("mouth_open", "eyes_open", "smile")
 LIGHT_COLUMNS = ("lum", "light_lr", "contrast")
+# The range of head poses a face model can plausibly need: beyond ~90 degrees of
+# yaw the face is gone, beyond ~60 degrees of pitch detectors rarely fire.
+PLAUSIBLE_YAW = 90.0
+PLAUSIBLE_PITCH = 60.0
 
 
 def pose_bins(table: pd.DataFrame, size: float = POSE_BIN) -> pd.Series:
@@ -44,6 +52,52 @@ def pose_labels(table: pd.DataFrame, size: float = POSE_BIN) -> np.ndarray:
     codes = pose_bins(table, size)
     labels = {c: (pose_label(*pose_bin_centre(c, size), size) if c >= 0 else "unknown") for c in codes.unique()}
     return codes.map(labels).to_numpy(dtype=object)
+
+
+def known_pose(faces: pd.DataFrame) -> pd.DataFrame:
+    return faces[np.isfinite(faces["yaw"].to_numpy(float)) & np.isfinite(faces["pitch"].to_numpy(float))]
+
+
+def pose_grid(*sets: pd.DataFrame, size: float = POSE_BIN) -> tuple[np.ndarray, np.ndarray]:
+    """Bin edges covering the plausible range and any face outside it."""
+    lo_y, hi_y, lo_p, hi_p = -PLAUSIBLE_YAW, PLAUSIBLE_YAW, -PLAUSIBLE_PITCH, PLAUSIBLE_PITCH
+    for s in sets:
+        k = known_pose(s)
+        if len(k):
+            lo_y, hi_y = min(lo_y, k["yaw"].min()), max(hi_y, k["yaw"].max())
+            lo_p, hi_p = min(lo_p, k["pitch"].min()), max(hi_p, k["pitch"].max())
+    edges = lambda lo, hi: np.arange(math.floor(lo / size) * size, math.ceil(hi / size) * size + 1e-9, size)
+    return edges(lo_y, hi_y), edges(lo_p, hi_p)
+
+
+def _grid_cells(faces: pd.DataFrame, yaw_edges: np.ndarray, pitch_edges: np.ndarray):
+    """(pitch bin, yaw bin) of each face inside the grid, and which faces those are (unknown poses are outside)."""
+    size = yaw_edges[1] - yaw_edges[0]
+    with np.errstate(invalid="ignore"):
+        yi = np.floor((faces["yaw"].to_numpy(float) - yaw_edges[0]) / size)
+        pi = np.floor((faces["pitch"].to_numpy(float) - pitch_edges[0]) / size)
+    inside = (yi >= 0) & (yi < len(yaw_edges) - 1) & (pi >= 0) & (pi < len(pitch_edges) - 1)  # NaN: False
+    return pi[inside].astype(int), yi[inside].astype(int), inside
+
+
+def pose_counts(faces: pd.DataFrame, yaw_edges: np.ndarray, pitch_edges: np.ndarray) -> np.ndarray:
+    """Face counts [pitch bin, yaw bin] in bins [edge, next edge), like `pose_bins`; faces outside are left out."""
+    pi, yi, _ = _grid_cells(faces, yaw_edges, pitch_edges)
+    counts = np.zeros((len(pitch_edges) - 1, len(yaw_edges) - 1), np.int64)
+    np.add.at(counts, (pi, yi), 1)
+    return counts
+
+
+def pose_means(faces: pd.DataFrame, values, yaw_edges: np.ndarray, pitch_edges: np.ndarray) -> np.ndarray:
+    """Mean of a per-face value [pitch bin, yaw bin], over the faces with a finite value; NaN where a bin has none."""
+    pi, yi, inside = _grid_cells(faces, yaw_edges, pitch_edges)
+    v = np.asarray(values, float)[inside]
+    ok = np.isfinite(v)
+    sums = np.zeros((len(pitch_edges) - 1, len(yaw_edges) - 1))
+    n = np.zeros_like(sums)
+    np.add.at(sums, (pi[ok], yi[ok]), v[ok])
+    np.add.at(n, (pi[ok], yi[ok]), 1)
+    return np.divide(sums, n, out=np.full_like(sums, np.nan), where=n > 0)
 
 
 def tertile_edges(reference: pd.DataFrame, columns) -> dict[str, np.ndarray]:

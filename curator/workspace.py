@@ -157,6 +157,18 @@ def write_meta(ws: Workspace, meta: dict) -> None:
     write_json(ws.meta_path, meta)
 
 
+def inputs_of(ws: Workspace) -> dict[Path, str]:
+    """What no output may be or contain ({path: what it is}): the workspace, its footage and its model pack."""
+    meta = read_meta(ws)
+    keep = {ws.root: f"the workspace {ws.root}"}
+    keep.update({Path(rec["path"]): "input footage of the workspace" for rec in meta.get("sources", {}).values()
+                 if rec.get("path")})
+    pack = (meta.get("models") or {}).get("path")
+    if pack:
+        keep[Path(pack)] = "the workspace's model pack"
+    return keep
+
+
 # --- the lock -----------------------------------------------------------------
 
 @contextmanager

@@ -8,6 +8,7 @@ image's left, and back). Extraction runs through `curator extract`.
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import chromium_screenshot, clip, curator, curator_json, one_line_error, table
-from curator import audit
+from curator import audit, compare, metrics, report
 from curator.workspace import open_workspace, read_table, write_table
 
 FRONTAL = ("face_1.mp4", "face_4.mp4", "face_5.mp4")
@@ -166,6 +167,29 @@ def test_audit_report_is_self_contained_and_renders_in_chromium(frontal_ws, tmp_
     assert hit.max() - hit.min() > 150  # from the dark purple end to the yellow end
 
 
+def test_heatmap_of_a_per_bin_value(frontal_ws):
+    # what `curator evaluate` draws: the mean of a per-face value in each 10° bin instead of a count
+    t = table(frontal_ws)
+    values = t["sharpness"].to_numpy(float).copy()
+    values[::4] = np.nan  # faces without a value are left out of their bin's mean
+    ye, pe = metrics.pose_grid(t)
+    means = metrics.pose_means(t, values, ye, pe)
+    expect = t.assign(v=values).groupby([np.floor(t.pitch / 10) * 10, np.floor(t.yaw / 10) * 10]).v.mean().dropna()
+    got = {(float(pe[i]), float(ye[j])): means[i, j] for i, j in zip(*np.nonzero(np.isfinite(means)))}
+    assert set(got) == set(expect.index) and len(got) >= 3
+    for key, v in expect.items():
+        assert got[key] == pytest.approx(v)
+
+    def decode(uri: str) -> np.ndarray:
+        assert uri.startswith("data:image/png;base64,")
+        return cv2.imdecode(np.frombuffer(base64.b64decode(uri.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
+
+    by_value = decode(report.heatmap_png(t, "sharpness", values=values, value_label="mean sharpness per 10° bin"))
+    by_count = decode(report.heatmap_png(t, "sharpness"))
+    assert by_value.shape[0] > 200 and by_value.shape[1] > 200
+    assert by_value.shape != by_count.shape or (by_value != by_count).any()
+
+
 # --- compare ----------------------------------------------------------------------
 
 def test_compare_finds_the_head_turn_the_frontal_set_lacks(frontal_ws, turns_ws, tmp_path):
@@ -203,7 +227,7 @@ def test_compare_finds_the_head_turn_the_frontal_set_lacks(frontal_ws, turns_ws,
 
 def test_compare_a_set_with_itself_has_no_gaps(frontal_ws):
     ws = open_workspace(frontal_ws)
-    c = audit.compare_sets(audit.load_faces(ws, "source"), audit.load_faces(ws))
+    c = compare.compare_sets(audit.load_faces(ws, "source"), audit.load_faces(ws))
     assert c["gap_score"] == 0 and c["regions"] == [] and c["look_for"] == []
 
 
@@ -216,8 +240,8 @@ def test_compare_skips_expression_when_methods_differ(frontal_ws, turns_ws, tmp_
     t["expression_method"] = "lmk68"
     write_table(ws, t)
     source = audit.load_faces(open_workspace(frontal_ws), "source")
-    same = audit.compare_sets(source, audit.load_faces(open_workspace(turns_ws)))
-    diff = audit.compare_sets(source, audit.load_faces(ws))
+    same = compare.compare_sets(source, audit.load_faces(open_workspace(turns_ws)))
+    diff = compare.compare_sets(source, audit.load_faces(ws))
     assert same["expression_compared"] and same["expression_gap_faces"] > 0  # different people, different mouths
     assert not diff["expression_compared"] and diff["expression_gap_faces"] == 0
     assert not [g for g in diff["regions"] if g["kind"] == "expression"]
