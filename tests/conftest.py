@@ -85,6 +85,22 @@ def testdata() -> Path:
     return TESTDATA
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A `curator train` run folder: exports A (face_1.mp4) and B (face_2.mp4) beside it, a tiny model trained
+    20 steps on them. Far too small to draw a convincing face; enough to convert with."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    for name, video in (("A", "face_1.mp4"), ("B", "face_2.mp4")):
+        curator("run", clip(video), "--out", root / name, "--budget", "40", "--size", "64", "--fps", "4", "-q",
+                check=True)
+    proc = subprocess.run([sys.executable, "-m", "curator", "train", "--a", str(root / "A"), "--b", str(root / "B"),
+                           "--out", str(root / "run"), "--resolution", "64", "--width", "8", "--latent", "64",
+                           "--lr", "1e-3", "--batch", "4", "--steps", "20", "--quiet"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return root / "run"
+
+
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
                   "--disable-component-update", "--disable-sync")
 

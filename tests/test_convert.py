@@ -107,18 +107,9 @@ def leftovers(folder: Path, keep: set[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """Exports of two people from shared clips and a tiny model trained on them with `curator train`."""
-    root = tmp_path_factory.mktemp("convert")
-    for name, video in (("A", CLIP_A), ("B", CLIP_B)):
-        curator("run", clip(video), "--out", root / name, "--budget", "40", "--size", "64", "--fps", "4", "-q",
-                check=True)
-    proc = subprocess.run([sys.executable, "-m", "curator", "train", "--a", str(root / "A"), "--b", str(root / "B"),
-                           "--out", str(root / "run"), "--resolution", "64", "--width", "8", "--latent", "64",
-                           "--lr", "1e-3", "--batch", "4", "--steps", "20", "--quiet"],
-                          capture_output=True, text=True, env=ENV, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return root / "run"
+def run_dir(tiny_run) -> Path:
+    """Exports of two people from shared clips and a tiny model trained on them with `curator train` (conftest)."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
