@@ -2,8 +2,8 @@
 
 Benchmarks read the shared, read-only test data beside the repository
 (`../shared/testdata`, see its README.md) and never copy it into the repo.
-Derived footage (long videos concatenated from the shared clips) is built once
-into a cache folder outside the repository and reused by later runs.
+Derived footage (segments of the shared clips played in order, one long video)
+is built once into a cache folder outside the repository and reused by later runs.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -29,8 +30,8 @@ TESTDATA = Path(os.environ.get("CURATOR_TESTDATA", REPO.parent / "shared" / "tes
 VIDEOS = TESTDATA / "videos"
 PACK_SMALL = TESTDATA / "models" / "pack-small"
 
-# Bump when the way footage is built changes, so stale cached files are not reused.
-FOOTAGE_VERSION = 1
+# Bump when the frames a segment gives change, so stale cached footage is not reused.
+FOOTAGE_VERSION = 3
 
 
 def require_testdata() -> None:
@@ -51,12 +52,18 @@ def default_cache() -> Path:
     return root
 
 
-def source_clips() -> list[Path]:
-    """Every shared clip, in sorted order of its path under videos/."""
-    return sorted(VIDEOS.rglob("*.mp4"), key=lambda p: p.relative_to(VIDEOS).as_posix())
+def source_clips() -> list[str]:
+    """Every shared clip, as its path under videos/ (how segments name it), sorted."""
+    return sorted(p.relative_to(VIDEOS).as_posix() for p in VIDEOS.rglob("*.mp4"))
 
 
-# --- long footage ---------------------------------------------------------------
+# --- footage ---------------------------------------------------------------------
+# Every benchmark's footage is a list of segments of the shared clips, played in
+# order: {"clip": path under videos/, "start_s": float, "end_s": float or None
+# (the clip's end), and free-form labels such as "loop" or "person"}. Each clip is
+# letterboxed to one FootageSpec and resampled to its fps on a time grid; the
+# segments are encoded in one pass into one file (and files holding exactly its
+# first frames), cached by what the frames depend on.
 
 @dataclass(frozen=True)
 class FootageSpec:
@@ -70,14 +77,21 @@ class FootageSpec:
         return f"{self.width}x{self.height}_{self.fps}fps_crf{self.crf}_{self.preset}"
 
 
-def _clips_key(clips: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in clips:
-        h.update(f"{p.relative_to(VIDEOS).as_posix()}\0{p.stat().st_size}\n".encode())
-    return h.hexdigest()[:12]
+def clip_duration(clip: str) -> float:
+    """Seconds of a clip under videos/, from its container (decoded only where the container does not say)."""
+    import av
+
+    with av.open(str(VIDEOS / clip), metadata_errors="ignore") as c:
+        s = c.streams.video[0]
+        if s.duration and s.time_base:
+            return float(s.duration * s.time_base)
+        if c.duration:
+            return c.duration / 1e6
+        n = sum(1 for _ in c.decode(s))
+        return n / float(s.average_rate or 25)
 
 
-def _letterbox(frame, spec: FootageSpec) -> np.ndarray:
+def letterbox(frame, spec: FootageSpec) -> np.ndarray:
     """RGB frame scaled to fit spec's size (aspect kept), centred on black; display rotation applied."""
     import cv2
 
@@ -97,151 +111,157 @@ def _letterbox(frame, spec: FootageSpec) -> np.ndarray:
     return canvas
 
 
-def _resampled_frames(path: Path, spec: FootageSpec) -> Iterator[np.ndarray]:
-    """One clip's frames resampled to spec.fps by presentation time (frames repeated or dropped)."""
+def segment_frames(clip: str, spec: FootageSpec, start_s: float = 0.0, end_s: float | None = None) -> Iterator[np.ndarray]:
+    """Letterboxed RGB frames of one clip on a spec.fps time grid from start_s to end_s (None: the clip's end).
+
+    Each slot shows the latest frame presented by then (frames repeated or
+    dropped), times counted from the clip's first frame; a frame is letterboxed
+    only when a slot shows it.
+    """
     import av
 
-    container = av.open(str(path), metadata_errors="ignore")
+    container = av.open(str(VIDEOS / clip), metadata_errors="ignore")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     rate = float(stream.average_rate or stream.guessed_rate or spec.fps)
     step = 1.0 / spec.fps
-    prev_img, prev_t, t0 = None, 0.0, None
-    k = 0  # next output slot, at time k * step from the clip's first frame
+    end = math.inf if end_s is None else end_s
+    shown, shown_t, img = None, 0.0, None  # latest frame, its time, its letterboxed picture once a slot needs it
+    t0, k = None, 0  # k: next slot, at start_s + k * step
     try:
         for i, frame in enumerate(container.decode(stream)):
             t = float(frame.time) if frame.time is not None else i / rate
-            if t0 is None:
-                t0 = t
+            t0 = t if t0 is None else t0
             t -= t0
-            if prev_img is not None:
-                while k * step < t - 1e-6:
-                    yield prev_img
-                    k += 1
-            prev_img, prev_t = _letterbox(frame, spec), t
-        if prev_img is not None:
-            end = prev_t + 1.0 / rate
-            while k * step < end - 1e-6:
-                yield prev_img
+            while shown is not None and start_s + k * step < min(t, end) - 1e-6:
+                img = letterbox(shown, spec) if img is None else img
+                yield img
                 k += 1
+            if t >= end:
+                return
+            shown, shown_t, img = frame, t, None
+        stop = min(end, shown_t + 1.0 / rate)  # the last frame lasts one frame period
+        while shown is not None and start_s + k * step < stop - 1e-6:
+            img = letterbox(shown, spec) if img is None else img
+            yield img
+            k += 1
     finally:
         container.close()
 
 
-def footage_frames(clips: list[Path], spec: FootageSpec, total_frames: int) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(loop, clip index, frame) for the clips in order, looped until total_frames frames."""
-    n = 0
-    loop = 0
-    while n < total_frames:
-        produced = n
-        for ci, clip in enumerate(clips):
-            for img in _resampled_frames(clip, spec):
-                yield loop, ci, img
-                n += 1
-                if n >= total_frames:
-                    return
-        if n == produced:
-            raise RuntimeError("no decodable frames in the source clips")
-        loop += 1
-
-
 def build_footage(
-    minutes: float,
-    subset_minutes: float | None,
+    name: str,
+    segments: list[dict],
     spec: FootageSpec = FootageSpec(),
     cache: Path | None = None,
+    *,
+    frames: int | None = None,
+    prefixes: tuple[int, ...] = (),
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Build (or reuse) the long footage and, optionally, a file holding exactly its first subset_minutes.
+    """Build (or reuse) the footage of `segments`, stopping after `frames` frames if given.
 
-    Both files are encoded in one pass from the same frames, so the subset is
-    frame-for-frame the beginning of the long footage (same encoder, same
-    settings). Returns {"path", "subset_path", "frames", "subset_frames",
-    "clip_table", "build_s", "cached"}.
+    Each n in `prefixes` also gets a file holding exactly the first n frames,
+    encoded in the same pass (same frames, same encoder, same settings), so it
+    is frame for frame the footage's beginning. Files are named after `name`
+    and a digest of what their frames depend on. Returns {"path",
+    "prefix_paths": {n: path}, "frames", "seconds", "spec", "segments" (the
+    segments played, each with its "start_frame" and "end_frame"), "build_s",
+    "cached"}.
+    """
+    cache = Path(cache or default_cache())
+    cache.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}_v{FOOTAGE_VERSION}_{_footage_digest(segments, spec, frames)}_{spec.tag()}"
+    path, table_path = cache / f"{stem}.mp4", cache / f"{stem}.json"
+    prefix_paths = {n: cache / f"{stem}_first{n}f.mp4" for n in prefixes}
+    have_footage = path.exists() and table_path.exists()
+    targets = ([] if have_footage else [(path, frames or math.inf)])
+    targets += [(p, n) for n, p in prefix_paths.items() if not p.exists()]
+    built = None
+    if targets:
+        log(f"building {', '.join(p.name for p, _ in targets)} ({len(segments)} segments) into {cache} ...")
+        t0 = time.monotonic()
+        played = _encode(segments, spec, targets, cache)
+        built = round(time.monotonic() - t0, 1)
+        log(f"built in {built} s")
+        if not have_footage:
+            n = played[-1]["end_frame"] if played else 0
+            table = {"frames": n, "seconds": n / spec.fps, "spec": spec.__dict__ | {"codec": "libx264"},
+                     "segments": played, "build_s": built}
+            _write_atomic(table_path, json.dumps(table, indent=1))
+    info = json.loads(table_path.read_text())
+    info.update({"path": str(path), "prefix_paths": {n: str(p) for n, p in prefix_paths.items()},
+                 "cached": have_footage})
+    if have_footage and built is not None:
+        info["prefix_build_s"] = built
+    return info
+
+
+def _footage_digest(segments: list[dict], spec: FootageSpec, frames: int | None) -> str:
+    """What the frames depend on: builder version, spec, segments, frame limit and each clip's size."""
+    sizes = {c: (VIDEOS / c).stat().st_size for c in {s["clip"] for s in segments}}
+    key = {"v": FOOTAGE_VERSION, "spec": spec.__dict__, "segments": segments, "frames": frames, "sizes": sizes}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _encode(segments: list[dict], spec: FootageSpec, targets: list[tuple[Path, float]], cache: Path) -> list[dict]:
+    """Encode the segments' frames into each target path up to its frame limit, in one pass; the segments played.
+
+    Each file is written under a temporary name and renamed once all are complete.
     """
     import av
 
-    clips = source_clips()
-    if not clips:
-        sys.exit(f"bench: no .mp4 clips under {VIDEOS}")
-    cache = Path(cache or default_cache())
-    cache.mkdir(parents=True, exist_ok=True)
-    total = int(round(minutes * 60 * spec.fps))
-    sub_total = int(round(subset_minutes * 60 * spec.fps)) if subset_minutes else 0
-    sub_total = min(sub_total, total)
-    stem = f"footage_v{FOOTAGE_VERSION}_{_clips_key(clips)}_{spec.tag()}"
-    path = cache / f"{stem}_{total}f.mp4"
-    sub_path = cache / f"{stem}_{sub_total}f.mp4" if sub_total else None
-    table_path = cache / f"{stem}_{total}f.json"
-    have_long = path.exists() and table_path.exists()
-    if have_long and (sub_path is None or sub_path.exists()):
-        info = json.loads(table_path.read_text())
-        info["subset_frames"] = sub_total
-        info.update({"path": str(path), "subset_path": str(sub_path) if sub_path else None, "cached": True})
-        return info
-
-    targets = ([] if have_long else [(path, total)]) + ([(sub_path, sub_total)] if sub_path and not sub_path.exists() else [])
     limit_all = max(limit for _, limit in targets)
-    log(f"building {', '.join(f'{lim / spec.fps / 60:g} min' for _, lim in targets)} of {spec.width}x{spec.height} "
-        f"footage from {len(clips)} clips into {cache} ...")
-    t0 = time.monotonic()
-    outs, tmp_paths = [], []
-    clip_table: list[dict] = []  # where each clip instance starts in the long footage
-    n = 0
+    tmps = []
     try:
-        for target, limit in targets:
-            fd, tmp = tempfile.mkstemp(dir=cache, prefix=".building-", suffix=".mp4")
-            os.close(fd)
-            tmp_paths.append((Path(tmp), target))
-            out = av.open(tmp, "w")
-            st = out.add_stream("libx264", rate=Fraction(spec.fps, 1))
-            st.width, st.height, st.pix_fmt = spec.width, spec.height, "yuv420p"
-            st.options = {"crf": str(spec.crf), "preset": spec.preset}
-            outs.append((out, st, limit))
-        last = (-1, -1)
+        outs = []
         try:
-            for loop, ci, img in footage_frames(clips, spec, limit_all):
-                if (loop, ci) != last:
-                    clip_table.append({"start_frame": n, "loop": loop, "clip": clips[ci].relative_to(VIDEOS).as_posix()})
-                    last = (loop, ci)
-                vf = av.VideoFrame.from_ndarray(img, format="rgb24")
-                for out, st, limit in outs:
-                    if n < limit:
-                        for pkt in st.encode(vf):
-                            out.mux(pkt)
-                n += 1
+            for _, limit in targets:
+                fd, tmp = tempfile.mkstemp(dir=cache, prefix=".building-", suffix=".mp4")
+                os.close(fd)
+                tmps.append(Path(tmp))
+                out = av.open(tmp, "w")
+                st = out.add_stream("libx264", rate=Fraction(spec.fps, 1))
+                st.width, st.height, st.pix_fmt = spec.width, spec.height, "yuv420p"
+                st.options = {"crf": str(spec.crf), "preset": spec.preset}
+                outs.append((out, st, limit))
+            played, n = [], 0
+            for seg in segments:
+                if n >= limit_all:
+                    break
+                start = n
+                for img in segment_frames(seg["clip"], spec, seg["start_s"], seg["end_s"]):
+                    vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+                    for out, st, limit in outs:
+                        if n < limit:
+                            for pkt in st.encode(vf):
+                                out.mux(pkt)
+                    n += 1
+                    if n >= limit_all:
+                        break
+                played.append({**seg, "start_frame": start, "end_frame": n})
+            short = [(target, limit) for target, limit in targets if n < limit < math.inf]
+            if short:
+                raise RuntimeError(f"the segments give {n} frames, fewer than the {short[0][1]} of {short[0][0].name}")
             for out, st, _ in outs:
                 for pkt in st.encode(None):
                     out.mux(pkt)
         finally:
             for out, _, _ in outs:
                 out.close()
-        for tmp, target in tmp_paths:
+        for tmp, (target, _) in zip(tmps, targets):
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
+        return played
     finally:
-        for tmp, _ in tmp_paths:
+        for tmp in tmps:
             tmp.unlink(missing_ok=True)
-    if have_long:
-        info = json.loads(table_path.read_text())
-        info["subset_frames"] = sub_total
-        info.update({"path": str(path), "subset_path": str(sub_path) if sub_path else None, "cached": True,
-                     "subset_build_s": round(time.monotonic() - t0, 1)})
-        log(f"built the {sub_total}-frame subset in {info['subset_build_s']} s")
-        return info
-    info = {
-        "frames": n,
-        "subset_frames": sub_total,
-        "spec": spec.__dict__ | {"codec": "libx264"},
-        "clips": len(clips),
-        "loops": (clip_table[-1]["loop"] + 1) if clip_table else 0,
-        "clip_table": clip_table,
-        "build_s": round(time.monotonic() - t0, 1),
-    }
-    table_path.write_text(json.dumps(info, indent=1))
-    info.update({"path": str(path), "subset_path": str(sub_path) if sub_path else None, "cached": False})
-    log(f"built {n} frames in {info['build_s']} s")
-    return info
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".building-{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def decode_only(path: str | Path) -> tuple[float, int, float]:

@@ -50,7 +50,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +75,6 @@ def log(msg: str) -> None:
 # A. Quality: footage, ground truth, methods, metrics
 # =============================================================================
 
-FOOTAGE_VERSION = 2
 SPEC = common.FootageSpec(width=640, height=360, fps=25, crf=23, preset="veryfast")
 LOOPS = 4  # the target's clips appear this many times (repeated segments)
 OTHERS_SECONDS = 75.0  # single-person clips of other people, about this much in all, spread over the loops
@@ -110,19 +108,6 @@ def person_of(clip: str) -> str:
     return PERSON_ALIASES.get(clip, clip)
 
 
-def clip_duration(path: Path) -> float:
-    import av
-
-    with av.open(str(path), metadata_errors="ignore") as c:
-        s = c.streams.video[0]
-        if s.duration and s.time_base:
-            return float(s.duration * s.time_base)
-        if c.duration:
-            return c.duration / 1e6
-        n = sum(1 for _ in c.decode(s))
-        return n / float(s.average_rate or 25)
-
-
 def footage_plan(key: str, seed: int = 0) -> list[dict]:
     """Segments of one scenario's footage, in order: [{clip, start_s, end_s, loop}].
 
@@ -130,7 +115,7 @@ def footage_plan(key: str, seed: int = 0) -> list[dict]:
     followed by a share of the other people's clips; the multi-person stage clip comes in rounds 0 and 2.
     """
     sc = SCENARIOS[key]
-    clips = [p.relative_to(common.VIDEOS).as_posix() for p in common.source_clips()]
+    clips = common.source_clips()
     target_person = sc["person"]
     pool = [c for c in clips if person_of(c) != target_person and c not in NO_FACES and c != MULTI_CLIP
             and c not in sc["always"]]
@@ -141,12 +126,12 @@ def footage_plan(key: str, seed: int = 0) -> list[dict]:
         if total >= OTHERS_SECONDS:
             break
         others.append(c)
-        total += clip_duration(common.VIDEOS / c)
+        total += common.clip_duration(c)
     others = [others[i] for i in rng.permutation(len(others))]
     chunks = np.array_split(np.arange(len(others)), LOOPS)
 
     def seg(clip: str, loop: int) -> dict:
-        dur = clip_duration(common.VIDEOS / clip)
+        dur = common.clip_duration(clip)
         end = dur - HOLD_OUT_S if clip == sc["ref_clip"] else dur
         return {"clip": clip, "start_s": 0.0, "end_s": round(end, 3), "loop": loop}
 
@@ -158,82 +143,9 @@ def footage_plan(key: str, seed: int = 0) -> list[dict]:
     return plan
 
 
-def _clip_frames(path: Path, spec: common.FootageSpec, start_s: float, end_s: float):
-    """Letterboxed RGB frames of one clip on a spec.fps time grid from start_s to end_s (latest frame at each slot)."""
-    import av
-
-    container = av.open(str(path), metadata_errors="ignore")
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    rate = float(stream.average_rate or stream.guessed_rate or spec.fps)
-    step = 1.0 / spec.fps
-    prev, prev_t, t0, k = None, 0.0, None, 0
-    try:
-        for i, frame in enumerate(container.decode(stream)):
-            t = float(frame.time) if frame.time is not None else i / rate
-            t0 = t if t0 is None else t0
-            t -= t0
-            if prev is not None:
-                while start_s + k * step < min(t, end_s) - 1e-6:
-                    yield prev
-                    k += 1
-            if t >= end_s:
-                return
-            if t + 1.0 / rate > start_s + k * step - 1e-6:  # could be shown at a slot: convert it
-                prev, prev_t = common._letterbox(frame, spec), t
-        if prev is not None:
-            stop = min(end_s, prev_t + 1.0 / rate)
-            while start_s + k * step < stop - 1e-6:
-                yield prev
-                k += 1
-    finally:
-        container.close()
-
-
 def build_footage(key: str, cache: Path, seed: int = 0) -> dict:
-    import av
-
-    plan = footage_plan(key, seed)
-    digest = hashlib.sha256(json.dumps({"v": FOOTAGE_VERSION, "spec": SPEC.__dict__, "plan": plan,
-                                     "sizes": {c: (common.VIDEOS / c).stat().st_size for c in {p["clip"] for p in plan}}},
-                                    sort_keys=True).encode()).hexdigest()[:12]
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"curate_footage_v{FOOTAGE_VERSION}_{key}_{digest}_{SPEC.tag()}.mp4"
-    table_path = path.with_suffix(".json")
-    if path.exists() and table_path.exists():
-        info = json.loads(table_path.read_text())
-        info.update({"path": str(path), "cached": True})
-        return info
-    log(f"building footage ({len(plan)} segments) into {path} ...")
-    t0 = time.monotonic()
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".building-", suffix=".mp4")
-    os.close(fd)
-    out = av.open(tmp, "w")
-    st = out.add_stream("libx264", rate=Fraction(SPEC.fps, 1))
-    st.width, st.height, st.pix_fmt = SPEC.width, SPEC.height, "yuv420p"
-    st.options = {"crf": str(SPEC.crf), "preset": SPEC.preset}
-    segments = []
-    n = 0
-    try:
-        for p in plan:
-            start = n
-            for img in _clip_frames(common.VIDEOS / p["clip"], SPEC, p["start_s"], p["end_s"]):
-                for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                    out.mux(pkt)
-                n += 1
-            segments.append({**p, "start_frame": start, "end_frame": n})
-        for pkt in st.encode(None):
-            out.mux(pkt)
-    finally:
-        out.close()
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    info = {"frames": n, "fps": SPEC.fps, "seconds": n / SPEC.fps, "spec": SPEC.__dict__ | {"codec": "libx264"},
-            "segments": segments, "build_s": round(time.monotonic() - t0, 1)}
-    table_path.write_text(json.dumps(info, indent=1))
-    info.update({"path": str(path), "cached": False})
-    log(f"built {n} frames ({n / SPEC.fps / 60:.1f} min) in {info['build_s']} s")
-    return info
+    """One scenario's footage (common.build_footage of its plan), with the segments' frame ranges."""
+    return common.build_footage(f"curate_footage_{key}", footage_plan(key, seed), SPEC, cache, log=log)
 
 
 def save_reference(clip: str, out: Path, fm) -> dict:
@@ -243,7 +155,7 @@ def save_reference(clip: str, out: Path, fm) -> dict:
 
     from curator import faces
 
-    dur = clip_duration(common.VIDEOS / clip)
+    dur = common.clip_duration(clip)
     wanted = [dur - HOLD_OUT_S / 2, dur - HOLD_OUT_S * 0.75, dur - HOLD_OUT_S * 0.25]
     frames = {}
     with av.open(str(common.VIDEOS / clip), metadata_errors="ignore") as c:

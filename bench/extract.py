@@ -180,12 +180,12 @@ def retention_breakdown(naive: dict, ours_table, min_score: float) -> dict:
     return out
 
 
-def _frame_to_clip(clip_table: list[dict]):
-    starts = np.array([c["start_frame"] for c in clip_table])
+def _frame_to_clip(segments: list[dict]):
+    starts = np.array([c["start_frame"] for c in segments])
 
     def clip_of(frame: int) -> str:
         i = int(np.searchsorted(starts, frame, side="right") - 1)
-        return clip_table[max(i, 0)]["clip"]
+        return segments[max(i, 0)]["clip"]
 
     return clip_of
 
@@ -218,12 +218,12 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def missed_bins_report(naive: dict, ours_table, cov: dict, clip_table: list[dict], fps: float, sample_fps: float) -> dict:
+def missed_bins_report(naive: dict, ours_table, cov: dict, segments: list[dict], fps: float, sample_fps: float) -> dict:
     """Why bins the naive loop found are missing from ours: how long each was occupied, and how fast the head moved."""
     min_score = cov["naive_min_det_score"]
     keep = naive["det_score"] >= min_score
     speed = _tracks(naive, min_score)
-    clip_of = _frame_to_clip(clip_table)
+    clip_of = _frame_to_clip(segments)
     bins_all = np.full((len(keep), 2), 10**6)
     ok = np.isfinite(naive["yaw"]) & np.isfinite(naive["pitch"])
     bins_all[ok] = np.stack([np.floor(naive["yaw"][ok] / BIN_DEG), np.floor(naive["pitch"][ok] / BIN_DEG)], 1)
@@ -442,6 +442,26 @@ def simulate_samplers(naive: dict, ours_table, subset_path: str, min_score: floa
     }
 
 
+# --- footage ----------------------------------------------------------------------
+
+def looped_footage(minutes: float, subset_minutes: float, spec: common.FootageSpec, cache: Path | None) -> dict:
+    """Every shared clip in path order, looped to `minutes`, and a file holding exactly its first `subset_minutes`.
+
+    Adds to common.build_footage's answer "subset_path", "subset_frames", "clips" and "loops".
+    """
+    clips = common.source_clips()
+    if not clips:
+        sys.exit(f"bench: no .mp4 clips under {common.VIDEOS}")
+    total = int(round(minutes * 60 * spec.fps))
+    subset = min(int(round(subset_minutes * 60 * spec.fps)), total)
+    # Passes enough by the containers' durations, plus one: a clip gives about its duration on the time grid.
+    loops = math.ceil(total / spec.fps / sum(map(common.clip_duration, clips))) + 1
+    segments = [{"clip": c, "start_s": 0.0, "end_s": None, "loop": loop} for loop in range(loops) for c in clips]
+    foot = common.build_footage("footage", segments, spec, cache, frames=total, prefixes=(subset,), log=log)
+    return foot | {"subset_path": foot["prefix_paths"][subset], "subset_frames": subset, "clips": len(clips),
+                   "loops": foot["segments"][-1]["loop"] + 1}
+
+
 # --- main -------------------------------------------------------------------------
 
 def parse_args(argv=None):
@@ -481,7 +501,7 @@ def main(argv=None) -> int:
         return analyse_records(args.analyse_records, args.out, defaults)
     w, h = (int(v) for v in args.resolution.lower().split("x"))
     spec = common.FootageSpec(width=w, height=h)
-    foot = common.build_footage(args.minutes, args.naive_minutes, spec, Path(args.cache) if args.cache else None, log=log)
+    foot = looped_footage(args.minutes, args.naive_minutes, spec, Path(args.cache) if args.cache else None)
     long_path, sub_path = foot["path"], foot["subset_path"]
     log(f"footage: {long_path} ({foot['frames']} frames{', cached' if foot['cached'] else ''}); "
         f"naive subset: {foot['subset_frames']} frames")
@@ -560,9 +580,9 @@ def main(argv=None) -> int:
         rec_path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(rec_path, **{f"naive_{k}": v for k, v in naive_rec.items()},
                             **{f"ours_{k}": np.stack(ours_sub_table[k].to_numpy()) for k in ours_sub_table.columns},
-                            subset_path=str(sub_path), clip_table=json.dumps(foot["clip_table"]))
+                            subset_path=str(sub_path), clip_table=json.dumps(foot["segments"]))
         log(f"per-face records of the subset runs: {rec_path}")
-    pose = pose_sections(naive_rec, ours_sub_table, sub_path, foot["clip_table"], spec.fps, defaults)
+    pose = pose_sections(naive_rec, ours_sub_table, sub_path, foot["segments"], spec.fps, defaults)
     cov_matched, cov_raw = pose["pose_coverage"], pose["pose_coverage_all_naive_faces"]
 
     verdict = {
@@ -596,7 +616,7 @@ def main(argv=None) -> int:
                 "spec": foot["spec"], "clips": foot["clips"], "loops": foot["loops"],
                 "frames": foot["frames"], "minutes": round(foot["frames"] / spec.fps / 60, 2),
                 "subset_frames": foot["subset_frames"], "subset_minutes": round(foot["subset_frames"] / spec.fps / 60, 2),
-                "subset_clips": sorted({c["clip"] for c in foot["clip_table"] if c["start_frame"] < foot["subset_frames"]}),
+                "subset_clips": sorted({c["clip"] for c in foot["segments"] if c["start_frame"] < foot["subset_frames"]}),
                 "build_s": foot.get("build_s"), "cached": foot["cached"],
             },
             "timing_notes": "wall times of whole processes for ours and naive (interpreter start-up and model loading included); "
@@ -619,10 +639,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def pose_sections(naive_rec: dict, ours_table, sub_path: str, clip_table: list[dict], fps: float, defaults) -> dict:
+def pose_sections(naive_rec: dict, ours_table, sub_path: str, segments: list[dict], fps: float, defaults) -> dict:
     cov_matched = coverage(naive_rec, ours_table, defaults.det_thresh)
     cov_raw = coverage(naive_rec, ours_table, 0.0)
-    why = missed_bins_report(naive_rec, ours_table, cov_matched, clip_table, fps, defaults.fps)
+    why = missed_bins_report(naive_rec, ours_table, cov_matched, segments, fps, defaults.fps)
     why["retention_breakdown"] = retention_breakdown(naive_rec, ours_table, defaults.det_thresh)
     log("replaying other frame-selection rules on the subset (untimed) ...")
     simulation = simulate_samplers(naive_rec, ours_table, sub_path, defaults.det_thresh, defaults)
@@ -638,11 +658,11 @@ def analyse_records(path: str, out: str, defaults) -> int:
     z = np.load(path, allow_pickle=False)
     naive_rec = {k[len("naive_"):]: z[k] for k in z.files if k.startswith("naive_")}
     ours = pd.DataFrame({k[len("ours_"):]: (list(z[k]) if z[k].ndim > 1 else z[k]) for k in z.files if k.startswith("ours_")})
-    clip_table = json.loads(str(z["clip_table"]))
+    segments = json.loads(str(z["clip_table"]))  # the footage's segments (the key's name predates them)
     res = {"benchmark": "extract (pose analysis from saved records; no timing)", "records": str(path),
            "subset_frames": int(naive_rec["frame"].max() + 1) if len(naive_rec["frame"]) else 0,
            "machine": common.machine_info(), "git": common.git_rev(),
-           **pose_sections(naive_rec, ours, str(z["subset_path"]), clip_table, 25.0, defaults)}
+           **pose_sections(naive_rec, ours, str(z["subset_path"]), segments, 25.0, defaults)}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(res, indent=2, default=_json_default) + "\n")
     log(f"wrote {out}")
