@@ -12,6 +12,7 @@ its type (`int | None`, `Literal[...]` for choices, `bool` for a switch).
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import typing
 from dataclasses import dataclass, field, fields
@@ -167,6 +168,24 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 1}[u] for n, u in parts)
 
 
+def typed(name: str, value: Any) -> Any:
+    """`value` as the type of Config field `name`, for callers from Python (the command lines parse to it already)."""
+    f = Config.__dataclass_fields__[name]
+    kind = value_type(f)
+    if typing.get_origin(kind) is Literal:
+        if value in typing.get_args(kind):
+            return value
+    elif kind is str and isinstance(value, (str, os.PathLike)):
+        return str(value)
+    elif kind is bool and isinstance(value, bool):
+        return value
+    elif kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and (kind is float or float(value).is_integer()):
+        return kind(value)
+    want = ", ".join(typing.get_args(kind)) if typing.get_origin(kind) is Literal else kind.__name__
+    raise TrainError(f"{flag(name)} {value!r}: must be {want}")
+
+
 def resolve_config(overrides: dict) -> tuple[Config, dict | None]:
     """Config from the command line, or (with --resume) from the checkpoint plus what was given now."""
     from . import checkpoint  # here, not above: `curator --help` should not wait for torch
@@ -177,6 +196,7 @@ def resolve_config(overrides: dict) -> tuple[Config, dict | None]:
         raise TrainError(f"unknown option(s): {', '.join(sorted(unknown))}")
     if not overrides.get("out"):
         raise TrainError("--out RUN is required")
+    overrides = {k: typed(k, v) for k, v in overrides.items() if v is not None}  # None: not given
     run = Path(overrides["out"]).expanduser().resolve()
     state = None
     if overrides.get("resume"):

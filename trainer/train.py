@@ -31,6 +31,7 @@ import time
 from contextlib import nullcontext, contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -123,13 +124,19 @@ def _run_lock(out, master: bool):
             folder.rmdir()
 
 
-def train(overrides: dict) -> int:
+def train(overrides: dict) -> dict:
+    """Train with these options and return a JSON-ready summary (the dict at the end of `_train`).
+
+    overrides: {Config field: value}, e.g. {"a": A, "b": B, "out": RUN, "steps": 1000}; an option left out
+    (or None) takes Config's default or, with "resume", the checkpoint's value. Paths may be Path objects.
+    Problems the user can fix raise TrainError. The command lines call this through `run`.
+    """
     # ---- distributed setup. torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; a plain run has none.
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     ddp = world > 1
-    device = pick_device(overrides.get("device", "auto"), local_rank)
+    device = pick_device(overrides.get("device") or "auto", local_rank)
     if ddp:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
@@ -142,7 +149,8 @@ def train(overrides: dict) -> int:
             dist.destroy_process_group()
 
 
-def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bool, master: bool) -> int:
+def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bool, master: bool) -> dict:
+    started = time.perf_counter()
     cfg, state = resolve_config(overrides)
     run = Path(cfg.out)
     if cfg.batch % world:
@@ -183,6 +191,7 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
             group["lr"] = cfg.lr  # an explicit --lr on resume wins over the saved one
         checkpoint.set_rng_states(state["rng"], device)
         step = int(state["step"])
+    first_step = step
 
     # ---- data: both sets decoded once, kept on the device as uint8.
     set_a, set_b = load_set(cfg.a, R), load_set(cfg.b, R)
@@ -270,6 +279,8 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
         note(f"already at step {step}; raise --steps to train further")
     last_saved = step
     stopped_by = None
+    la = lb = None  # the last step's losses
+    loop_started = time.perf_counter()
     try:
         # ---- the loop
         while cfg.steps is None or step < cfg.steps:
@@ -336,13 +347,14 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
             if step % cfg.save_every == 0:
                 last_saved = step
             if stop_votes > 0:
-                stopped_by = signalled[0] if signalled else "time" if time.monotonic() >= deadline else "peer"
+                stopped_by = signalled[0] if signalled else "time_limit" if time.monotonic() >= deadline else "peer"
                 break
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
         if bar is not None:
             bar.stop()
+    loop_seconds = time.perf_counter() - loop_started
     # ---- clean exit (steps reached, time limit, or a signal): save what we have.
     if step > last_saved:
         save()
@@ -353,10 +365,26 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
         sync_log.close()
     if isinstance(stopped_by, int):
         note(f"stopped by {signal.Signals(stopped_by).name} at step {step}; saved {run} (continue with --resume)")
-        return 128 + stopped_by
-    why = {"time": " (time limit)", "peer": " (another rank was interrupted)"}.get(stopped_by, "")
-    note(f"step {step}: checkpoint in {run}{why}")
-    return 0
+    else:
+        why = {"time_limit": " (time limit)", "peer": " (another rank was interrupted)"}.get(stopped_by, "")
+        note(f"step {step}: checkpoint in {run}{why}")
+    images = 2 * cfg.batch * (step - first_step)  # A and B faces, all ranks
+    return {
+        "run": str(run),
+        "step": step,  # reached, counting earlier runs of RUN
+        "steps_this_invocation": step - first_step,
+        "seconds": round(time.perf_counter() - started, 3),
+        "device": str(device),
+        "world_size": world,
+        "loss": None if la is None else la + lb,  # the last step's, as in loss.jsonl
+        "loss_a": la,
+        "loss_b": lb,
+        "images_per_s": round(images / loop_seconds, 3) if images else None,
+        "stopped_by": signal.Signals(stopped_by).name if isinstance(stopped_by, int) else stopped_by or "steps",
+        "checkpoint": {"weights": str(run / checkpoint.WEIGHTS), "state": str(run / checkpoint.STATE)},
+        "loss_log": str(run / "loss.jsonl"),
+        "exit_code": 128 + stopped_by if isinstance(stopped_by, int) else 0,
+    }
 
 
 def _logged_step(line: str) -> float:
@@ -378,10 +406,13 @@ def _write_png(path: Path, grid: torch.Tensor) -> None:
         write_bytes(path, buf.tobytes())
 
 
-def run(overrides: dict, prog: str = "trainer") -> int:
-    """Train; problems the user can fix are one line on stderr and exit code 2."""
+def run(overrides: dict, prog: str = "trainer", on_summary: Callable[[dict], None] | None = None) -> int:
+    """Train and return the exit code; problems the user can fix are one line on stderr and exit code 2.
+
+    on_summary gets train()'s summary when training ended by itself, a time limit or a signal.
+    """
     try:
-        return train(overrides)
+        summary = train(overrides)
     except TrainError as e:
         where = f" [rank {os.environ['RANK']}]" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
         print(f"{prog}: error{where}: {e}", file=sys.stderr, flush=True)
@@ -390,6 +421,9 @@ def run(overrides: dict, prog: str = "trainer") -> int:
         # Only a second Ctrl-C (or one before training started) gets here: nothing new was saved.
         print(f"{prog}: interrupted; not saved (an earlier checkpoint, if any, is intact)", file=sys.stderr, flush=True)
         return 130
+    if on_summary is not None:
+        on_summary(summary)
+    return summary["exit_code"]
 
 
 def main(argv: list[str] | None = None) -> None:
