@@ -68,6 +68,11 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def names(f) -> list[str]:
+    """A field's flag, and its short one if it has one."""
+    return [flag(f.name)] + ([f.metadata["short"]] if f.metadata["short"] else [])
+
+
 def value_type(f) -> Any:
     """The type a field's value has when given: int for `int | None`, the Literal itself for choices."""
     hint = typing.get_type_hints(Config)[f.name]
@@ -81,18 +86,18 @@ def help_text(f) -> str:
     return f.metadata["help"] + (f" [default: {default}]" if shown else "")
 
 
+def is_switch(f) -> bool:
+    """A plain on-switch (--resume): off unless given, never turned off on the command line."""
+    return value_type(f) is bool and not f.metadata["negatable"]
+
+
 def given(values: dict) -> dict:
     """The options a command line was given: one left out parses to None, an on-switch left out to None or False.
 
     What is not given comes from the checkpoint (on --resume) or from Config.
     """
     return {k: v for k, v in values.items()
-            if v is not None and not (v is False and switches(Config.__dataclass_fields__[k]))}
-
-
-def switches(f) -> bool:
-    """A plain on-switch (--resume): off unless given, never turned off on the command line."""
-    return value_type(f) is bool and not f.metadata["negatable"]
+            if v is not None and not (v is False and is_switch(Config.__dataclass_fields__[k]))}
 
 
 # ---- python -m trainer / torchrun
@@ -104,10 +109,9 @@ def argument_parser(prog: str, description: str):
 
     p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(Config):
-        names = [flag(f.name)] + ([f.metadata["short"]] if f.metadata["short"] else [])
         kind = value_type(f)
         kw: dict = {"dest": f.name, "default": None, "help": help_text(f).replace("%", "%%")}
-        if switches(f):
+        if is_switch(f):
             kw["action"] = "store_true"
         elif kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
@@ -115,7 +119,7 @@ def argument_parser(prog: str, description: str):
             kw["choices"] = typing.get_args(kind)
         else:
             kw["type"] = kind
-        p.add_argument(*names, **kw)
+        p.add_argument(*names(f), **kw)
     return p
 
 
@@ -133,14 +137,13 @@ def typer_command(run: Callable[..., None]) -> Callable[..., None]:
 
     params = []
     for f in fields(Config):
-        names = [flag(f.name)] + ([f.metadata["short"]] if f.metadata["short"] else [])
-        kind = value_type(f)
-        if switches(f):
-            default, annotation = typer.Option(False, *names, help=help_text(f)), bool
+        decls, kind = names(f), value_type(f)
+        if is_switch(f):
+            default, annotation = typer.Option(False, *decls, help=help_text(f)), bool
         else:
             if kind is bool:
-                names[0] += f"/--no-{f.name.replace('_', '-')}"
-            default = typer.Option(None, *names, help=help_text(f), show_default=False)
+                decls[0] += "/" + flag("no_" + f.name)
+            default = typer.Option(None, *decls, help=help_text(f), show_default=False)
             annotation = typing.Optional[kind]
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
     own = list(inspect.signature(run, eval_str=True).parameters.values())[1:]
