@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from trainer.config import typer_command
+
 from . import __version__
 
 app = typer.Typer(
@@ -358,27 +360,11 @@ def verify(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command("train")
+@typer_command  # one option per field of trainer.config.Config, the same as `python -m trainer`
 def train(
-    a: Optional[Path] = typer.Option(None, "--a", help="Export folder of identity A, the face to replace (faces/ + manifest.parquet; its train split)."),
-    b: Optional[Path] = typer.Option(None, "--b", help="Export folder of identity B, the face drawn instead."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: model.safetensors, state.pt, loss.jsonl, previews/, tb/."),
-    resolution: Optional[int] = typer.Option(None, "--resolution", help="Training resolution, 64-256, a multiple of 16 [default: 128]."),
-    batch: Optional[int] = typer.Option(None, "--batch", help="Faces of each identity per step, over all processes [default: 16]."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Stop at this step, counting earlier runs of OUT."),
-    time_limit: Optional[str] = typer.Option(None, "--time-limit", help="Or stop after this long: 45m, 2h, 1h30m, seconds."),
-    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps, and always at exit [default: 1000]."),
-    preview_every: Optional[int] = typer.Option(None, "--preview-every", help="Preview grid into OUT/previews/ every N steps [default: 250]."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT exactly where its checkpoint stopped."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: 0]."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda [default: auto]."),
-    width: Optional[int] = typer.Option(None, "--width", help="Base channel width of the network [default: 64]."),
-    latent: Optional[int] = typer.Option(None, "--latent", help="Bottleneck size [default: 512]."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate [default: 5e-5]."),
-    pose_balance: Optional[bool] = typer.Option(None, "--pose-balance/--no-pose-balance", help="Draw faces by inverse frequency of their 10° yaw x pitch bin."),
-    eyes_mouth_weight: Optional[float] = typer.Option(None, "--eyes-mouth-weight", help="Extra loss weight on eyes and mouth [default: 1.0]."),
-    deterministic: bool = typer.Option(False, "--deterministic", help="GPU: runs and resumes repeat bit for bit, at some speed (CPU runs always do)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    options: dict,
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout (and no progress bar)."),
 ) -> None:
     """Train a face swap from export A to export B: a shared encoder and one decoder per identity.
 
@@ -391,17 +377,13 @@ def train(
 
         curator train --a faces_jane --b faces_john --out run --time-limit 2h --resolution 192
 
-        curator train --out run --resume --steps 40000
+        curator train --out run --resume --steps 40000 --json
     """
     from trainer.train import run as run_training
 
-    given = {"a": a, "b": b, "out": out, "resolution": resolution, "batch": batch, "steps": steps,
-             "time_limit": time_limit, "save_every": save_every, "preview_every": preview_every,
-             "resume": resume or None, "seed": seed, "device": device, "width": width, "latent": latent, "lr": lr,
-             "pose_balance": pose_balance, "eyes_mouth_weight": eyes_mouth_weight, "quiet": quiet or None,
-             "deterministic": deterministic or None}
-    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
-    code = run_training(overrides, prog="curator")
+    if as_json:
+        options = {**options, "quiet": True}
+    code = run_training(options, prog="curator", on_summary=(lambda summary: emit(True, summary, "")) if as_json else None)
     if code:
         raise typer.Exit(code)
 

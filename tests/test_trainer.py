@@ -12,12 +12,14 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 
 import cv2
@@ -29,8 +31,11 @@ from safetensors.torch import load_file, save_file
 
 from conftest import clip, curator
 from curator.align import template
+from trainer import TrainError
+from trainer.config import Config
 from trainer.data import augment, eyes_mouth_mask, face_mask, pose_weights, sample
 from trainer.train import run as run_training
+from trainer.train import train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 TINY = ["--resolution", "64", "--width", "8", "--latent", "64", "--lr", "1e-3", "--quiet"]
@@ -53,6 +58,15 @@ def losses(run: Path) -> list[float]:
 
 def weights(run: Path) -> dict:
     return load_file(str(run / "model.safetensors"))
+
+
+def weights_sha256(run: Path) -> str:
+    """The checkpoint's weights hashed as trainer.train.weights_hash hashes a model's."""
+    h = hashlib.sha256()
+    for name, t in sorted(weights(run).items()):
+        h.update(name.encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def assert_one_error_line(text: str, *needles: str) -> str:
@@ -110,11 +124,7 @@ def test_two_process_ddp_keeps_ranks_identical_and_learns(sets, tmp_path):
     assert differ >= 38, differ
 
     # The checkpoint holds those weights (same hash as trainer.train.weights_hash).
-    h = hashlib.sha256()
-    for name, t in sorted(weights(run).items()):
-        h.update(name.encode())
-        h.update(t.contiguous().numpy().tobytes())
-    assert h.hexdigest() == rank0[-1][1]
+    assert weights_sha256(run) == rank0[-1][1]
 
 
 def test_resume_continues_exactly(sets, full_run, tmp_path):
@@ -414,3 +424,74 @@ def test_second_trainer_on_one_run_folder_is_refused(sets, tmp_path):
     assert proc.returncode == 2
     assert_one_error_line(proc.stderr, "run folder", "in use by `curator train (test holder)`")
     assert not (run / "model.safetensors").exists()
+
+
+# --- the options, defined once (trainer/config.py) ----------------------------------
+
+
+def test_every_option_is_on_both_command_lines():
+    """Config is the one list of options: each field is an option of `python -m trainer` and of `curator train`."""
+    flags = {"--" + f.name.replace("_", "-"): f.metadata["help"] for f in fields(Config)}
+    assert {"--sync-check", "--time-limit", "--pose-balance", "--eyes-mouth-weight"} <= set(flags)
+    for module in ("trainer", "curator"):
+        proc = trainer("--help", module=module)
+        assert proc.returncode == 0, proc.stderr
+        text = " ".join(proc.stdout.split())
+        missing = [flag for flag in flags if not re.search(rf"(?<![\w-]){flag}(?![\w-])", text)]
+        assert not missing, (module, missing)
+        for flag, help in flags.items():
+            assert help[:40] in text, (module, flag, help)  # the same help text on both
+        assert "--no-pose-balance" in text and re.search(r"--quiet,? +-q\b", text), module
+    assert "--json" in text and "-o" in text and "Examples" in text  # curator's own
+
+
+def test_sync_check_through_curator_train(sets, tmp_path):
+    a, b = sets
+    run = tmp_path / "run"
+    loud = [arg for arg in TINY if arg != "--quiet"]
+    proc = trainer("--a", a, "--b", b, "--out", run, *loud, "--batch", "4", "--steps", 3, "--sync-check", module="curator")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""  # without --json, nothing on stdout...
+    assert "img/s" in proc.stderr  # ...and the progress bar on stderr
+    rows = [line.split() for line in (run / "sync" / "rank0.txt").read_text().splitlines()]
+    assert [int(r[0]) for r in rows] == [1, 2, 3]
+    assert len({r[1] for r in rows}) == 3 and rows[-1][1] == weights_sha256(run)
+
+
+def test_curator_train_json_prints_a_summary_that_agrees_with_the_loss_log(sets, tmp_path):
+    a, b = sets
+    run = tmp_path / "run"
+    loud = [arg for arg in TINY if arg != "--quiet"]  # --json alone must turn the progress bar off
+    proc = trainer("--a", a, "--b", b, "--out", run, *loud, "--batch", "4", "--steps", 3, "--json", module="curator")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)  # stdout is the summary and nothing else
+    assert "img/s" not in proc.stderr  # no progress bar (test_sync_check_... sees one without --json)
+    rows = [json.loads(line) for line in (run / "loss.jsonl").read_text().splitlines()]
+    assert summary["step"] == rows[-1]["step"] == 3 and summary["steps_this_invocation"] == 3
+    assert (summary["loss"], summary["loss_a"], summary["loss_b"]) == (rows[-1]["loss"], rows[-1]["loss_a"], rows[-1]["loss_b"])
+    assert summary["stopped_by"] == "steps" and summary["exit_code"] == 0
+    assert summary["run"] == str(run.resolve()) and summary["device"] == "cpu" and summary["world_size"] == 1
+    assert Path(summary["checkpoint"]["weights"]) == run.resolve() / "model.safetensors"
+    assert torch.load(summary["checkpoint"]["state"], weights_only=True)["step"] == 3
+    assert summary["images_per_s"] > 0 and summary["seconds"] > 0
+
+    resumed = trainer("--out", run, "--resume", "--steps", 5, "--json", module="curator")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    rows = [json.loads(line) for line in (run / "loss.jsonl").read_text().splitlines()]
+    assert summary["step"] == rows[-1]["step"] == 5 and summary["steps_this_invocation"] == 2
+    assert summary["loss"] == rows[-1]["loss"]
+
+
+def test_train_from_python_returns_the_summary(sets, tmp_path):
+    a, b = sets
+    run = tmp_path / "run"
+    tiny = {"resolution": 64, "width": 8, "latent": 64, "lr": 1e-3, "batch": 4, "quiet": True, "device": "cpu"}
+    with pytest.raises(TrainError, match="--resolution '64': must be int"):
+        train({"a": a, "b": b, "out": run, **tiny, "resolution": "64"})
+    assert not run.exists()
+    summary = train({"a": a, "b": b, "out": run, **tiny, "steps": 100000, "time_limit": "1s", "pose_balance": None})
+    assert summary["stopped_by"] == "time_limit" and summary["exit_code"] == 0
+    assert 1 <= summary["step"] == summary["steps_this_invocation"] == len(losses(run)) < 100000
+    assert summary["loss"] == losses(run)[-1]
+    assert json.loads(json.dumps(summary)) == summary  # JSON-ready as it is

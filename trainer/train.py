@@ -20,97 +20,33 @@ augment, forward, loss, backward, step, log, preview, save), then clean up.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
-import re
 import signal
 import sys
 import threading
 import time
 from contextlib import nullcontext, contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import TrainError, checkpoint
+from .config import argument_parser, given, parse_duration, resolve_config
 from .data import augment, eyes_mouth_mask, face_mask, load_set, plain, pose_weights, sample
 from .loss import face_loss
 from .model import FaceSwap
 
 
-@dataclass
-class Config:
-    a: str = ""                      # export folder of identity A (the face in the footage you will swap)
-    b: str = ""                      # export folder of identity B (the face to draw instead)
-    out: str = ""                    # run folder: checkpoints, loss.jsonl, previews/, tb/
-    resolution: int = 128            # training resolution in px (64..256, multiple of 16); crops are resized to it
-    width: int = 64                  # base channel width; encoder W,2W,4W,8W, decoders 4W,2W,W,W/2
-    latent: int = 512                # bottleneck size: small enough that identity cannot pass through
-    batch: int = 16                  # faces of EACH identity per step, summed over all ranks
-    lr: float = 5e-5                 # Adam, betas (0.5, 0.999), as the original face-swap models
-    steps: int | None = None         # stop when this step is reached (counting earlier runs of RUN)
-    time_limit: str | None = None    # or after this long, e.g. 90m, 2h, 1h30m (this invocation)
-    save_every: int = 1000           # checkpoint every N steps (and always at exit)
-    preview_every: int = 250         # preview grid every N steps
-    seed: int = 0                    # initial weights and every random draw derive from it
-    device: str = "auto"             # auto, cpu or cuda
-    pose_balance: bool = False       # draw faces by inverse frequency of their 10-degree yaw x pitch bin
-    eyes_mouth_weight: float = 1.0   # extra loss weight on eyes and mouth (0 = none)
-    resume: bool = False             # continue the run in --out from its checkpoint
-    deterministic: bool = False      # GPU: deterministic kernels, no autotuning or TF32, so runs and resumes repeat bit for bit (slower)
-    sync_check: bool = False         # each rank appends a SHA-256 of its weights (+ faces drawn) per step to RUN/sync/
-    quiet: bool = False              # no progress bar
-
-
-# These define the network: a checkpoint can only be resumed with the same values.
-ARCHITECTURE = ("resolution", "width", "latent")
-# These belong to one invocation and are never taken from the checkpoint.
-PER_INVOCATION = ("resume", "quiet", "time_limit", "device", "sync_check", "deterministic")
-
-
 def parse_args(argv: list[str] | None = None) -> dict:
     """Command line -> {option: value} for the options actually given (the rest come from Config or the checkpoint)."""
-    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = p.add_argument
-    add("--a", help="export folder of identity A (faces/ + manifest.parquet; split == 'train' is used)")
-    add("--b", help="export folder of identity B")
-    add("--out", help="run folder (created)")
-    add("--resolution", type=int, help="training resolution, 64..256 [128]")
-    add("--width", type=int, help="base channel width [64]")
-    add("--latent", type=int, help="bottleneck size [512]")
-    add("--batch", type=int, help="faces of each identity per step, over all ranks [16]")
-    add("--lr", type=float, help="learning rate [5e-5]")
-    add("--steps", type=int, help="stop at this step (total over resumes)")
-    add("--time-limit", help="stop after this long: 45m, 2h, 1h30m, or seconds")
-    add("--save-every", type=int, help="checkpoint every N steps [1000]")
-    add("--preview-every", type=int, help="preview grid every N steps [250]")
-    add("--seed", type=int, help="random seed [0]")
-    add("--device", choices=["auto", "cpu", "cuda"], help="[auto]")
-    add("--pose-balance", action=argparse.BooleanOptionalAction, default=None,
-        help="sample faces by inverse pose-bin frequency")
-    add("--eyes-mouth-weight", type=float, help="extra loss weight on eyes and mouth [1.0]")
-    add("--resume", action="store_true", default=None, help="continue the run in --out")
-    add("--sync-check", action="store_true", default=None, help="log a weights hash per rank per step (RUN/sync/)")
-    add("--deterministic", action="store_true", default=None,
-        help="GPU: bit-identical repeats and resumes, at some speed (CPU runs always are)")
-    add("--quiet", "-q", action="store_true", default=None, help="no progress bar")
-    return {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
-
-
-def parse_duration(text: str) -> float:
-    """'90' (seconds), '45m', '2h', '1h30m', '1d' -> seconds."""
-    text = str(text).strip().lower()
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([dhms]?)", text)
-    if not parts or re.sub(r"\s+", "", text) != "".join(n + u for n, u in parts):
-        raise TrainError(f"--time-limit {text!r}: use seconds or e.g. 45m, 2h, 1h30m")
-    return sum(float(n) * {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 1}[u] for n, u in parts)
+    return given(vars(argument_parser("python -m trainer", __doc__).parse_args(argv)))
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -138,51 +74,6 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise TrainError(f"--device must be auto, cpu or cuda, not {name!r}")
-
-
-def resolve_config(overrides: dict) -> tuple[Config, dict | None]:
-    """Config from the command line, or (with --resume) from the checkpoint plus what was given now."""
-    known = {f.name for f in fields(Config)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise TrainError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    if not overrides.get("out"):
-        raise TrainError("--out RUN is required")
-    run = Path(overrides["out"]).expanduser().resolve()
-    state = None
-    if overrides.get("resume"):
-        if not checkpoint.exists(run):
-            raise TrainError(f"{run}: no checkpoint to resume (model.safetensors + state.pt)")
-        state = checkpoint.read_state(run)
-        saved = {k: v for k, v in state["config"].items() if k in known and k not in PER_INVOCATION}
-        for k in ARCHITECTURE:
-            if k in overrides and k in saved and overrides[k] != saved[k]:
-                raise TrainError(f"--{k.replace('_', '-')} {overrides[k]}: the run in {run} was built with "
-                                 f"{saved[k]}; drop the option or start a new --out")
-        values = {**saved, **overrides}
-    else:
-        if checkpoint.exists(run):
-            raise TrainError(f"{run} already holds a run; pass --resume to continue it, or choose another --out")
-        values = dict(overrides)
-        for k in ("a", "b"):
-            if not values.get(k):
-                raise TrainError(f"--{k} is required (a curator export folder)")
-    values["out"] = str(run)
-    for k in ("a", "b"):
-        values[k] = str(Path(values[k]).expanduser().resolve())
-    cfg = Config(**values)
-    for name in ("resolution", "width", "latent", "batch", "save_every", "preview_every"):
-        if getattr(cfg, name) <= 0:
-            raise TrainError(f"--{name.replace('_', '-')} must be positive")
-    if cfg.resolution % 16 or not 64 <= cfg.resolution <= 256:
-        raise TrainError(f"--resolution must be a multiple of 16 from 64 to 256, not {cfg.resolution}")
-    if cfg.steps is not None and cfg.steps <= 0:
-        raise TrainError("--steps must be positive")
-    if not (cfg.lr > 0 and cfg.eyes_mouth_weight >= 0):
-        raise TrainError("--lr must be positive and --eyes-mouth-weight not negative")
-    if cfg.time_limit is not None:
-        parse_duration(cfg.time_limit)
-    return cfg, state
 
 
 def preview_grid(model: FaceSwap, show_a: torch.Tensor, show_b: torch.Tensor) -> torch.Tensor:
@@ -233,13 +124,19 @@ def _run_lock(out, master: bool):
             folder.rmdir()
 
 
-def train(overrides: dict) -> int:
+def train(overrides: dict) -> dict:
+    """Train with these options and return a JSON-ready summary (the dict at the end of `_train`).
+
+    overrides: {Config field: value}, e.g. {"a": A, "b": B, "out": RUN, "steps": 1000}; an option left out
+    (or None) takes Config's default or, with "resume", the checkpoint's value. Paths may be Path objects.
+    Problems the user can fix raise TrainError. The command lines call this through `run`.
+    """
     # ---- distributed setup. torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; a plain run has none.
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     ddp = world > 1
-    device = pick_device(overrides.get("device", "auto"), local_rank)
+    device = pick_device(overrides.get("device") or "auto", local_rank)
     if ddp:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
@@ -252,7 +149,8 @@ def train(overrides: dict) -> int:
             dist.destroy_process_group()
 
 
-def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bool, master: bool) -> int:
+def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bool, master: bool) -> dict:
+    started = time.perf_counter()
     cfg, state = resolve_config(overrides)
     run = Path(cfg.out)
     if cfg.batch % world:
@@ -293,6 +191,7 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
             group["lr"] = cfg.lr  # an explicit --lr on resume wins over the saved one
         checkpoint.set_rng_states(state["rng"], device)
         step = int(state["step"])
+    first_step = step
 
     # ---- data: both sets decoded once, kept on the device as uint8.
     set_a, set_b = load_set(cfg.a, R), load_set(cfg.b, R)
@@ -380,6 +279,8 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
         note(f"already at step {step}; raise --steps to train further")
     last_saved = step
     stopped_by = None
+    la = lb = None  # the last step's losses
+    loop_started = time.perf_counter()
     try:
         # ---- the loop
         while cfg.steps is None or step < cfg.steps:
@@ -446,13 +347,14 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
             if step % cfg.save_every == 0:
                 last_saved = step
             if stop_votes > 0:
-                stopped_by = signalled[0] if signalled else "time" if time.monotonic() >= deadline else "peer"
+                stopped_by = signalled[0] if signalled else "time_limit" if time.monotonic() >= deadline else "peer"
                 break
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
         if bar is not None:
             bar.stop()
+    loop_seconds = time.perf_counter() - loop_started
     # ---- clean exit (steps reached, time limit, or a signal): save what we have.
     if step > last_saved:
         save()
@@ -463,10 +365,26 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
         sync_log.close()
     if isinstance(stopped_by, int):
         note(f"stopped by {signal.Signals(stopped_by).name} at step {step}; saved {run} (continue with --resume)")
-        return 128 + stopped_by
-    why = {"time": " (time limit)", "peer": " (another rank was interrupted)"}.get(stopped_by, "")
-    note(f"step {step}: checkpoint in {run}{why}")
-    return 0
+    else:
+        why = {"time_limit": " (time limit)", "peer": " (another rank was interrupted)"}.get(stopped_by, "")
+        note(f"step {step}: checkpoint in {run}{why}")
+    images = 2 * cfg.batch * (step - first_step)  # A and B faces, all ranks
+    return {
+        "run": str(run),
+        "step": step,  # reached, counting earlier runs of RUN
+        "steps_this_invocation": step - first_step,
+        "seconds": round(time.perf_counter() - started, 3),
+        "device": str(device),
+        "world_size": world,
+        "loss": None if la is None else la + lb,  # the last step's, as in loss.jsonl
+        "loss_a": la,
+        "loss_b": lb,
+        "images_per_s": round(images / loop_seconds, 3) if images else None,
+        "stopped_by": signal.Signals(stopped_by).name if isinstance(stopped_by, int) else stopped_by or "steps",
+        "checkpoint": {"weights": str(run / checkpoint.WEIGHTS), "state": str(run / checkpoint.STATE)},
+        "loss_log": str(run / "loss.jsonl"),
+        "exit_code": 128 + stopped_by if isinstance(stopped_by, int) else 0,
+    }
 
 
 def _logged_step(line: str) -> float:
@@ -488,10 +406,13 @@ def _write_png(path: Path, grid: torch.Tensor) -> None:
         write_bytes(path, buf.tobytes())
 
 
-def run(overrides: dict, prog: str = "trainer") -> int:
-    """Train; problems the user can fix are one line on stderr and exit code 2."""
+def run(overrides: dict, prog: str = "trainer", on_summary: Callable[[dict], None] | None = None) -> int:
+    """Train and return the exit code; problems the user can fix are one line on stderr and exit code 2.
+
+    on_summary gets train()'s summary when training ended by itself, a time limit or a signal.
+    """
     try:
-        return train(overrides)
+        summary = train(overrides)
     except TrainError as e:
         where = f" [rank {os.environ['RANK']}]" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
         print(f"{prog}: error{where}: {e}", file=sys.stderr, flush=True)
@@ -500,6 +421,9 @@ def run(overrides: dict, prog: str = "trainer") -> int:
         # Only a second Ctrl-C (or one before training started) gets here: nothing new was saved.
         print(f"{prog}: interrupted; not saved (an earlier checkpoint, if any, is intact)", file=sys.stderr, flush=True)
         return 130
+    if on_summary is not None:
+        on_summary(summary)
+    return summary["exit_code"]
 
 
 def main(argv: list[str] | None = None) -> None:
