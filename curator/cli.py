@@ -379,13 +379,19 @@ def train(
 
         curator train --out run --resume --steps 40000 --json
     """
-    from trainer.train import run as run_training
+    from . import api
 
     if as_json:
         options = {**options, "quiet": True}
-    code = run_training(options, prog="curator", on_summary=(lambda summary: emit(True, summary, "")) if as_json else None)
-    if code:
-        raise typer.Exit(code)
+    with errors_as_lines():
+        try:
+            summary = api.train(**options)
+        except KeyboardInterrupt:  # a second Ctrl-C, or one before training started: nothing new was saved
+            fail("interrupted; not saved (an earlier checkpoint, if any, is intact)", 130)
+    if as_json:
+        emit(True, summary, "")
+    if summary["exit_code"]:
+        raise typer.Exit(summary["exit_code"])
 
 
 @app.command()

@@ -31,7 +31,6 @@ import time
 from contextlib import nullcontext, contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -406,11 +405,8 @@ def _write_png(path: Path, grid: torch.Tensor) -> None:
         write_bytes(path, buf.tobytes())
 
 
-def run(overrides: dict, prog: str = "trainer", on_summary: Callable[[dict], None] | None = None) -> int:
-    """Train and return the exit code; problems the user can fix are one line on stderr and exit code 2.
-
-    on_summary gets train()'s summary when training ended by itself, a time limit or a signal.
-    """
+def run(overrides: dict, prog: str = "trainer") -> int:
+    """Train and return the exit code; problems the user can fix are one line on stderr and exit code 2."""
     try:
         summary = train(overrides)
     except TrainError as e:
@@ -421,8 +417,6 @@ def run(overrides: dict, prog: str = "trainer", on_summary: Callable[[dict], Non
         # Only a second Ctrl-C (or one before training started) gets here: nothing new was saved.
         print(f"{prog}: interrupted; not saved (an earlier checkpoint, if any, is intact)", file=sys.stderr, flush=True)
         return 130
-    if on_summary is not None:
-        on_summary(summary)
     return summary["exit_code"]
 
 
