@@ -82,7 +82,7 @@ def check_folder(out: str | os.PathLike, command: str, *, force: bool, keep: Map
     refuse_inside(out, not_inside)
     blocker = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
     if blocker is not None:
-        raise OutputError(f"{out}: {blocker} is a file, not a folder; choose another output")
+        raise OutputError(f"{out}: cannot write there, {blocker} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise OutputError(f"{out}: exists and is not empty; use --force to replace an earlier `curator {command}` "
@@ -117,7 +117,7 @@ def check_file(out: str | os.PathLike, command: str, *, force: bool, keep: Mappi
         raise OutputError(f"{out}: is a folder; give a file name for the {what}")
     blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
-        raise OutputError(f"{out}: {blocker} is a file, not a folder; choose another output")
+        raise OutputError(f"{out}: cannot write there, {blocker} is a file, not a folder")
     if out.exists():
         if not is_ours(out):
             raise OutputError(f"{out}: exists and was not written by `curator {command}`; --force replaces only "

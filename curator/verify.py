@@ -28,7 +28,6 @@ from .media import sha256_file
 from .workspace import (
     Workspace,
     commit_staging,
-    locked,
     part_progress,
     read_meta,
     read_table,
@@ -114,36 +113,38 @@ def _changed_models(meta: dict) -> list[str]:
 
 
 def repair(ws: Workspace) -> dict:
-    """Fix what can be fixed without guessing; returns the check after repair plus what was done."""
+    """Fix what can be fixed without guessing; returns the check after repair plus what was done.
+
+    The caller holds the workspace lock (`curator.api.verify` does).
+    """
     done: list[str] = []
-    with locked(ws, "curator verify --repair"):
-        before = check(ws)
-        kinds = {p["kind"] for p in before["problems"] + before["notes"]}
-        if "interrupted_extract" in kinds:
-            commit_staging(ws)
-            done.append("merged staged extract checkpoints")
-        table = read_table(ws)
-        n = len(table)
-        if n and ws.embeddings_path.exists():
-            emb = np.load(ws.embeddings_path, mmap_mode="r", allow_pickle=False)
-            if emb.ndim == 2 and emb.shape[0] > n:
-                write_embeddings(ws, np.asarray(emb[:n]))
-                done.append(f"dropped {emb.shape[0] - n} trailing embedding rows")
-        after = check(ws)
-        for p in after["problems"]:
-            if p["kind"] == "orphan_crops":
-                for rel in orphan_crops(ws, set(table["crop_path"]) if n else set()):
-                    (ws.root / rel).unlink()
-                done.append(f"deleted {p['count']} orphan crop file(s)")
-            elif p["kind"] == "missing_crops":
-                gone = np.array([not (ws.root / c).is_file() for c in table["crop_path"]])
-                update_columns(ws, table.assign(crop_missing=gone)[["face_id", "crop_missing"]])
-                done.append(f"marked {int(gone.sum())} row(s) crop_missing")
-        meta = read_meta(ws)
-        if meta.get("rows") != len(read_table(ws, columns=["face_id"])):
-            meta["rows"] = len(read_table(ws, columns=["face_id"]))
-            write_meta(ws, meta)
-            done.append("corrected the row count in workspace.json")
-        result = check(ws)
+    before = check(ws)
+    kinds = {p["kind"] for p in before["problems"] + before["notes"]}
+    if "interrupted_extract" in kinds:
+        commit_staging(ws)
+        done.append("merged staged extract checkpoints")
+    table = read_table(ws)
+    n = len(table)
+    if n and ws.embeddings_path.exists():
+        emb = np.load(ws.embeddings_path, mmap_mode="r", allow_pickle=False)
+        if emb.ndim == 2 and emb.shape[0] > n:
+            write_embeddings(ws, np.asarray(emb[:n]))
+            done.append(f"dropped {emb.shape[0] - n} trailing embedding rows")
+    after = check(ws)
+    for p in after["problems"]:
+        if p["kind"] == "orphan_crops":
+            for rel in orphan_crops(ws, set(table["crop_path"]) if n else set()):
+                (ws.root / rel).unlink()
+            done.append(f"deleted {p['count']} orphan crop file(s)")
+        elif p["kind"] == "missing_crops":
+            gone = np.array([not (ws.root / c).is_file() for c in table["crop_path"]])
+            update_columns(ws, table.assign(crop_missing=gone)[["face_id", "crop_missing"]])
+            done.append(f"marked {int(gone.sum())} row(s) crop_missing")
+    meta = read_meta(ws)
+    if meta.get("rows") != len(read_table(ws, columns=["face_id"])):
+        meta["rows"] = len(read_table(ws, columns=["face_id"]))
+        write_meta(ws, meta)
+        done.append("corrected the row count in workspace.json")
+    result = check(ws)
     result["repaired"] = done
     return result

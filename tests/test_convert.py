@@ -251,7 +251,9 @@ def test_frames_out_and_max_frames_trim_video_and_audio(run_dir, tmp_path):
     after = read_video(out)
     assert summary["frames"] == len(after["frames"]) == 8
     names = sorted(p.name for p in frames.iterdir())
-    assert names == [f"frame_{i:06d}.png" for i in range(8)] + ["synthetic.json"]
+    # the frames, the label, and the output marker (docs/security.md) listing exactly those files
+    assert names == [".curator-output.json"] + [f"frame_{i:06d}.png" for i in range(8)] + ["synthetic.json"]
+    assert json.loads((frames / ".curator-output.json").read_text())["files"] == names[1:]
     assert json.loads((frames / "synthetic.json").read_text())["synthetic"] is True
     # The audio ends with the 8th frame (within one AAC packet), not with the clip.
     assert 0 <= after["audio_end"] - after["video_end"] <= 1024 / 44100, (after["audio_end"], after["video_end"])
@@ -268,7 +270,7 @@ def test_preview_writes_original_and_swapped_side_by_side(run_dir, tmp_path):
     src, out = clip(CLIP_A), tmp_path / "preview"
     summary = convert_json(src, "--model", run_dir, "--out", out, "--preview", "3")
     assert summary["previews"] == 3 and len(summary["files"]) == 3
-    assert sorted(p.name for p in out.iterdir()) == sorted(summary["files"] + ["synthetic.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(summary["files"] + ["synthetic.json", ".curator-output.json"])
     inputs = bgr_frames(src)
     for name in summary["files"]:
         index = int(name.split("_")[1].split(".")[0])

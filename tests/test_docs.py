@@ -83,7 +83,8 @@ def test_api_examples_run_as_written(tmp_path, capsys):
 
 
 # Files of this project that code, help text, pyproject.toml and docs may name.
-PROJECT_PATH = re.compile(r"(?<![\w./-])((?:docs|bench|tests|curator|trainer|\.ci)/[\w./-]*\w|README\.md|pyproject\.toml)")
+PROJECT_PATH = re.compile(r"(?<![\w./-])((?:docs|bench|tests|curator|trainer|\.ci)/[\w./-]*?\.(?:md|py|json|sh|toml|txt|csv)"
+                          r"|README\.md|pyproject\.toml)(?![\w-])")
 
 
 def named_paths(text: str) -> set[str]:
@@ -114,3 +115,4 @@ def test_every_named_project_file_exists():
                 missing.setdefault(path, []).append(where)
     assert not missing, f"named but missing: {missing}"
     assert named_paths("see docs/identity.md.") == {"docs/identity.md"} and not named_paths("all of docs/*.md")
+    assert not named_paths("bench/common.build_footage builds it")  # a function, not a file

@@ -22,7 +22,7 @@ from conftest import IMAGES, PACK, clip, curator, one_line_error
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under `folder` with its SHA-256: what must survive a refused command."""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and ".lock" not in p.name}
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_export_to_a_file_is_refused_even_with_force(intact):
 
 @pytest.mark.parametrize("args, words", [
     (["footage", "-w", "ws2", "--out", "footage"], ["is input footage"]),            # the issue's example
-    (["footage/interview.mp4", "-w", "ws2", "--out", ".", "--force"], ["contains input footage"]),
+    (["footage/interview.mp4", "-w", "../ws2", "--out", "."], ["contains input footage"]),
     (["footage", "-w", "ws2", "--out", "footage/set"], ["inside the footage folder"]),
     (["footage", "-w", "ws2", "--out", "pack", "--models", "pack"], ["is the model pack"]),
     (["footage", "-w", "set", "--out", "set"], ["is the workspace"]),
@@ -99,7 +99,7 @@ def test_export_to_a_file_is_refused_even_with_force(intact):
 ])
 def test_run_refuses_before_reading_anything(intact, args, words):
     one_line_error(curator("run", *[_in(intact, a) for a in args], "--force"), *words)
-    assert not (intact / "ws2").exists()  # nothing was extracted
+    assert not (intact / "ws2").exists() and not (intact.parent / "ws2").exists()  # nothing was extracted
 
 
 def _in(proj: Path, arg: str) -> str:
@@ -111,10 +111,13 @@ def _in(proj: Path, arg: str) -> str:
 def test_convert_outputs_never_replace_the_input_the_run_or_its_exports(intact, tiny_run):
     video = intact / "footage" / "interview.mp4"
     exports = tiny_run.parent  # holds A/ and B/, the exports the run learned from
-    convert = lambda *args: curator("convert", video, "--model", tiny_run, *args, "--force", "--max-frames", "3", "-q")
+    def convert(*args):
+        return curator("convert", video, "--model", tiny_run, *args, "--force", "--max-frames", "3", "-q")
+
     one_line_error(convert("--out", video), str(video), "is the input video")
     one_line_error(convert("--frames-out", tiny_run), str(tiny_run), "is the model run folder")
-    one_line_error(convert("--frames-out", exports), str(exports), "contains", "export")
+    one_line_error(convert("--frames-out", exports / "A"), str(exports / "A"), "is identity A's export")
+    one_line_error(convert("--frames-out", exports), str(exports), "contains the model run folder")
     one_line_error(convert("--out", intact, "--preview", "2"), str(intact), "contains the input video")
     one_line_error(convert("--out", intact / "set", "--preview", "2"), "is the output of `curator export`")
     other = intact / "footage" / "other.mp4"
@@ -128,7 +131,9 @@ def test_convert_outputs_never_replace_the_input_the_run_or_its_exports(intact, 
 
 def test_convert_replaces_only_its_own_earlier_outputs(tiny_run, tmp_path):
     video = clip("face_1.mp4")
-    convert = lambda *args: curator("convert", video, "--model", tiny_run, *args, "--max-frames", "3", "-q")
+    def convert(*args, check=False):
+        return curator("convert", video, "--model", tiny_run, *args, "--max-frames", "3", "-q", check=check)
+
     out = tmp_path / "swapped.mp4"
     convert("--out", out, check=True)
     first = out.read_bytes()
@@ -140,6 +145,24 @@ def test_convert_replaces_only_its_own_earlier_outputs(tiny_run, tmp_path):
     assert json.loads((frames / ".curator-output.json").read_text())["command"] == "convert --frames-out"
     convert("--frames-out", frames, "--force", check=True)
     one_line_error(convert("--out", frames, "--preview", "1", "--force"), "is the output of `curator convert --frames-out`")
+
+
+# --- train --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target, words", [
+    ("set", ["is identity", "'s export"]),  # --a and --b name the same export here
+    (".", ["contains identity", "'s export"]),
+    ("footage", ["is not a training run folder"]),
+    ("ws", ["is not a training run folder"]),
+])
+def test_train_never_writes_into_its_exports_or_a_folder_of_other_files(intact, target, words):
+    proc = curator("train", "--a", intact / "set", "--b", intact / "set", "--out", intact / target, "--steps", "1")
+    one_line_error(proc, str((intact / target).resolve()), *words)
+
+
+def test_other_commands_never_replace_a_run_folder(intact, tiny_run):
+    one_line_error(curator("export", "-w", intact / "ws", "--out", tiny_run, "--force"), "is the output of `curator train`")
+    assert (tiny_run / "model.safetensors").is_file()
 
 
 # --- extract ------------------------------------------------------------------------------
@@ -155,7 +178,8 @@ def test_extract_never_makes_a_workspace_of_a_folder_holding_other_things(intact
 @pytest.mark.parametrize("target, words", [
     ("footage/interview.mp4", ["is input footage"]),
     ("ws", ["is the workspace", "report"]),
-    ("pack/det_500m.onnx", ["model pack"]),
+    ("pack", ["is the workspace's model pack"]),
+    ("pack/det_500m.onnx", ["not written by `curator audit`"]),
 ])
 def test_audit_report_never_replaces_footage_workspace_or_models(intact, target, words):
     one_line_error(curator("audit", "-w", intact / "ws", "--out", intact / target), "cannot write the report", *words)

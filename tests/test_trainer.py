@@ -181,7 +181,9 @@ def test_time_limit_stops_and_saves(sets, tmp_path):
 
 def test_previews_and_tensorboard_are_written(full_run):
     previews = sorted((full_run / "previews").glob("*.png"))
-    assert [p.name for p in previews] == ["step_00000005.png", "step_00000010.png", "step_00000015.png"]
+    # every --preview-every 5 steps, and the last step (16) whatever --preview-every says
+    assert [p.name for p in previews] == ["step_00000005.png", "step_00000010.png", "step_00000015.png",
+                                          "step_00000016.png"]
     first, last = (cv2.imread(str(p)) for p in (previews[0], previews[-1]))
     assert first.shape == (4 * 64, 2 * 4 * 64, 3)  # rows A->A, A->B, B->B, B->A; 4 (input, output) pairs
     assert np.abs(first.astype(int) - last.astype(int)).mean() > 1  # the model's drawing changed
@@ -197,7 +199,18 @@ def test_previews_and_tensorboard_are_written(full_run):
     scalars = acc.Scalars("loss/total")
     assert [s.step for s in scalars] == list(range(1, STEPS + 1))
     assert np.allclose([s.value for s in scalars], losses(full_run), rtol=1e-6)
-    assert [i.step for i in acc.Images("preview")] == [5, 10, 15]
+    assert [i.step for i in acc.Images("preview")] == [5, 10, 15, 16]
+
+
+def test_the_last_step_always_leaves_a_preview_and_a_checkpoint(sets, tmp_path):
+    """Issue 15: a short run (30 steps) with the default --preview-every 250 and --save-every 1000 used to leave
+    no preview; the last step writes both, and nothing in between."""
+    a, b = sets
+    run = tmp_path / "short"
+    proc = trainer("--a", a, "--b", b, "--out", run, *TINY, "--batch", "4", "--steps", "30")
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in (run / "previews").glob("*.png")] == ["step_00000030.png"]
+    assert torch.load(run / "state.pt", weights_only=True)["step"] == 30
 
 
 # --- data: masks, augmentation, pose balance --------------------------------------

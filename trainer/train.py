@@ -36,6 +36,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from curator.atomic import write_json
+
 from . import TrainError, checkpoint
 from .config import argument_parser, given, parse_duration, resolve_config
 from .data import augment, eyes_mouth_mask, face_mask, load_set, plain, pose_weights, sample
@@ -98,6 +100,39 @@ def weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def check_run_folder(overrides: dict) -> None:
+    """Before anything is written: --out is a new or empty folder or a run folder, never an input (docs/security.md).
+
+    Training never deletes, but files mixed into someone's footage folder, a
+    workspace or an export are as bad: a folder holding other files is refused.
+    """
+    from curator import outputs
+
+    out = overrides.get("out")
+    if not out:
+        return
+    run = Path(out).expanduser().resolve()
+    keep = {Path(overrides[k]): f"identity {k.upper()}'s export" for k in ("a", "b") if overrides.get(k)}
+    try:
+        outputs.refuse_overlap(run, keep)
+    except outputs.OutputError as e:
+        raise TrainError(str(e)) from None
+    if run.exists() and not run.is_dir():
+        raise TrainError(f"{run}: is a file; give a folder for the run")
+    others = run.is_dir() and [p for p in run.iterdir() if p.name != ".lock"]
+    if others and not checkpoint.exists(run) and (outputs.read_marker(run) or {}).get("command") != "train":
+        raise TrainError(f"{run}: exists and is not a training run folder (it holds {others[0].name}, ...); "
+                         "choose a new or empty --out")
+
+
+def mark_run_folder(run: Path) -> None:
+    """Say that `curator train` made this folder: other commands refuse to write into or replace it."""
+    from curator import outputs
+
+    if outputs.read_marker(run) is None:
+        write_json(run / outputs.MARKER, {"tool": "curator", "command": "train", "files": []})
+
+
 @contextmanager
 def _run_lock(out, master: bool):
     """One training run per folder: rank 0 holds the same lock a curator workspace uses."""
@@ -141,6 +176,7 @@ def train(overrides: dict) -> dict:
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
     master = rank == 0  # rank 0 alone logs, previews and saves
     try:
+        check_run_folder(overrides)
         with _run_lock(overrides.get("out"), master):
             return _train(overrides, device, rank, world, ddp, master)
     finally:
@@ -223,6 +259,7 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
     log = writer = bar = None
     if master:
         run.mkdir(parents=True, exist_ok=True)
+        mark_run_folder(run)
         (run / "previews").mkdir(exist_ok=True)
         log_path = run / "loss.jsonl"
         if state is not None and log_path.exists():
@@ -249,6 +286,12 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
         if master:
             extra = {"world_size": world}
             checkpoint.save(run, raw, optimizer, step, config, extra, device)
+
+    def preview() -> None:  # rank 0 only
+        with autocast:
+            grid = preview_grid(raw, show_a, show_b).float()
+        _write_png(run / "previews" / f"step_{step:08d}.png", grid)
+        writer.add_image("preview", grid, step)
 
     # ---- stop requests: Ctrl-C / SIGTERM finish the current step, save, and exit.
     signalled: list[int] = []
@@ -337,10 +380,7 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
                 if bar is not None:
                     bar.update(task, completed=step, stats=f"{images_s:7.1f} img/s  loss {la + lb:.4f}")
                 if step % cfg.preview_every == 0:
-                    with autocast:
-                        grid = preview_grid(raw, show_a, show_b).float()
-                    _write_png(run / "previews" / f"step_{step:08d}.png", grid)
-                    writer.add_image("preview", grid, step)
+                    preview()
                 if step % cfg.save_every == 0:
                     save()
             if step % cfg.save_every == 0:
@@ -354,9 +394,12 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
         if bar is not None:
             bar.stop()
     loop_seconds = time.perf_counter() - loop_started
-    # ---- clean exit (steps reached, time limit, or a signal): save what we have.
+    # ---- clean exit (steps reached, time limit, or a signal): the last step always gets a checkpoint and a
+    # preview, whatever --save-every and --preview-every say (a 30-step run would otherwise show nothing).
     if step > last_saved:
         save()
+    if master and step > first_step and step % cfg.preview_every:
+        preview()
     if master:
         log.close()
         writer.close()
