@@ -11,10 +11,11 @@ is unpickled.
 
 The predictor starts from a face rectangle, and it was trained on the boxes of
 dlib's own HOG detector. SCRFD frames faces differently (taller boxes, lower
-on the face), and its boxes fed as they are doubled the error (see
-`dlib_box`). We do not run the HOG detector (it misses turned faces that SCRFD
-finds, and costs 20-300 ms a frame); the box dlib expects is drawn from
-SCRFD's 5 keypoints instead.
+on the face), and its boxes fed as they are doubled the error on hand-labelled
+faces (NME 0.098 against 0.049, docs/reliability.md). We do not run the HOG
+detector (it misses turned faces that SCRFD finds, and took 0.35 s on one
+1024x817 photo); the box dlib expects is drawn from SCRFD's 5 keypoints
+instead (`dlib_box`).
 """
 
 from __future__ import annotations
@@ -34,18 +35,21 @@ INSTALL = "pip install 'curator-faces[dlib]' (dlib-bin and face-recognition-mode
 # The HOG detector's box from SCRFD's keypoints: a square of BOX_SIDE times the
 # distance from the eyes' midpoint to the mouth corners' midpoint, centred on
 # the midpoint of those two moved BOX_SHIFT of that distance toward the eyes.
-# Fitted with bench/landmarks.py (`fit`), never on the hand-labelled landmarks
-# that measure the result: dlib's get_frontal_face_detector() and SCRFD-500M
-# (pack-small) ran on 8 frames (one a second) of each shared clip and on the
-# labelled photos under images/; 356 faces both found (box IoU > 0.3) paired.
-# Medians: side 2.237 (IQR 2.15-2.33), shift 0.036 toward the eyes, sideways
-# 0.002. SCRFD-2.5G gave 2.238 and 0.028: the keypoints, unlike the boxes, are
-# the same for every SCRFD size. Checked on the same faces (two folds by source,
-# fitted on one, measured on the other), against the landmarks dlib gives from
-# its own HOG box, in outer-eye-corner distances: SCRFD's box as it is 0.035
-# mean (0.555 worst), a square fitted to SCRFD's box 0.014 (0.489), this box
-# 0.0105 (0.074). A second pass, the box re-derived from the first pass's
-# landmarks, did not help there (0.0110, worst 0.114), so there is none.
+# Fitted by bench/landmarks.py (`fit`; bench/results/landmarks.json), never on
+# the hand-labelled landmarks that measure the result: dlib's
+# get_frontal_face_detector() and SCRFD-500M (pack-small) ran on 8 frames (one
+# a second) of each shared clip and on the photos under images/, and the 355
+# faces both found (box IoU > 0.3; 281 in video frames, 74 in photos) were
+# paired. Medians: side 2.237 (IQR 2.15-2.33), centre 0.035 toward the eyes
+# and 0.002 sideways. A first run with SCRFD-2.5G (threshold 0.5) gave 2.238
+# and 0.028: SCRFD's keypoints place the box alike across its sizes. Boxes compared
+# on those faces (two folds by source: fitted on one, measured on the other)
+# by how far dlib's landmarks from them lie from those it gives on its own HOG
+# box, in outer-eye-corner distances, mean (worst): SCRFD's box as it is 0.035
+# (0.55), a square fitted to SCRFD's box 0.014 (0.49), this box 0.011 (0.072).
+# A second pass, the box re-derived from the first pass's landmarks, did not
+# help there (0.011, worst 0.12); on the hand-labelled faces it gave NME 0.0491
+# against 0.0495, better on one face of four and worse on two: not kept.
 BOX_SIDE = 2.24
 BOX_SHIFT = 0.03
 
