@@ -138,6 +138,22 @@ def test_recorded_and_one_method_per_workspace(mouth, tmp_path):
     assert len(after) > len(table) and after["lmk68"].notna().all() and set(after["expression_method"]) == {"lmk68"}
 
 
+def test_a_changed_landmark_model_is_noticed(mouth, tmp_path):
+    """The model file is pinned by its SHA-256 like the pack's: verify reports a mismatch, extract refuses to add faces."""
+    src, _, _ = mouth
+    ws = tmp_path / "ws"
+    shutil.copytree(src, ws)
+    assert curator("verify", "-w", ws).returncode == 0
+    meta = json.loads((ws / "workspace.json").read_text())
+    meta["models"]["landmark_model"]["sha256"] = "0" * 64  # as if the file had changed since
+    (ws / "workspace.json").write_text(json.dumps(meta))
+    proc = curator("verify", "-w", ws, "--json")
+    assert proc.returncode != 0 and dlib68.MODEL_FILE in proc.stdout
+    photo = TESTDATA / "images" / "face_recognition" / "examples" / "obama-480p.jpg"
+    line = one_line_error(curator("extract", photo, "-w", ws, "-q"), dlib68.MODEL_FILE, "new workspace")
+    assert "landmarks" in line
+
+
 def test_auto_without_a_3d68_model_records_none(mouth, tmp_path):
     _, _, plain = mouth
     ws = tmp_path / "ws"
