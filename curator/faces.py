@@ -167,6 +167,8 @@ def load_models(pack: str | None = None, *, device: str = "auto", det_thresh: fl
 def use_landmarks(fm: FaceModels, option: str) -> FaceModels:
     """Set which 68-point landmarks `landmarks()` gives: `auto` is the pack's 3D-68 model when it has one, else none."""
     method = resolve_landmarks(option, fm.landmarks_3d68 is not None)
+    if method not in LANDMARK_METHODS:  # only from an edited workspace.json: the options are checked before
+        raise ModelError(f"unknown landmark method {option!r}; one of {', '.join(LANDMARK_OPTIONS)}")
     if method == "3d68" and fm.landmarks_3d68 is None:
         raise ModelError(f"model pack {fm.pack} has no 3D-68 landmark model, which this workspace's faces were made with")
     if method == "dlib":

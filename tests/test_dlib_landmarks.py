@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TESTDATA, clip, curator, one_line_error
+from conftest import TESTDATA, clip, curator, lmk68_in_box, one_line_error
 from curator import dlib68, faces, media
 from curator.workspace import open_workspace, read_table
 
@@ -76,15 +76,10 @@ def test_landmarks_on_the_face_and_expression_from_them(mouth):
     assert len(table) >= 8
     assert set(table["expression_method"]) == {"lmk68"}
     for _, row in table.iterrows():
-        lmk = np.asarray(row["lmk68"], np.float64)
-        assert lmk.shape == (136,) and np.isfinite(lmk).all()
-        lmk = lmk.reshape(68, 2)
-        x1, y1, x2, y2 = row["bbox"]
-        w, h = x2 - x1, y2 - y1
         # Within the detector box give or take 15% (the dropped chin of the open "O" at 2.5 s sits 10% of the
         # box below SCRFD's box: SCRFD boxes end about at a closed mouth's chin).
-        assert (lmk[:, 0] > x1 - 0.15 * w).all() and (lmk[:, 0] < x2 + 0.15 * w).all(), row["face_id"]
-        assert (lmk[:, 1] > y1 - 0.15 * h).all() and (lmk[:, 1] < y2 + 0.15 * h).all(), row["face_id"]
+        lmk = lmk68_in_box(row, 0.15)
+        w = row["bbox"][2] - row["bbox"][0]
         # In the picture's own order: the subject's right eye (36-41) on the image's left, eyes above mouth.
         kps = np.asarray(row["kps"]).reshape(5, 2)
         for point, kp in ((lmk[36:42].mean(0), kps[0]), (lmk[42:48].mean(0), kps[1]), (lmk[48], kps[3]), (lmk[54], kps[4])):

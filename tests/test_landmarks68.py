@@ -43,7 +43,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import IMAGES, PACK, clip, curator, curator_json, one_line_error
+from conftest import IMAGES, PACK, clip, curator, curator_json, lmk68_in_box, one_line_error
 from curator import media
 from curator.descriptors import expression_from_lmk68
 from curator.pose import matrix_from_pose
@@ -200,13 +200,7 @@ def test_lmk68_in_source_pixels_within_the_face_box(turned):
     table = turned[3]
     points = face_points(yaw=YAW)
     for _, row in table.iterrows():
-        lmk = np.asarray(row["lmk68"], np.float64)
-        assert lmk.shape == (136,) and np.isfinite(lmk).all()
-        lmk = lmk.reshape(68, 2)
-        x1, y1, x2, y2 = row["bbox"]
-        w, h = x2 - x1, y2 - y1
-        assert (lmk[:, 0] > x1 - 0.1 * w).all() and (lmk[:, 0] < x2 + 0.1 * w).all(), (row["face_id"], lmk, row["bbox"])
-        assert (lmk[:, 1] > y1 - 0.1 * h).all() and (lmk[:, 1] < y2 + 0.1 * h).all(), (row["face_id"], lmk, row["bbox"])
+        lmk = lmk68_in_box(row, 0.1)
         # Exactly the model's points, mapped through the crop of this row's own box.
         np.testing.assert_allclose(lmk, expected_lmk(row["bbox"], points), atol=0.05)
         # Stored in the picture's own axes: at yaw +30 the nose tip lies to the image's
