@@ -11,7 +11,8 @@ pip_q --upgrade pip wheel setuptools
 # torch first and pinned: installing the project without it lets pip resolve
 # `torch` to the multi-GB CUDA build. 2.13.0 is the CPU wheel on these machines.
 python -c "import torch" 2>/dev/null || pip_q "torch==${CURATOR_TORCH_VERSION:-2.13.0}"
-pip_q -e '.[test]'
+# [dlib]: the 68-point landmarks the faceswap/DFL export tests run on (docs/dependencies.md).
+pip_q -e '.[test,dlib]'
 # insightface depends on opencv-python and fiftyone on opencv-python-headless;
 # both unpack into the same cv2/ folder and the second install leaves a mix.
 # Keep exactly one: the headless build (no GUI libraries needed on servers).
@@ -29,4 +30,4 @@ if ! command -v chromium >/dev/null; then
     echo "note: install Chromium for tests/test_audit.py (e.g. sudo apt-get install chromium)" >&2
   fi
 fi
-python -c "import cv2, av, insightface, onnxruntime, fiftyone, torch, sklearn, pyarrow; print('curator install ok: cv2', cv2.__version__, '| torch', torch.__version__)"
+python -c "import cv2, av, insightface, onnxruntime, fiftyone, torch, sklearn, pyarrow, dlib; from curator import dlib68; dlib68.model_path(); print('curator install ok: cv2', cv2.__version__, '| torch', torch.__version__)"

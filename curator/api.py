@@ -62,7 +62,7 @@ Note = Callable[[str], None]
 
 def run(footage: PathLike | Sequence[PathLike], out: PathLike, *, ref: PathLike | Sequence[PathLike] | None = None, budget: int = 2000,
         workspace: PathLike | None = None, models: str | None = None, fps: float | None = None,
-        size: int | None = None, consent: str | None = None, force: bool = False,
+        size: int | None = None, landmarks: str | None = None, consent: str | None = None, force: bool = False,
         on_problem: Problem | None = None, on_progress: Progress | None = None, on_total: Total | None = None) -> dict:
     """The whole job: extract FOOTAGE, identify the target, curate BUDGET faces, export them to OUT.
 
@@ -79,7 +79,7 @@ def run(footage: PathLike | Sequence[PathLike], out: PathLike, *, ref: PathLike 
     outputs.check_folder(out, "export", force=force, keep=keep,
                          not_inside={f: f"the footage folder {f} (its faces would be read as footage next time)"
                                      for f in folders})
-    ex = extract(footage, ws, models=models, fps=fps, size=size, consent=consent,
+    ex = extract(footage, ws, models=models, fps=fps, size=size, landmarks=landmarks, consent=consent,
                  on_problem=on_problem, on_progress=on_progress, on_total=on_total)
     if ex["rows_total"] == 0:
         raise NothingFound("no faces found in the footage")
@@ -100,7 +100,7 @@ def default_workspace(out: PathLike) -> Path:
 def extract(footage: PathLike | Sequence[PathLike], workspace: PathLike, *, models: str | None = None,
             fps: float | None = None, every: int | None = None, size: int | None = None,
             det_size: int | None = None, det_thresh: float | None = None, checkpoint_every: int | None = None,
-            pose_fill: bool | None = None, consent: str | None = None, device: str = "auto",
+            pose_fill: bool | None = None, landmarks: str | None = None, consent: str | None = None, device: str = "auto",
             workers: int | None = None, on_problem: Problem | None = None, on_progress: Progress | None = None,
             on_total: Total | None = None) -> dict:
     """Find, align and describe every face in FOOTAGE (videos, photos, folders) into WORKSPACE (created if needed).
@@ -109,12 +109,14 @@ def extract(footage: PathLike | Sequence[PathLike], workspace: PathLike, *, mode
     defaults of `curator.extract.ExtractSettings`. Re-running adds only new
     files and resumes an interrupted one. Bad files are reported through
     `on_problem` and listed in the summary's `problems`; the rest goes on.
+    `landmarks`: "auto" (the pack's 3D-68 model when it has one), "dlib"
+    (dlib's 68-point predictor, `pip install 'curator-faces[dlib]'`) or "none".
     """
     if workers is not None and workers <= 0:
         raise UsageError("--workers must be positive")
     footage = _paths(footage)
     settings, explicit = extract_settings(fps=fps, every=every, size=size, det_size=det_size, det_thresh=det_thresh,
-                                          checkpoint_every=checkpoint_every, pose_fill=pose_fill)
+                                          checkpoint_every=checkpoint_every, pose_fill=pose_fill, landmarks=landmarks)
     ws = open_workspace(workspace, create=True)
     with locked(ws, "curator extract"):
         summary = extract_footage(ws, footage, settings=settings, explicit=explicit, models=models, consent=consent,

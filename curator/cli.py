@@ -33,6 +33,8 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 MODELS_HELP = "InsightFace model pack: a name InsightFace downloads (default buffalo_l) or a directory of ONNX files. Env: CURATOR_MODELS."
+LANDMARKS_HELP = ("68-point landmarks: auto (the pack's 3D-68 model when it has one, else none), dlib (dlib's predictor, "
+                  "pip install 'curator-faces[dlib]'; non-commercial model) or none. One method per workspace [default: auto].")
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -129,6 +131,7 @@ def extract(
     det_thresh: Optional[float] = typer.Option(None, "--det-thresh", help="Minimum detector score [default: 0.6]."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Analysed frames between checkpoints [default: 200]."),
     pose_fill: Optional[bool] = typer.Option(None, "--pose-fill/--no-pose-fill", help="Also analyse frames at large picture changes and between analysed frames where a head turned fast: about 1.8x the frames, far more head poses kept [default: on]."),
+    landmarks: Optional[str] = typer.Option(None, "--landmarks", help=LANDMARKS_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (onnxruntime's CUDA provider)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Frames analysed at once; speed only, the table is the same [default: one per core, at most 4]."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
@@ -149,6 +152,8 @@ def extract(
         curator extract photos/ -w ws --models ~/models/buffalo_l --json
 
         curator extract long_interview.mp4 -w ws --no-pose-fill    # faster: the fps clock alone
+
+        curator extract clips/ -w ws --landmarks dlib    # 68 points for faceswap/DFL export without buffalo_l
     """
     from . import api
 
@@ -160,7 +165,7 @@ def extract(
         with progress_bar(not quiet and not as_json, "extract") as (set_total, advance):
             s = api.extract(footage, workspace, models=models, fps=fps, every=every, size=size, det_size=det_size,
                             det_thresh=det_thresh, checkpoint_every=checkpoint_every, pose_fill=pose_fill,
-                            consent=consent, device=device, workers=workers, on_problem=problem,
+                            landmarks=landmarks, consent=consent, device=device, workers=workers, on_problem=problem,
                             on_progress=advance, on_total=set_total)
     emit(as_json, s,
          f"{s['new_files']} new file(s), {s['already_in_workspace']} already in workspace, {s['failed']} problem(s); "
@@ -299,6 +304,7 @@ def run(
     models: Optional[str] = typer.Option(None, "--models", help=MODELS_HELP),
     fps: Optional[float] = typer.Option(None, "--fps", help="Frames analysed per second of video [default: 2]."),
     size: Optional[int] = typer.Option(None, "--size", help="Side of the aligned face crops [default: 256]."),
+    landmarks: Optional[str] = typer.Option(None, "--landmarks", help=LANDMARKS_HELP),
     consent: Optional[str] = typer.Option(None, "--consent", help="Who agreed to what, recorded with these sources."),
     force: bool = typer.Option(False, "--force", help="Replace an existing export folder."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
@@ -317,7 +323,7 @@ def run(
     with errors_as_lines():
         with progress_bar(not quiet and not as_json, "extract") as (set_total, advance):
             payload = api.run(footage, out, ref=ref, budget=budget, workspace=workspace, models=models, fps=fps,
-                              size=size, consent=consent, force=force, on_problem=problem, on_progress=advance,
+                              size=size, landmarks=landmarks, consent=consent, force=force, on_problem=problem, on_progress=advance,
                               on_total=set_total)
     ex, ident, cur, exp = (payload[k] for k in ("extract", "identify", "curate", "export"))
     emit(as_json, payload,

@@ -55,6 +55,9 @@ class ExtractSettings:
     # Pose coverage between the fps clock's frames (docs/benchmarks.md, "pose-bin retention"):
     motion_threshold: float = 50.0  # also analyse a frame whose picture changed this much (worst block); 0: off
     backfill_bins: int = 2  # analyse frames in between where a face's 10-degree yaw or pitch bin jumped this far; 0: off
+    # 68-point landmarks: "auto" (the pack's 3D-68 model if it has one, else none), "dlib" or "none";
+    # workspace.json records what auto resolved to ("3d68" or "none"), and a workspace keeps one method.
+    landmarks: str = "auto"
     jpeg_quality: int = 95
     checkpoint_frames: int = 200
     checkpoint_seconds: float = 60.0
@@ -90,7 +93,8 @@ Reporter = Callable[[str, str], None]  # (path, reason)
 
 def extract_settings(*, fps: float | None = None, every: int | None = None, size: int | None = None,
                      det_size: int | None = None, det_thresh: float | None = None,
-                     checkpoint_every: int | None = None, pose_fill: bool | None = None) -> tuple[ExtractSettings, set[str]]:
+                     checkpoint_every: int | None = None, pose_fill: bool | None = None,
+                     landmarks: str | None = None) -> tuple[ExtractSettings, set[str]]:
     """The settings for the options a user gave (None: not given), and the names of those given on purpose.
 
     Options not given are taken from the workspace when it has them (see
@@ -102,6 +106,9 @@ def extract_settings(*, fps: float | None = None, every: int | None = None, size
         if value is not None and value <= 0:
             option = "checkpoint-every" if name == "checkpoint_frames" else name.replace("_", "-")
             raise UsageError(f"--{option} must be positive")
+    if landmarks is not None and landmarks not in faces.LANDMARK_OPTIONS:
+        raise UsageError(f"--landmarks must be one of {', '.join(faces.LANDMARK_OPTIONS)}, not {landmarks!r}")
+    given["landmarks"] = landmarks
     if pose_fill is not None:
         defaults = ExtractSettings()
         given["motion_threshold"] = defaults.motion_threshold if pose_fill else 0.0
@@ -157,8 +164,10 @@ def extract(
 
     if todo:
         n_workers, threads = analysis_workers(workers, faces.available_providers(device))
-        fm = faces.load_models(models, device=device, det_thresh=settings.det_thresh, threads=threads)
+        fm = faces.load_models(models, device=device, det_thresh=settings.det_thresh, threads=threads,
+                               landmarks=settings.landmarks)
         _check_models(meta, fm)
+        settings.landmarks = fm.landmarks  # what auto resolved to, for workspace.json
         if on_total:
             on_total(sum(_frame_estimate(item) for item, _, _ in todo))
         writer = PartWriter(ws, every_frames=settings.checkpoint_frames, every_seconds=settings.checkpoint_seconds)
@@ -193,7 +202,7 @@ def extract(
             meta["models"] = fm.describe()
             meta["embeddings"]["dim"] = fm.embedding_dim
         meta["settings"] = {k: getattr(settings, k) for k in ("size", "margin", "det_size", "det_thresh", "static_threshold",
-                                                              "motion_threshold", "backfill_bins")}
+                                                              "motion_threshold", "backfill_bins", "landmarks")}
         if consent:
             meta["consent"].append({"text": consent, "recorded": now(), "sources": [s for _, s, _ in todo]})
         write_meta(ws, meta)
@@ -237,13 +246,44 @@ def _effective_settings(meta: dict, requested: ExtractSettings, explicit: set[st
             )
         if key not in explicit:
             values[key] = value
+    recorded = _recorded_landmarks(meta)
+    if recorded and meta.get("rows"):
+        if "landmarks" in explicit:
+            asked = faces.resolve_landmarks(values["landmarks"], _pack_has_3d68(meta))
+            if asked != recorded:
+                raise WorkspaceError(
+                    f"this workspace's faces have {LANDMARK_NAMES[recorded]}; --landmarks {values['landmarks']} would "
+                    f"give {LANDMARK_NAMES[asked]}, and expressions measured on different landmarks do not compare "
+                    "(use a new workspace)")
+        values["landmarks"] = recorded
     return ExtractSettings(**values)
+
+
+LANDMARK_NAMES = {"3d68": "the model pack's 3D-68 landmarks", "dlib": "dlib's 68-point landmarks",
+                  "none": "no 68-point landmarks (5 keypoints only)"}
+
+
+def _pack_has_3d68(meta: dict) -> bool:
+    return bool(((meta.get("models") or {}).get("tasks") or {}).get("landmark_3d_68"))
+
+
+def _recorded_landmarks(meta: dict) -> str | None:
+    """The landmark method of the workspace's faces; for workspaces from before settings.landmarks, what auto gave."""
+    recorded = (meta.get("settings") or {}).get("landmarks")
+    if recorded or not meta.get("models"):
+        return recorded
+    return faces.resolve_landmarks("auto", _pack_has_3d68(meta))
 
 
 def _check_models(meta: dict, fm: faces.FaceModels) -> None:
     recorded = meta.get("models")
     if not recorded:
         return
+    landmark_model = recorded.get("landmark_model")
+    if landmark_model and fm.landmark_model and landmark_model["sha256"] != fm.landmark_model["sha256"]:
+        raise faces.ModelError(
+            f"this workspace's landmarks came from {landmark_model['file']} and the one installed now differs "
+            f"({fm.landmark_model['file']}); landmarks from different models do not compare. Use a new workspace")
     if recorded.get("files") != fm.files:
         changed = sorted(set(recorded.get("files", {}).items()) ^ set(fm.files.items()))
         raise faces.ModelError(
@@ -436,7 +476,7 @@ def analyse_frame(fm, image, sha, source, kind, frame, time_s, settings, ws,
     for k, (box, kps) in enumerate(zip(boxes, kpss)):
         m_crop = align_matrix(kps, settings.size, settings.margin)
         m_analysis = align_matrix(kps, descriptors.ANALYSIS_SIZE, DEFAULT_MARGIN)
-        dense = faces.landmarks(fm, image, box)
+        dense = faces.landmarks(fm, image, box, kps)
         lmk68 = dense.get("lmk68")
         desc = descriptors.describe(image, kps, m_analysis, lmk68)
         if "pose_pyr" in dense:

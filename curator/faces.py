@@ -9,6 +9,10 @@ InsightFace knows (`buffalo_l`, the default, which InsightFace downloads to
 We load through `insightface.app.FaceAnalysis` so users get InsightFace's own
 download and model routing, but run the models ourselves: detection once per
 frame, recognition batched over all faces of a frame, landmarks per face.
+
+68-point landmarks (`--landmarks`) come from the pack's 3D-68 model (`auto`
+when the pack has one), from dlib's shape predictor (`dlib`, curator/dlib68.py),
+or not at all (`none`); `FaceModels.landmarks` names the one in use.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import dlib68
 from .errors import CuratorError
 from .align import recognition_crop
 from .media import sha256_file
@@ -27,6 +32,9 @@ from .media import sha256_file
 DEFAULT_PACK = "buffalo_l"
 ENV_PACK = "CURATOR_MODELS"
 ENV_ROOT = "CURATOR_MODELS_ROOT"  # where named packs are stored; InsightFace's default otherwise
+# --landmarks: what the user may ask for, and what a workspace records (auto resolved to 3d68 or none).
+LANDMARK_OPTIONS = ("auto", "dlib", "none")
+LANDMARK_METHODS = ("3d68", "dlib", "none")
 
 
 class ModelError(CuratorError):
@@ -60,6 +68,9 @@ class FaceModels:
     landmarks_2d106: object | None = None
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     providers: list[str] = field(default_factory=list)
+    landmarks: str = "none"  # the 68-point landmarks run per face: "3d68", "dlib" or "none"
+    shape_predictor: object | None = None  # dlib's, when landmarks == "dlib"
+    landmark_model: dict | None = None  # {"file", "sha256"} of dlib's model, for workspace.json
 
     @cached_property
     def embedding_dim(self) -> int:
@@ -74,8 +85,11 @@ class FaceModels:
         """What workspace.json records about the models, so a changed model file is noticed."""
         tasks = {"detection": True, "recognition": True, "landmark_3d_68": self.landmarks_3d68 is not None,
                  "landmark_2d_106": self.landmarks_2d106 is not None}
-        return {"pack": self.pack, "path": str(self.path), "files": self.files, "tasks": tasks,
-                "embedding_dim": self.embedding_dim}
+        described = {"pack": self.pack, "path": str(self.path), "files": self.files, "tasks": tasks,
+                     "embedding_dim": self.embedding_dim}
+        if self.landmark_model:
+            described["landmark_model"] = self.landmark_model
+        return described
 
 
 def session_options(threads: int | None = None):
@@ -100,12 +114,13 @@ def session_options(threads: int | None = None):
 
 
 def load_models(pack: str | None = None, *, device: str = "auto", det_thresh: float = 0.5,
-                threads: int | None = None) -> FaceModels:
+                threads: int | None = None, landmarks: str = "auto") -> FaceModels:
     """Load a model pack by name or directory; raises ModelError with a user-facing reason.
 
     `threads`: CPU threads per model call (None: one per core). The models
     may be called from several threads at once (onnxruntime sessions are
-    thread-safe).
+    thread-safe, dlib's predictor is only read). `landmarks`: one of
+    LANDMARK_OPTIONS or LANDMARK_METHODS (see `use_landmarks`).
     """
     import onnxruntime as ort
     from insightface.app import FaceAnalysis
@@ -136,7 +151,7 @@ def load_models(pack: str | None = None, *, device: str = "auto", det_thresh: fl
         raise ModelError(f"model pack {name}: the detector gives no keypoints (curator needs 5)")
     model_dir = Path(app.model_dir)
     files = {p.name: sha256_file(p) for p in sorted(model_dir.glob("*.onnx"))}
-    return FaceModels(
+    fm = FaceModels(
         pack=direct.name if direct.is_dir() else name,
         path=model_dir,
         detector=det,
@@ -146,6 +161,29 @@ def load_models(pack: str | None = None, *, device: str = "auto", det_thresh: fl
         files=files,
         providers=providers,
     )
+    return use_landmarks(fm, landmarks)
+
+
+def use_landmarks(fm: FaceModels, option: str) -> FaceModels:
+    """Set which 68-point landmarks `landmarks()` gives: `auto` is the pack's 3D-68 model when it has one, else none."""
+    method = resolve_landmarks(option, fm.landmarks_3d68 is not None)
+    if method not in LANDMARK_METHODS:  # only from an edited workspace.json: the options are checked before
+        raise ModelError(f"unknown landmark method {option!r}; one of {', '.join(LANDMARK_OPTIONS)}")
+    if method == "3d68" and fm.landmarks_3d68 is None:
+        raise ModelError(f"model pack {fm.pack} has no 3D-68 landmark model, which this workspace's faces were made with")
+    if method == "dlib":
+        fm.shape_predictor = dlib68.load()
+        path = dlib68.model_path()
+        fm.landmark_model = {"file": str(path), "sha256": sha256_file(path)}
+    fm.landmarks = method
+    return fm
+
+
+def resolve_landmarks(option: str, pack_has_3d68: bool) -> str:
+    """The method (LANDMARK_METHODS) that a --landmarks option gives with a pack that has or lacks a 3D-68 model."""
+    if option == "auto":
+        return "3d68" if pack_has_3d68 else "none"
+    return option
 
 
 def detector_size(height: int, width: int, cap: int = 640) -> tuple[int, int]:
@@ -196,15 +234,20 @@ def embed(models: FaceModels, image: np.ndarray, kps: np.ndarray) -> np.ndarray:
     return feats / np.maximum(norms, 1e-12)
 
 
-def landmarks(models: FaceModels, image: np.ndarray, box: np.ndarray) -> dict:
-    """Dense landmarks when the pack has a 3D-68 model: {'lmk68': (68,3), 'pose_pyr': (3,)}."""
+def landmarks(models: FaceModels, image: np.ndarray, box: np.ndarray, kps: np.ndarray) -> dict:
+    """68 iBUG landmarks of one face, by `models.landmarks`: {'lmk68': (68, 2 or 3)}, plus 'pose_pyr' (3,) from 3D-68.
+
+    The pack's 3D-68 model crops around the detector box; dlib's predictor
+    around a box drawn from the 5 keypoints (curator/dlib68.py). With
+    `none`, an empty dict.
+    """
     from insightface.app.common import Face
 
     out: dict = {}
-    if models.landmarks_3d68 is None:
-        return out
-    face = Face(bbox=np.asarray(box[:4], np.float32))
-    if models.landmarks_3d68 is not None:
+    if models.landmarks == "dlib":
+        out["lmk68"] = dlib68.predict(models.shape_predictor, image, kps)
+    elif models.landmarks == "3d68":
+        face = Face(bbox=np.asarray(box[:4], np.float32))
         out["lmk68"] = np.asarray(models.landmarks_3d68.get(image, face), np.float32)
         if "pose" in face:
             out["pose_pyr"] = np.asarray(face["pose"], np.float32)

@@ -124,8 +124,9 @@ def check(fmt: str, rows: pd.DataFrame) -> None:
         if missing:
             raise FormatError(
                 f"--format {fmt} needs 68-point landmarks (the lmk68 column), but {missing} of {len(rows)} faces "
-                "have only the 5 detector keypoints: extract with a model pack that has a 3D-68 landmark model "
-                "(buffalo_l's 1k3d68.onnx), or export --format folder or fiftyone")
+                "have only the 5 detector keypoints: extract into a new workspace with --landmarks dlib or with a "
+                "model pack that has a 3D-68 landmark model (buffalo_l's 1k3d68.onnx), or export --format folder "
+                "or fiftyone")
 
 
 def unique_names(face_ids: list[str]) -> list[str]:

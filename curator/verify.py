@@ -109,6 +109,9 @@ def _changed_models(meta: dict) -> list[str]:
         path = folder / name
         if path.is_file() and sha256_file(path) != sha:
             changed.append(name)
+    landmark_model = models.get("landmark_model")  # dlib's, with --landmarks dlib
+    if landmark_model and Path(landmark_model["file"]).is_file() and sha256_file(landmark_model["file"]) != landmark_model["sha256"]:
+        changed.append(Path(landmark_model["file"]).name)
     return changed
 
 

@@ -75,6 +75,20 @@ def table(ws: Path):
     return pd.read_parquet(ws / "faces.parquet")
 
 
+def lmk68_in_box(row, margin: float):
+    """A table row's lmk68 as (68, 2), checked finite and inside its detector box grown by `margin` of its size."""
+    import numpy as np
+
+    lmk = np.asarray(row["lmk68"], np.float64)
+    assert lmk.shape == (136,) and np.isfinite(lmk).all(), row["face_id"]
+    lmk = lmk.reshape(68, 2)
+    x1, y1, x2, y2 = row["bbox"]
+    w, h = x2 - x1, y2 - y1
+    assert (lmk[:, 0] > x1 - margin * w).all() and (lmk[:, 0] < x2 + margin * w).all(), (row["face_id"], lmk, row["bbox"])
+    assert (lmk[:, 1] > y1 - margin * h).all() and (lmk[:, 1] < y2 + margin * h).all(), (row["face_id"], lmk, row["bbox"])
+    return lmk
+
+
 def curator_json(*args: str) -> dict:
     proc = curator(*args, "--json", check=True)
     return json.loads(proc.stdout)

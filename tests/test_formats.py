@@ -10,9 +10,9 @@ re-implemented here from their sources (see docs/formats.md for the files and
 commits), so a face rendered with the wrong crop fails even if its header is
 right.
 
-The 68-point workspace comes from the generated 3D-68 model of
-tests/test_landmarks68.py (InsightFace's 1k3d68 interface; no real buffalo_l
-is available offline) next to pack-small's detector and recogniser.
+The 68-point workspace has real landmarks: dlib's 68-point shape predictor
+(`curator extract --landmarks dlib`, the iBUG 300-W scheme faceswap and
+DeepFaceLab use) on pack-small's detections.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import pytest
 
 from conftest import IMAGES, clip, curator, curator_json
 from curator.workspace import open_workspace, read_embeddings, read_table, update_columns, write_table
-from test_landmarks68 import CLIP, YAW, face_points, make_pack
 
+CLIP = "driving_d0.mp4"  # one person, 3 s, 512x512: ~10 analysed frames, mouth closed and open
 CONSENT = "test footage, public research clips; export format tests"
 PHOTO = IMAGES / "face_recognition" / "examples" / "obama-480p.jpg"  # a still: a second person, an image source
 FACE_SIZE = 512
@@ -48,13 +48,13 @@ FACE_SIZE = 512
 def ws68(tmp_path_factory):
     """A curated workspace with real lmk68 columns; one selected and one unselected face rejected in review."""
     root = tmp_path_factory.mktemp("formats68")
-    pack = make_pack(root / "pack", face_points(yaw=YAW))
     ws = root / "ws"
-    curator("extract", clip(CLIP), PHOTO, "-w", ws, "--models", pack, "--consent", CONSENT, "-q", check=True)
+    curator("extract", clip(CLIP), PHOTO, "-w", ws, "--landmarks", "dlib", "--consent", CONSENT, "-q", check=True)
     curator("curate", "-w", ws, "--budget", "10", check=True)
     w = open_workspace(ws)
     t = read_table(w)
     assert t["lmk68"].notna().all() and (t["source_kind"] == "image").sum() >= 1
+    assert json.loads((ws / "workspace.json").read_text())["settings"]["landmarks"] == "dlib"
     selected = t.index[t["selected"]]
     assert len(selected) >= 2, t[["face_id", "selected", "reason"]]
     rejected = np.zeros(len(t), bool)

@@ -1,4 +1,11 @@
-"""Dense 68-point landmarks through the real `curator extract` path.
+"""A pack's 3D-68 landmark model through the real `curator extract` path: the pack interface only.
+
+These tests check how curator routes and decodes a 3D-68 model that sits in a
+model pack (`--landmarks auto`), using a GENERATED model that returns the same
+face for every image. They say nothing about landmark accuracy, expression or
+pose on real faces, nor do the faceswap/DFL export tests use this model any
+more: real 68-point landmarks come from dlib's predictor
+(`--landmarks dlib`, tests/test_dlib_landmarks.py, tests/test_formats.py).
 
 InsightFace's default pack (buffalo_l) carries `1k3d68.onnx`, a 3D 68-point
 landmark model; with it curator takes head pose from InsightFace's `face.pose`
@@ -36,7 +43,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import PACK, clip, curator_json
+from conftest import IMAGES, PACK, clip, curator, curator_json, lmk68_in_box, one_line_error
 from curator import media
 from curator.descriptors import expression_from_lmk68
 from curator.pose import matrix_from_pose
@@ -193,13 +200,7 @@ def test_lmk68_in_source_pixels_within_the_face_box(turned):
     table = turned[3]
     points = face_points(yaw=YAW)
     for _, row in table.iterrows():
-        lmk = np.asarray(row["lmk68"], np.float64)
-        assert lmk.shape == (136,) and np.isfinite(lmk).all()
-        lmk = lmk.reshape(68, 2)
-        x1, y1, x2, y2 = row["bbox"]
-        w, h = x2 - x1, y2 - y1
-        assert (lmk[:, 0] > x1 - 0.1 * w).all() and (lmk[:, 0] < x2 + 0.1 * w).all(), (row["face_id"], lmk, row["bbox"])
-        assert (lmk[:, 1] > y1 - 0.1 * h).all() and (lmk[:, 1] < y2 + 0.1 * h).all(), (row["face_id"], lmk, row["bbox"])
+        lmk = lmk68_in_box(row, 0.1)
         # Exactly the model's points, mapped through the crop of this row's own box.
         np.testing.assert_allclose(lmk, expected_lmk(row["bbox"], points), atol=0.05)
         # Stored in the picture's own axes: at yaw +30 the nose tip lies to the image's
@@ -252,3 +253,23 @@ def test_pitch_and_roll_signs_through_extract(tmp_path):
         np.testing.assert_allclose(lmk, expected_lmk(row["bbox"], points), atol=0.05)
         # roll > 0 in our convention: the eye on the image's right is the higher one.
         assert lmk[LEFT_EYE, 1].mean() < lmk[RIGHT_EYE, 1].mean() - 5
+
+
+def test_landmarks_option_routes_around_the_pack_model(turned, tmp_path):
+    """auto records the pack's model as `3d68`; --landmarks dlib or none leave it unused; a workspace keeps its method."""
+    pack, ws, _, table = turned
+    assert json.loads((ws / "workspace.json").read_text())["settings"]["landmarks"] == "3d68"
+    for option, method in (("dlib", "lmk68"), ("none", "kps5_appearance")):
+        other = tmp_path / option
+        curator_json("extract", clip(CLIP), "-w", other, "--models", pack, "--landmarks", option, "-q")
+        t = read_table(open_workspace(other))  # other frames than `turned`'s: pose fill follows the other pose
+        assert len(t) and set(t["pose_method"]) == {"kps5_pnp"} and set(t["expression_method"]) == {method}
+        assert json.loads((other / "workspace.json").read_text())["settings"]["landmarks"] == option
+        if option == "dlib":  # the picture's own landmarks, not the generated face
+            generated = np.stack([expected_lmk(b, face_points(yaw=YAW)) for b in t["bbox"]])
+            assert np.abs(np.stack(t["lmk68"].to_numpy()).reshape(-1, 68, 2) - generated).mean() > 5
+        else:
+            assert t["lmk68"].isna().all()
+    proc = curator("extract", IMAGES / "face_recognition" / "examples" / "obama-480p.jpg", "-w", ws, "--models", pack,
+                   "--landmarks", "dlib", "-q")
+    one_line_error(proc, "--landmarks dlib", "3D-68")

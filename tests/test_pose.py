@@ -167,6 +167,64 @@ def test_accuracy_on_ground_truth():
     assert (np.sign(est[turned, 0]) == np.sign(gt[turned, 0])).all(), "yaw sign disagrees with ground truth"
 
 
+def pose_68(points: np.ndarray, frame_size) -> tuple[float, float, float]:
+    """Head pose from 68 iBUG landmarks: PnP of faceswap's 26-point 3D head (curator.formats), our convention.
+
+    faceswap's head has x toward the subject's right (image left), y up and z
+    toward the viewer; negated it is in OpenCV's camera axes (x right, y down,
+    z away), the frame of curator.pose. The alternative to the 5-keypoint pose
+    for dlib's landmarks that test_keypoint_pose_beats_dlib68_pnp measures
+    (bench/landmarks.py uses it too).
+    """
+    from curator.formats import FACESWAP_MEAN_FACE_3D_26, FACESWAP_PNP_POINTS
+    from curator.pose import _camera, _euler_from_matrix
+
+    ok, rvec, _ = cv2.solvePnP(-FACESWAP_MEAN_FACE_3D_26, np.asarray(points, np.float64)[FACESWAP_PNP_POINTS],
+                               _camera(frame_size), None, flags=cv2.SOLVEPNP_SQPNP)
+    assert ok
+    return _euler_from_matrix(cv2.Rodrigues(rvec)[0])
+
+
+def test_pose_68_follows_the_convention():
+    # faceswap's head turned by a known pose in our convention and projected:
+    # pose_68 must give that pose back, so its comparison below is fair.
+    from curator.formats import FACESWAP_MEAN_FACE_3D_26, FACESWAP_PNP_POINTS
+
+    head = -FACESWAP_MEAN_FACE_3D_26 / 10.6  # about one outer-eye-corner distance per unit
+    points = np.zeros((68, 2))
+    for g in [(30, 0, 0), (-40, 15, -10), (10, -20, 25)]:
+        points[FACESWAP_PNP_POINTS] = project(*g, shape=head)
+        assert pose_68(points, (H, W)) == pytest.approx(g, abs=0.01), g
+
+
+def test_keypoint_pose_beats_dlib68_pnp():
+    """Why rows with dlib's landmarks keep the 5-keypoint pose (pose_method kps5_pnp).
+
+    On AFLW2000-3D ground truth, a PnP fit of faceswap's 26-point head to
+    dlib's 68 landmarks (the only 3D 68-point head the project has without
+    unpickling InsightFace's meanshape_68.pkl) was worse than the 5-keypoint
+    PnP: measured MAE yaw/pitch/roll 12.4/13.7/7.0 against 4.6/10.4/9.0 on all
+    nine, 9.3/11.0/3.5 against 4.9/6.7/5.9 where |yaw| <= 60 (mean of the
+    three: 11.0 against 8.0, and 7.9 against 5.8). dlib's
+    predictor, trained on mostly frontal faces, loses the far side of turned
+    heads (image00251: yaw 54 read as 7), and the generic head reads near-
+    frontal faces about 10 degrees too far up. Only roll was better.
+    """
+    from curator import dlib68
+
+    predictor = dlib68.load()
+    faces = gt_faces()
+    est5 = np.array([estimate_pose_kps5(kps, img.shape[:2]) for _, img, kps, _ in faces])
+    est68 = np.array([pose_68(dlib68.predict(predictor, img, kps), img.shape[:2]) for _, img, kps, _ in faces])
+    gt = np.array([g for *_, g in faces])
+    visible = np.abs(gt[:, 0]) <= 60
+    err5, err68 = np.abs(est5 - gt), np.abs(est68 - gt)
+    print(f"\nMAE yaw/pitch/roll kps5 {err5.mean(0).round(1)} dlib68 {err68.mean(0).round(1)}; "
+          f"|yaw|<=60: kps5 {err5[visible].mean(0).round(1)} dlib68 {err68[visible].mean(0).round(1)}")
+    assert err5.mean() < err68.mean() - 2 and err5[visible].mean() < err68[visible].mean() - 1.5
+    assert err5[:, 0].mean() < err68[:, 0].mean() and err5[:, 1].mean() < err68[:, 1].mean()
+
+
 def test_real_image_mirrored_and_rotated():
     # Image transforms with a known effect on pose, re-detected by the real
     # detector: a mirror flips yaw and roll and keeps pitch; turning the
