@@ -13,6 +13,10 @@ pip_q --upgrade pip wheel setuptools
 python -c "import torch" 2>/dev/null || pip_q "torch==${CURATOR_TORCH_VERSION:-2.13.0}"
 # [dlib]: the 68-point landmarks the faceswap/DFL export tests run on (docs/dependencies.md).
 pip_q -e '.[test,dlib]'
+# [torch-runtime] without its dependencies: onnx2torch declares torchvision, and
+# pip would answer it with a CUDA build of torch; the torch installed above is enough
+# (curator/runtime.py imports onnx2torch without torchvision).
+pip_q --no-deps "onnx2torch>=1.5.15"
 # insightface depends on opencv-python and fiftyone on opencv-python-headless;
 # both unpack into the same cv2/ folder and the second install leaves a mix.
 # Keep exactly one: the headless build (no GUI libraries needed on servers).
@@ -30,4 +34,4 @@ if ! command -v chromium >/dev/null; then
     echo "note: install Chromium for tests/test_audit.py (e.g. sudo apt-get install chromium)" >&2
   fi
 fi
-python -c "import cv2, av, insightface, onnxruntime, fiftyone, torch, sklearn, pyarrow, dlib; from curator import dlib68; dlib68.model_path(); print('curator install ok: cv2', cv2.__version__, '| torch', torch.__version__)"
+python -c "import cv2, av, insightface, onnxruntime, fiftyone, torch, sklearn, pyarrow, dlib; from curator import dlib68, runtime; dlib68.model_path(); runtime.import_onnx2torch(); print('curator install ok: cv2', cv2.__version__, '| torch', torch.__version__, 'CUDA', torch.version.cuda)"

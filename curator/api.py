@@ -35,9 +35,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from . import faces, outputs
+from . import runtime as runtimes
 from .curate import budget_from
 from .curate import curate as curate_table
 from .errors import NothingFound, UsageError
+from .faces import ModelError
 from .export import export as export_faces
 from .extract import extract as extract_footage
 from .extract import extract_settings
@@ -100,28 +102,41 @@ def default_workspace(out: PathLike) -> Path:
 def extract(footage: PathLike | Sequence[PathLike], workspace: PathLike, *, models: str | None = None,
             fps: float | None = None, every: int | None = None, size: int | None = None,
             det_size: int | None = None, det_thresh: float | None = None, checkpoint_every: int | None = None,
-            pose_fill: bool | None = None, landmarks: str | None = None, consent: str | None = None, device: str = "auto",
-            workers: int | None = None, on_problem: Problem | None = None, on_progress: Progress | None = None,
+            pose_fill: bool | None = None, landmarks: str | None = None, consent: str | None = None,
+            runtime: str = "auto", device: str = "auto", batch: int | None = None, workers: int | None = None,
+            on_problem: Problem | None = None, on_progress: Progress | None = None,
             on_total: Total | None = None) -> dict:
     """Find, align and describe every face in FOOTAGE (videos, photos, folders) into WORKSPACE (created if needed).
 
     Options left as None come from the workspace's earlier runs, else the
-    defaults of `curator.extract.ExtractSettings`. Re-running adds only new
-    files and resumes an interrupted one. Bad files are reported through
+    defaults of `curator.extract.ExtractSettings`; on a GPU the default is
+    every frame (`every=1`), on a CPU 2 frames a second. Re-running adds only
+    new files and resumes an interrupted one. Bad files are reported through
     `on_problem` and listed in the summary's `problems`; the rest goes on.
     `landmarks`: "auto" (the pack's 3D-68 model when it has one), "dlib"
     (dlib's 68-point predictor, `pip install 'curator-faces[dlib]'`) or "none".
+    `runtime`, `device`: where the face models run ("auto", "onnxruntime" or
+    "torch"; "auto", "cpu" or "cuda"; docs/benchmarks.md). `batch`: frames
+    per detector call; `workers`: model calls at once. Neither changes the
+    table beyond float tolerances.
     """
-    if workers is not None and workers <= 0:
-        raise UsageError("--workers must be positive")
+    for name, value in (("workers", workers), ("batch", batch)):
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name} must be positive")
     footage = _paths(footage)
+    try:
+        rt = runtimes.choose(runtime, device)
+    except runtimes.RuntimeChoiceError as e:
+        raise ModelError(str(e)) from None
+    if rt.device == "cuda" and fps is None and every is None:
+        every = 1  # a GPU analyses every frame: no pose is missed between sampled frames
     settings, explicit = extract_settings(fps=fps, every=every, size=size, det_size=det_size, det_thresh=det_thresh,
                                           checkpoint_every=checkpoint_every, pose_fill=pose_fill, landmarks=landmarks)
     ws = open_workspace(workspace, create=True)
     with locked(ws, "curator extract"):
         summary = extract_footage(ws, footage, settings=settings, explicit=explicit, models=models, consent=consent,
-                                  device=device, workers=workers, on_problem=on_problem, on_progress=on_progress,
-                                  on_total=on_total)
+                                  runtime=rt.name, device=rt.device, workers=workers, batch=batch,
+                                  on_problem=on_problem, on_progress=on_progress, on_total=on_total)
     return summary.as_dict()
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -23,6 +25,7 @@ import cv2
 import numpy as np
 
 from . import descriptors, faces, media, pose
+from . import runtime as runtimes
 from .align import DEFAULT_MARGIN, align_matrix, warp
 from .errors import UsageError
 from .metrics import POSE_BIN
@@ -82,6 +85,9 @@ class ExtractSummary:
     faces: int = 0
     rows_total: int = 0
     seconds: float = 0.0
+    runtime: str = ""  # where the face models ran (curator/runtime.py), e.g. "onnxruntime/cpu" or "torch/cuda/fp16"
+    batch: int = 1  # frames per detector call
+    stage_seconds: dict = field(default_factory=dict)  # seconds per stage, summed over threads (StageTimes)
     problems: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -126,7 +132,9 @@ def extract(
     models: str | None = None,
     consent: str | None = None,
     device: str = "auto",
+    runtime: str = "auto",
     workers: int | None = None,
+    batch: int | None = None,
     on_problem: Reporter | None = None,
     on_progress: Callable[[int, str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
@@ -134,9 +142,11 @@ def extract(
     """Extract every face from `footage` into the workspace `ws`; the caller holds its lock (`curator.api.extract`).
 
     `explicit` names the settings the user set on purpose; the others are
-    taken from the workspace when it has them. `workers`: frames analysed at
-    once (None: from the number of cores; see `analysis_workers`). It
-    changes speed only, never the table.
+    taken from the workspace when it has them. `runtime`, `device`: where
+    the face models run (curator/runtime.py). `workers`: model calls at once
+    (None: see `analysis_workers`); `batch`: frames per detector call
+    (None: 1 on a CPU, GPU_BATCH on a GPU). Both change speed only: the
+    table is the same within float tolerances (docs/benchmarks.md).
     """
     t0 = time.monotonic()
     report = on_problem or (lambda path, reason: None)
@@ -162,10 +172,14 @@ def extract(
             continue
         todo.append((item, sha, {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
 
+    times = StageTimes()
     if todo:
-        n_workers, threads = analysis_workers(workers, faces.available_providers(device))
-        fm = faces.load_models(models, device=device, det_thresh=settings.det_thresh, threads=threads,
-                               landmarks=settings.landmarks)
+        rt = runtimes.choose(runtime, device)
+        n_workers, threads = analysis_workers(workers, rt)
+        fm = faces.load_models(models, runtime=rt.name, device=rt.device, det_thresh=settings.det_thresh,
+                               threads=threads, landmarks=settings.landmarks)
+        summary.runtime = rt.describe()
+        summary.batch = batch or (GPU_BATCH if rt.device == "cuda" else 1)
         _check_models(meta, fm)
         settings.landmarks = fm.landmarks  # what auto resolved to, for workspace.json
         if on_total:
@@ -174,13 +188,13 @@ def extract(
 
         def source_record(item, stat):
             return {"path": str(item.path), "kind": item.kind, "consent": consent, "added": now(), **stat,
-                    "settings": {"fps": settings.fps, "every": settings.every}}
+                    "settings": {"fps": settings.fps, "every": settings.every}, "runtime": summary.runtime}
 
         # Runs of photos go through the worker pool together; a video spreads its own frames over it.
         for is_image, run in itertools.groupby(todo, key=lambda t: t[0].kind == "image"):
             if is_image:
                 _process_images([(item, sha, source_record(item, stat)) for item, sha, stat in run],
-                                fm, settings, ws, writer, summary, report, on_progress, n_workers)
+                                fm, settings, ws, writer, summary, report, on_progress, n_workers, times)
                 continue
             for item, sha, stat in run:
                 record = source_record(item, stat)
@@ -188,7 +202,8 @@ def extract(
                 if resume_after >= 0:
                     summary.resumed_files += 1
                 try:
-                    _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, n_workers)
+                    _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, n_workers,
+                             batch=summary.batch, times=times)
                 except media.MediaError as e:
                     _problem(summary, report, str(item.path), str(e))
                     writer.fail(sha, record, str(e))
@@ -206,23 +221,28 @@ def extract(
         if consent:
             meta["consent"].append({"text": consent, "recorded": now(), "sources": [s for _, s, _ in todo]})
         write_meta(ws, meta)
-    summary.rows_total = commit_staging(ws)
+    with times("write"):
+        summary.rows_total = commit_staging(ws)
+    summary.stage_seconds = times.as_dict()
     summary.seconds = round(time.monotonic() - t0, 3)
     return summary
 
 
-def analysis_workers(requested: int | None, providers: list[str]) -> tuple[int, int | None]:
-    """(frames analysed at once, CPU threads per model call).
+def analysis_workers(requested: int | None, rt: runtimes.Runtime) -> tuple[int, int | None]:
+    """(model calls at once, CPU threads per onnxruntime call).
 
-    Several single-threaded model calls side by side keep the cores busier
-    than one call split across them: the detector is small, and a split call
-    waits at every operator for its slowest thread (and for FFmpeg, decoding
-    on the same cores). On 2 cores, 2 workers x 1 thread did a detector pass
-    in 6.2 ms against 9.0 ms for 1 x 2 (docs/benchmarks.md).
+    On a CPU, several single-threaded model calls side by side keep the cores
+    busier than one call split across them: the detector is small, and a
+    split call waits at every operator for its slowest thread (and for
+    FFmpeg, decoding on the same cores). On 2 cores, 2 workers x 1 thread did
+    a detector pass in 6.2 ms against 9.0 ms for 1 x 2 (docs/benchmarks.md).
+    On a GPU the device runs the calls; the workers do the per-face CPU work
+    (alignment, descriptors, JPEG crops) of one batch while the next batch is
+    on the GPU.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if providers and providers[0] != "CPUExecutionProvider":
-        return max(1, requested or 2), None  # the GPU runs the calls; threads only feed it
+    if rt.device == "cuda":
+        return max(1, requested or min(4, cores)), None
     n = max(1, requested or min(4, cores))
     return n, max(1, cores // n)
 
@@ -308,7 +328,7 @@ def _frame_estimate(item: media.Footage) -> int:
 
 # --- per source -------------------------------------------------------------
 
-def _process_images(entries, fm, settings, ws, writer, summary, report, on_progress, workers) -> None:
+def _process_images(entries, fm, settings, ws, writer, summary, report, on_progress, workers, times=None) -> None:
     """Photos, `workers` at a time; one that cannot be read is reported and the rest go on."""
     advance = on_progress or (lambda n, desc: None)
 
@@ -319,7 +339,7 @@ def _process_images(entries, fm, settings, ws, writer, summary, report, on_progr
         except media.MediaError as e:
             return e
         record.update({"width": image.shape[1], "height": image.shape[0], "frames": 1})
-        return analyse_frame(fm, image, sha, str(item.path), "image", 0, 0.0, settings, ws, "image")
+        return analyse_frame(fm, image, sha, str(item.path), "image", 0, 0.0, settings, ws, "image", times)
 
     for (item, sha, record), result in _in_order(entries, analyse, workers):
         advance(1, item.path.name)
@@ -335,8 +355,10 @@ def _process_images(entries, fm, settings, ws, writer, summary, report, on_progr
         summary.faces += len(rows)
 
 
-def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, workers=1) -> None:
-    """One video: sample, analyse (`workers` frames at a time), back-fill, stage."""
+def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, workers=1, *,
+             batch: int = 1, times: StageTimes | None = None) -> None:
+    """One video: sample, analyse (`batch` frames per model call, `workers` calls at a time), back-fill, stage."""
+    times = times or StageTimes()
     advance = on_progress or (lambda n, desc: None)
     name = item.path.name
     stats = media.SampleStats()
@@ -356,13 +378,17 @@ def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary,
     last = resume_after
 
     def analyse(index, time_s, image, sampled="backfill"):
-        return analyse_frame(fm, image, sha, str(item.path), "video", index, time_s, settings, ws, sampled)
+        return analyse_frame(fm, image, sha, str(item.path), "video", index, time_s, settings, ws, sampled, times)
+
+    def analyse_batch(group):
+        return analyse_frames(fm, [(sf.image, sf.index, sf.time_s, sf.reason) for sf in group], sha, str(item.path),
+                              "video", settings, ws, times)
 
     # Sampled frames are analysed `workers` at a time, and their results taken
     # in frame order, so the table does not depend on the number of workers.
     # Back-fill needs two neighbours' results; it runs here, while the
     # workers go on with the next frames.
-    for sf, (rows, emb) in _in_order(frames, lambda sf: analyse(sf.index, sf.time_s, sf.image, sf.reason), workers):
+    for sf, (rows, emb) in _analysed(timed(frames, times, "decode"), analyse_batch, workers, batch):
         filled = backfill(prev, rows, sf.between, analyse, settings.backfill_bins) if settings.backfill_bins > 0 else []
         prev = rows
         summary.frames_backfilled += len(filled)
@@ -393,7 +419,7 @@ def _in_order(items: Iterable, fn: Callable, workers: int) -> Iterator[tuple]:
 
     Items come through `prefetch`, so the decoder runs ahead in its own thread.
     """
-    source = media.prefetch(items, depth=4)
+    source = media.prefetch(items, depth=2)
     if workers <= 1:
         for item in source:
             yield item, fn(item)
@@ -419,6 +445,42 @@ def _in_order(items: Iterable, fn: Callable, workers: int) -> Iterator[tuple]:
         source.close()
 
 
+def _analysed(frames: Iterable, analyse_batch: Callable, workers: int, batch: int) -> Iterator[tuple]:
+    """(sampled frame, its (rows, embeddings)) in frame order: up to `batch` consecutive frames of one size per
+    model call, `workers` calls at once."""
+    for group, results in _in_order(_batches(frames, batch), analyse_batch, workers):
+        yield from zip(group, results)
+
+
+def _batches(frames: Iterable, size: int) -> Iterator[list]:
+    """Consecutive frames in lists of at most `size` frames of one picture size and BATCH_BYTES of pixels."""
+    group: list = []
+    for sf in frames:
+        if group and (len(group) >= size or sf.image.shape != group[0].image.shape
+                      or (len(group) + 1) * sf.image.nbytes > BATCH_BYTES):
+            yield group
+            group = []
+        group.append(sf)
+    if group:
+        yield group
+
+
+def timed(items: Iterable, times: StageTimes, stage: str) -> Iterator:
+    """`items`, the time spent producing each one added to `stage` (here: decoding, in the prefetch thread)."""
+    it = iter(items)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        finally:
+            times.add(stage, time.perf_counter() - t0)
+        yield item
+
+
+GPU_BATCH = 32  # frames per detector call on a GPU (docs/benchmarks.md, "Extract on a GPU")
+BATCH_BYTES = 256 << 20  # and at most this many bytes of frames per call: 32 frames of 1080p, 7 of 4K
 BACKFILL_KEEP = 16  # decoded frames kept between two analysed ones (12 at 25 fps and the default 2 fps)
 
 
@@ -463,20 +525,44 @@ def _rows_at(ws: Workspace, sha: str, frame: int) -> list[dict]:
     return t[(t["source_sha256"] == sha) & (t["frame"] == frame)].to_dict("records")
 
 
-def analyse_frame(fm, image, sha, source, kind, frame, time_s, settings, ws,
-                  sampled: str = "due") -> tuple[list[dict], np.ndarray]:
+def analyse_frame(fm, image, sha, source, kind, frame, time_s, settings, ws, sampled: str = "due",
+                  times: StageTimes | None = None) -> tuple[list[dict], np.ndarray]:
     """Detect, align, crop and describe every face in one frame; crops are written to the workspace."""
-    boxes, kpss = faces.detect(fm, image, settings.det_size)
-    if len(boxes) == 0:
-        return [], np.zeros((0, fm.embedding_dim), np.float32)
-    emb = faces.embed(fm, image, kpss)
+    return analyse_frames(fm, [(image, frame, time_s, sampled)], sha, source, kind, settings, ws, times)[0]
+
+
+def analyse_frames(fm, frames: list[tuple], sha, source, kind, settings, ws,
+                   times: StageTimes | None = None) -> list[tuple[list[dict], np.ndarray]]:
+    """`analyse_frame` for frames of one size and source, given as (image, frame index, time_s, sampled):
+    the detector runs once for all of them, the recogniser and the landmark model once for all their faces."""
+    times = times or StageTimes()
+    with times("detect"):
+        found = faces.detect_batch(fm, [f[0] for f in frames], settings.det_size)
+    at = [(i, k) for i, (boxes, _) in enumerate(found) for k in range(len(boxes))]
+    with times("embed"):
+        emb = faces.embed_batch(fm, [(frames[i][0], found[i][1][k]) for i, k in at])
+    with times("landmarks"):
+        dense = faces.landmarks_batch(fm, [(frames[i][0], found[i][0][k], found[i][1][k]) for i, k in at])
+    rows: list[list[dict]] = [[] for _ in frames]
+    for (i, k), lmk in zip(at, dense):
+        image, frame, time_s, sampled = frames[i]
+        rows[i].append(face_row(image, found[i][0][k], found[i][1][k], k, lmk, sha, source, kind, frame, time_s,
+                                sampled, settings, ws, times))
+    out, start = [], 0
+    for i in range(len(frames)):
+        out.append((rows[i], emb[start:start + len(rows[i])]))
+        start += len(rows[i])
+    return out
+
+
+def face_row(image, box, kps, k, dense, sha, source, kind, frame, time_s, sampled, settings, ws,
+             times: StageTimes) -> dict:
+    """One face's table row; its aligned crop is written to the workspace."""
     h, w = image.shape[:2]
-    rows = []
     face_box = settings.size / (1.0 + 2.0 * settings.margin)  # template face box side in crop px
-    for k, (box, kps) in enumerate(zip(boxes, kpss)):
+    with times("describe"):
         m_crop = align_matrix(kps, settings.size, settings.margin)
         m_analysis = align_matrix(kps, descriptors.ANALYSIS_SIZE, DEFAULT_MARGIN)
-        dense = faces.landmarks(fm, image, box, kps)
         lmk68 = dense.get("lmk68")
         desc = descriptors.describe(image, kps, m_analysis, lmk68)
         if "pose_pyr" in dense:
@@ -485,32 +571,59 @@ def analyse_frame(fm, image, sha, source, kind, frame, time_s, settings, ws,
         else:
             yaw, pitch, roll = pose.estimate_pose_kps5(kps, (h, w))
             pose_method = "kps5_pnp"
-        crop_rel = crop_path(sha, frame, k)
+    crop_rel = crop_path(sha, frame, k)
+    with times("write"):
         write_crop(ws, crop_rel, warp(image, m_crop, settings.size), settings.jpeg_quality)
-        scale = float(np.hypot(m_crop[0, 0], m_crop[0, 1]))
-        rows.append({
-            "face_id": face_id(sha, frame, k),
-            "source": source,
-            "source_sha256": sha,
-            "source_kind": kind,
-            "frame": int(frame),
-            "time_s": round(float(time_s), 4),
-            "sampled": sampled,
-            "face_index": k,
-            "frame_w": w,
-            "frame_h": h,
-            "bbox": [float(v) for v in box[:4]],
-            "kps": [float(v) for v in kps.reshape(-1)],
-            "det_score": float(box[4]),
-            "face_px": round(face_box / scale, 2),
-            "yaw": float(yaw),
-            "pitch": float(pitch),
-            "roll": float(roll),
-            "pose_method": pose_method,
-            **desc,
-            "lmk68": None if lmk68 is None else [float(v) for v in np.asarray(lmk68)[:, :2].reshape(-1)],
-            "align_matrix": [float(v) for v in m_crop.reshape(-1)],
-            "crop_size": settings.size,
-            "crop_path": crop_rel,
-        })
-    return rows, emb
+    scale = float(np.hypot(m_crop[0, 0], m_crop[0, 1]))
+    return {
+        "face_id": face_id(sha, frame, k),
+        "source": source,
+        "source_sha256": sha,
+        "source_kind": kind,
+        "frame": int(frame),
+        "time_s": round(float(time_s), 4),
+        "sampled": sampled,
+        "face_index": k,
+        "frame_w": w,
+        "frame_h": h,
+        "bbox": [float(v) for v in box[:4]],
+        "kps": [float(v) for v in kps.reshape(-1)],
+        "det_score": float(box[4]),
+        "face_px": round(face_box / scale, 2),
+        "yaw": float(yaw),
+        "pitch": float(pitch),
+        "roll": float(roll),
+        "pose_method": pose_method,
+        **desc,
+        "lmk68": None if lmk68 is None else [float(v) for v in np.asarray(lmk68)[:, :2].reshape(-1)],
+        "align_matrix": [float(v) for v in m_crop.reshape(-1)],
+        "crop_size": settings.size,
+        "crop_path": crop_rel,
+    }
+
+
+class StageTimes:
+    """Seconds spent per stage, summed over threads: `with times("detect"): ...`; `as_dict()` for the summary.
+
+    Stages run in several threads at once add up to more than the wall time;
+    their shares still show which stage a run waits on.
+    """
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - t0)
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self.lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in sorted(self.seconds.items())}
