@@ -244,7 +244,7 @@ def _augment_step_by_step(faces, mask, weight, gen):
     b, _, r, _ = faces.shape
     u = torch.rand(b, len(PARAMETERS), generator=gen) * 2 - 1
     hue, rot, sat, con, bri, scale, sx, sy = (u[:, i] * v for i, v in enumerate(PARAMETERS.values()))
-    offsets = WARP_STD * torch.randn(b, WARP_GRID * WARP_GRID, 2, generator=gen)
+    offsets = WARP_STD * torch.randn(b, 2, WARP_GRID * WARP_GRID, generator=gen)
     x = faces.double() / 255
     k = torch.full((3,), 1 / math.sqrt(3), dtype=torch.float64)  # hue: Rodrigues rotation about the grey axis
     kx = k[0] * torch.tensor([[0.0, -1, 1], [1, 0, -1], [-1, 1, 0]], dtype=torch.float64)
@@ -262,7 +262,7 @@ def _augment_step_by_step(faces, mask, weight, gen):
     grid = F.affine_grid(theta, [b, 3, r, r], align_corners=False)
     target = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
     maps = F.grid_sample(torch.stack([mask, weight])[None].expand(b, -1, -1, -1).double(), grid, align_corners=False)
-    coarse = offsets.double().view(b, WARP_GRID, WARP_GRID, 2).permute(0, 3, 1, 2)
+    coarse = offsets.double().view(b, 2, WARP_GRID, WARP_GRID)
     fine = F.interpolate(coarse, size=(r, r), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
     inp = F.grid_sample(x, grid + fine, padding_mode="border", align_corners=False)
     return inp, target, maps[:, :1], maps[:, 1:]

@@ -175,7 +175,7 @@ WARP_GRID, WARP_STD = 5, 0.025
 BRIGHTNESS, CONTRAST, SATURATION, HUE_DEG = 0.08, 0.15, 0.2, 8.0
 
 # The per-image parameters, in the columns of one uniform draw, each spread over its own +-range.
-# The two angles come first, so that one cos() gives the cosines and sines of both.
+# The two angles come first, so that one cos() gives both their rotation matrices.
 PARAMETERS = {"hue": math.radians(HUE_DEG), "rotate": math.radians(ROTATE_DEG), "saturation": SATURATION,
               "contrast": CONTRAST, "brightness": BRIGHTNESS, "scale": SCALE, "shift_x": SHIFT, "shift_y": SHIFT}
 
@@ -216,17 +216,20 @@ def augment(faces: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, gen: 
     dev = faces.device
     const = _constants(r, str(dev))
     p = torch.addcmul(const["low"], torch.rand(b, len(PARAMETERS), generator=gen, device=dev), const["width"])
-    noise = torch.randn(b, WARP_GRID * WARP_GRID, 2, generator=gen, device=dev)  # local warp, on the coarse grid
-    hue, rotate = torch.cos(p[:, :2, None] - const["phases"]).unbind(1)  # each (cos, sin, -sin, cos) of its angle
+    noise = torch.randn(b, 2, WARP_GRID * WARP_GRID, generator=gen, device=dev)  # local warp: x, y on the coarse grid
+    # Each angle's rotation matrix, row-major: cos(angle - phase) = cos, -sin, sin, cos.
+    hue, rotate = torch.cos(p[:, :2, None] - const["phases"]).unbind(1)
     saturation, contrast, brightness, scale, shift = p[:, 2:3], p[:, 3:4], p[:, 4], p[:, 5:6], p[:, 6:]
 
     x = faces.float().flatten(2)  # [B, 3, R*R], 0-255
-    colour, offset = _colour(x, hue[:, :2], saturation, contrast, brightness, const)
+    colour, offset = _colour(x, hue[:, ::2], saturation, contrast, brightness, const)  # hue's cos, sin
     x = torch.baddbmm(offset[:, None, None], colour.view(b, 3, 3), x).clamp_(0, 1).view(b, 3, r, r)
 
-    # Sampling grids, target's on top of input's: [affine | local warp] basis @ [transform; offsets].
-    transform = torch.addcmul(rotate, rotate, scale).view(b, 2, 2)  # rows: x and y's factors (s cos, s sin), (-s sin, s cos)
-    grids = torch.matmul(const["grid_basis"], torch.cat([transform, shift[:, None], noise], 1)).view(b, 2 * r, r, 2)
+    # Sampling grids, target's above input's: the affine matrix theta = [s * rotation | shift] and the
+    # local warp's offsets, times their basis: one matrix product, one row per grid coordinate (x, y).
+    theta = torch.addcmul(rotate, rotate, scale).view(b, 2, 2)
+    weights = torch.cat([theta, shift[:, :, None], noise], 2).view(2 * b, -1)
+    grids = torch.mm(weights, const["grid_basis"]).view(b, 2, 2 * r, r).permute(0, 2, 3, 1)
     # Border padding: the crops already extend past the face, and black corners
     # would teach the decoder to draw black corners.
     both = F.grid_sample(x, grids, mode="bilinear", padding_mode="border", align_corners=False)
@@ -257,7 +260,7 @@ def _colour(x: torch.Tensor, hue: torch.Tensor, saturation: torch.Tensor, contra
 def _constants(r: int, device: str) -> dict:
     """What augment needs besides random numbers, once per resolution and device."""
     ranges = torch.tensor(list(PARAMETERS.values()), dtype=torch.float32)
-    phases = torch.tensor([0, math.pi / 2, -math.pi / 2, 0])  # cos(a - phase) = cos a, sin a, -sin a, cos a
+    phases = torch.tensor([0, -math.pi / 2, math.pi / 2, 0])  # cos(a - phase) = cos a, -sin a, sin a, cos a
 
     # Colour: P, Q and K (see _colour), divided by 255 for 0-255 input.
     k = torch.full((3,), 1 / math.sqrt(3))  # the unit grey axis
@@ -265,15 +268,15 @@ def _constants(r: int, device: str) -> dict:
     cross = k[0] * torch.tensor([[0.0, -1, 1], [1, 0, -1], [-1, 1, 0]])
     turn = torch.stack([torch.eye(3) - grey, cross]).flatten(1) / 255
 
-    # Grids, in grid_sample's normalised coordinates: a pixel's (x, y, 1) times the
-    # transposed affine matrix (what F.affine_grid computes), plus, for the input,
-    # the local warp: the 5x5 offsets upsampled bicubically (F.interpolate's
-    # weights, taken from it once as a [R*R, 25] matrix).
+    # Grids, in grid_sample's normalised coordinates: theta times a pixel's
+    # (x, y, 1) (what F.affine_grid computes), plus, for the input, the local
+    # warp: the 5x5 offsets upsampled bicubically (F.interpolate's weights,
+    # taken from it once as a [R*R, 25] matrix). Stored transposed, [28, 2*R*R].
     xy1 = torch.cat([F.affine_grid(torch.eye(2, 3)[None], [1, 1, r, r], align_corners=False).view(r * r, 2),
                      torch.ones(r * r, 1)], 1)
     coarse = torch.eye(WARP_GRID * WARP_GRID).view(-1, 1, WARP_GRID, WARP_GRID)
     warp = F.interpolate(coarse, size=(r, r), mode="bicubic", align_corners=True).view(-1, r * r).T * WARP_STD
-    grid_basis = torch.cat([torch.cat([xy1, torch.zeros_like(warp)], 1), torch.cat([xy1, warp], 1)])
+    grid_basis = torch.cat([torch.cat([xy1, torch.zeros_like(warp)], 1), torch.cat([xy1, warp], 1)]).T.contiguous()
     tensors = {"low": -ranges, "width": 2 * ranges, "phases": phases, "grey": grey.flatten() / 255, "turn": turn,
                "grid_basis": grid_basis}
     return {name: t.to(device) for name, t in tensors.items()}
