@@ -14,9 +14,11 @@ did then). Per resolution:
   kernel launch each on a GPU; views, allocations and no-op conversions left
   out); on CUDA also `cuda_kernels`, the kernels the profiler saw run.
 - time: the median over `--repeats` calls in this one process, after a
-  warm-up call. On CUDA, `total_ms` waits for the GPU (synchronize before and
-  after) and `issue_ms` is the CPU time to launch it all, which is what the
-  GPU waits on when it is idle.
+  warm-up call: `total_ms` of wall time and `cpu_ms` of this thread's CPU
+  time (on a CPU with one torch thread, all the work; unlike wall time it
+  hardly moves when other jobs share the machine). On CUDA, `total_ms` waits
+  for the GPU (synchronize before and after) and `issue_ms` is the wall time
+  to launch it all, which is what the GPU waits on when it is idle.
 
 The faces are random pixels (64 per set): the ops and their cost do not
 depend on what the pixels show, and no test data or export is needed.
@@ -109,21 +111,24 @@ def measure(resolutions: list[int], batch: int, repeats: int, device: str) -> li
         call()  # warm-up: first-call allocations, cached constants
         if cuda:
             torch.cuda.synchronize()
-        issue, total = [], []
+        issue, total, cpu = [], [], []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             call()
             t1 = time.perf_counter()
             if cuda:
                 torch.cuda.synchronize()
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.thread_time()
             issue.append((t1 - t0) * 1000)
             total.append((t2 - t0) * 1000)
-        row = {"resolution": r, "total_ms": round(common.median(total), 3), **count_ops(call, cuda)}
+            cpu.append((c2 - c0) * 1000)
+        row = {"resolution": r, "total_ms": round(common.median(total), 3), "cpu_ms": round(common.median(cpu), 3),
+               "loadavg_1min": common.loadavg()[0], **count_ops(call, cuda)}
         if cuda:
             row["issue_ms"] = round(common.median(issue), 3)
         results.append(row)
-        log(f"{r} px: {row['total_ms']:.2f} ms, {row['kernel_ops']} kernel ops, {row['aten_calls']} ATen calls"
+        log(f"{r} px: {row['total_ms']:.2f} ms ({row['cpu_ms']:.2f} ms CPU), {row['kernel_ops']} kernel ops, "
+            f"{row['aten_calls']} ATen calls"
             + (f", {row['cuda_kernels']} CUDA kernels, issued in {row['issue_ms']:.2f} ms" if cuda else ""))
     return results
 
@@ -180,6 +185,7 @@ def main() -> None:
         report["before"] = {"git": args.before, "results": before["results"]}
         report["ratios"] = [{"resolution": a["resolution"],
                              "time_before_over_after": round(b["total_ms"] / a["total_ms"], 2),
+                             "cpu_time_before_over_after": round(b["cpu_ms"] / a["cpu_ms"], 2),
                              "kernel_ops_before_over_after": round(b["kernel_ops"] / a["kernel_ops"], 2),
                              **({"cuda_kernels_before_over_after": round(b["cuda_kernels"] / a["cuda_kernels"], 2),
                                  "issue_before_over_after": round(b["issue_ms"] / a["issue_ms"], 2)}
@@ -190,11 +196,12 @@ def main() -> None:
 
     write_json(out, report)
     if args.before:
-        print("| resolution | ms before | ms after | ratio | kernel ops before | after |")
-        print("|---|---|---|---|---|---|")
+        print("| resolution | ms before | ms after | ratio | CPU ms before | after | ratio | kernel ops before | after |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for a, b in zip(results, report["before"]["results"]):
-            print(f"| {a['resolution']} px | {b['total_ms']:.2f} | {a['total_ms']:.2f} | "
-                  f"{b['total_ms'] / a['total_ms']:.1f}x | {b['kernel_ops']} | {a['kernel_ops']} |")
+            print(f"| {a['resolution']} px | {b['total_ms']:.1f} | {a['total_ms']:.1f} | "
+                  f"{b['total_ms'] / a['total_ms']:.1f}x | {b['cpu_ms']:.1f} | {a['cpu_ms']:.1f} | "
+                  f"{b['cpu_ms'] / a['cpu_ms']:.1f}x | {b['kernel_ops']} | {a['kernel_ops']} |")
 
 
 if __name__ == "__main__":
