@@ -2,9 +2,10 @@
 
 A face set is a few thousand aligned crops, well under a GB as uint8 even at
 256 px, so each set is decoded ONCE into a uint8 tensor on the device. A batch
-is then an index draw plus a handful of batched tensor ops (one grid_sample for
-the warp, a few elementwise ops for colour): no DataLoader, no worker
-processes, no per-image CPU work, and nothing for the GPU to wait on.
+is then an index draw plus about twenty batched tensor ops for A and B
+together (one matrix per image for colour, one grid_sample for target and
+input, one for the masks): no DataLoader, no worker processes, no per-image
+CPU work, and nothing for the GPU to wait on.
 
 Masks. Exports carry no mask files, but every crop is aligned to the same
 5-point template (curator.align.template, padded by the export's margin), so
@@ -252,7 +253,7 @@ def _colour(x: torch.Tensor, hue: torch.Tensor, saturation: torch.Tensor, contra
     turn = torch.addcmul(hue, hue, saturation)  # s cos, s sin
     matrix = torch.addmm(const["grey"], turn, const["turn"])  # P + s cos Q + s sin K
     matrix = torch.addcmul(matrix, matrix, contrast)  # times c = 1 + contrast
-    offset = torch.addcmul(brightness, contrast[:, 0], x.sum((1, 2)), value=-1 / (255 * x[0].numel()))  # the mean's
+    offset = torch.addcmul(brightness, contrast[:, 0], x.sum((1, 2)), value=-1 / (255 * x[0].numel()))  # -(c-1) mean
     return matrix, offset
 
 
