@@ -2,7 +2,7 @@
 
     python bench/train.py [--resolutions 64,128] [--repeats 3] [--steps 6] [--warmup 2]
                           [--batch 16] [--width 64] [--latent 512] [--device cpu]
-                          [--sets A_DIR,B_DIR | --synthetic DIR]
+                          [--sets A_DIR,B_DIR | --synthetic DIR] [--resume-check N]
                           [--out bench/results/train.json]
 
 Data: two single-person exports built once from the shared clips
@@ -108,22 +108,35 @@ def with_counts(sets: dict) -> dict:
     return sets
 
 
-def one_run(sets: dict, resolution: int, args, workdir: Path) -> dict:
-    run = Path(tempfile.mkdtemp(prefix=f"run{resolution}-", dir=workdir)) / "run"
-    total = args.warmup + args.steps
-    cmd = [sys.executable, "-m", "trainer", "--a", str(sets["A"]), "--b", str(sets["B"]), "--out", str(run),
-           "--resolution", str(resolution), "--batch", str(args.batch), "--width", str(args.width),
-           "--latent", str(args.latent), "--steps", str(total), "--device", args.device,
-           "--save-every", str(10**9), "--preview-every", str(10**9), "--quiet"]
+def trainer(args, *options) -> None:
+    """`python -m trainer OPTIONS` in a fresh process; a failure ends the benchmark with the trainer's stderr."""
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
+    proc = subprocess.run([sys.executable, "-m", "trainer", *map(str, options)], capture_output=True, text=True,
+                          env=env)
+    if proc.returncode != 0:
+        sys.exit(f"bench: trainer failed: {' '.join(map(str, options))}\n{proc.stderr}")
+
+
+def new_run(sets: dict, resolution: int, args) -> list:
+    """The options of a fresh run: the network and batch of the benchmark, no previews or checkpoints on the way."""
+    return ["--a", sets["A"], "--b", sets["B"], "--resolution", resolution, "--batch", args.batch,
+            "--width", args.width, "--latent", args.latent, "--device", args.device,
+            "--save-every", 10**9, "--preview-every", 10**9, "--quiet"]
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "loss.jsonl").read_text().splitlines()]
+
+
+def one_run(sets: dict, resolution: int, args, workdir: Path) -> dict:
+    run = Path(tempfile.mkdtemp(prefix=f"run{resolution}-", dir=workdir)) / "run"
+    total = args.warmup + args.steps
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    trainer(args, *new_run(sets, resolution, args), "--out", run, "--steps", total)
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"bench: trainer failed at {resolution} px:\n{proc.stderr}")
     rows = [json.loads(line) for line in (run / "loss.jsonl").read_text().splitlines()]
     timed = rows[args.warmup:]
     shutil.rmtree(run.parent, ignore_errors=True)
@@ -137,6 +150,25 @@ def one_run(sets: dict, resolution: int, args, workdir: Path) -> dict:
     }
 
 
+def resume_check(sets: dict, args, workdir: Path) -> dict:
+    """N steps against N/2 steps + a resume to N, both --deterministic: the same loss at every step?
+
+    Each step's batch is made while the step before it finishes; a resumed run
+    must still draw exactly the batches of an uninterrupted one.
+    """
+    resolution, steps = int(args.resolutions.split(",")[0]), args.resume_check
+    full, halves = workdir / "resume-full", workdir / "resume-halves"
+    trainer(args, *new_run(sets, resolution, args), "--out", full, "--steps", steps, "--deterministic")
+    trainer(args, *new_run(sets, resolution, args), "--out", halves, "--steps", steps // 2, "--deterministic")
+    trainer(args, "--out", halves, "--resume", "--steps", steps, "--device", args.device, "--deterministic", "--quiet")
+    a, b = losses(full), losses(halves)
+    check = {"resolution": resolution, "steps": steps, "resumed_at": steps // 2, "same_losses": a == b,
+             "max_abs_difference": max(abs(x - y) for x, y in zip(a, b)) if len(a) == len(b) else None}
+    log(f"resume check at {resolution} px: {steps} steps {'==' if a == b else '!='} "
+        f"{steps // 2} + resume to {steps} (--deterministic)")
+    return check
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--resolutions", default="64,128")
@@ -148,6 +180,9 @@ def main() -> None:
     ap.add_argument("--latent", type=int, default=512)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the trainer (0: PyTorch's default)")
+    ap.add_argument("--resume-check", type=int, default=0, metavar="N",
+                    help="also train N steps, and N/2 steps then --resume to N, both --deterministic, at the first "
+                    "resolution, and report whether the losses are the same (0: no check)")
     ap.add_argument("--out", type=Path, default=common.REPO / "bench" / "results" / "train.json")
     data = ap.add_mutually_exclusive_group()
     data.add_argument("--sets", default="", help="A_DIR,B_DIR: existing exports to train on instead of building "
@@ -188,6 +223,7 @@ def main() -> None:
                 "data_fraction_ok": common.median([r["data_fraction"] for r in runs]) < TARGETS["data_fraction_max"],
                 "runs": runs,
             })
+        resumed = resume_check(sets, args, Path(tmp)) if args.resume_check else None
     info = common.machine_info()
     info.update({"torch": torch.__version__, "torch_threads_default": torch.get_num_threads(),
                  "omp_num_threads": args.threads or os.environ.get("OMP_NUM_THREADS") or "default",
@@ -204,6 +240,7 @@ def main() -> None:
                   ["no GPU on this machine (none was lent for this run): CPU figures only; "
                    "the bf16/NCCL path is not measured here"]),
         "results": results,
+        **({"resume_check": resumed} if resumed else {}),
         "command": "python bench/train.py " + " ".join(sys.argv[1:]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
