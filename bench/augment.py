@@ -31,6 +31,7 @@ subprocess) and reports the ratios before/after.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -76,6 +77,7 @@ def count_ops(call, cuda: bool) -> dict:
     events = prof.events()
     aten = [e for e in events if e.name.startswith("aten::")]
     top = [e for e in aten if not (e.cpu_parent and e.cpu_parent.name.startswith("aten::"))]
+
     def computes(e) -> bool:  # this op or one inside it does work
         return e.name not in NO_KERNEL or any(computes(c) for c in e.cpu_children if c.name.startswith("aten::"))
 
@@ -103,9 +105,10 @@ def measure(resolutions: list[int], batch: int, repeats: int, device: str) -> li
         mask = torch.from_numpy(data.face_mask(r, 0.3)).to(device)
         weight = mask * (1 + torch.from_numpy(data.eyes_mouth_mask(r, 0.3)).to(device))
 
-        def call(seed=[0]):  # a fresh generator per step, as the trainer makes one
-            seed[0] += 1
-            gen = torch.Generator(device=device).manual_seed(seed[0])
+        seeds = itertools.count()
+
+        def call():  # a fresh generator per step, as the trainer makes one
+            gen = torch.Generator(device=device).manual_seed(next(seeds))
             return step_batch(data, faces_a, faces_b, batch, mask, weight, gen)
 
         call()  # warm-up: first-call allocations, cached constants
