@@ -162,7 +162,7 @@ def main() -> None:
     ap.add_argument("--before", default="", help="git revision to compare with (e.g. the commit before a change)")
     ap.add_argument("--label", default="", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None,
-                    help="JSON report [default: bench/results/augment_<device>.json]")
+                    help="JSON report [default: bench/results/augment_cpu.json, or augment_cuda.json on CUDA]")
     args = ap.parse_args()
     out = args.out or common.REPO / "bench" / "results" / f"augment_{args.device}.json"
 
