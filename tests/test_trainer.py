@@ -246,6 +246,58 @@ def test_augmentation_moves_face_and_mask_together(sets):
     assert all(torch.equal(u, v) for u, v in zip(again, (inp, target, target_mask, weight)))  # seeded
 
 
+def _augment_step_by_step(faces, mask, weight, gen):
+    """The augmentation as docs/trainer.md describes it, one operation at a time, from augment's random draws."""
+    import math
+
+    import torch.nn.functional as F
+
+    from trainer.data import PARAMETERS, WARP_GRID, WARP_STD
+
+    b, _, r, _ = faces.shape
+    u = torch.rand(b, len(PARAMETERS), generator=gen) * 2 - 1
+    hue, rot, sat, con, bri, scale, sx, sy = (u[:, i] * v for i, v in enumerate(PARAMETERS.values()))
+    offsets = WARP_STD * torch.randn(b, 2, WARP_GRID * WARP_GRID, generator=gen)
+    x = faces.double() / 255
+    k = torch.full((3,), 1 / math.sqrt(3), dtype=torch.float64)  # hue: Rodrigues rotation about the grey axis
+    kx = k[0] * torch.tensor([[0.0, -1, 1], [1, 0, -1], [-1, 1, 0]], dtype=torch.float64)
+    cos, sin = hue.double().cos()[:, None, None], hue.double().sin()[:, None, None]
+    rotation = cos * torch.eye(3, dtype=torch.float64) + sin * kx + (1 - cos) * torch.outer(k, k)
+    x = torch.einsum("bij,bjhw->bihw", rotation, x)
+    grey = x.mean(1, keepdim=True)
+    x = grey + (x - grey) * (1 + sat.double()[:, None, None, None])
+    mean = x.mean((1, 2, 3), keepdim=True)
+    x = mean + (x - mean) * (1 + con.double()[:, None, None, None]) + bri.double()[:, None, None, None]
+    x = x.clamp(0, 1)
+    s, a = 1 + scale.double(), rot.double()
+    theta = torch.stack([torch.stack([s * a.cos(), -s * a.sin(), sx.double()], 1),
+                         torch.stack([s * a.sin(), s * a.cos(), sy.double()], 1)], 1)
+    grid = F.affine_grid(theta, [b, 3, r, r], align_corners=False)
+    target = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    maps = F.grid_sample(torch.stack([mask, weight])[None].expand(b, -1, -1, -1).double(), grid, align_corners=False)
+    coarse = offsets.double().view(b, 2, WARP_GRID, WARP_GRID)
+    fine = F.interpolate(coarse, size=(r, r), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+    inp = F.grid_sample(x, grid + fine, padding_mode="border", align_corners=False)
+    return inp, target, maps[:, :1], maps[:, 1:]
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_augmentation_is_the_documented_one(sets, size):
+    """augment's folded colour matrix and one-matmul grids equal the step-by-step augmentation, draw for draw."""
+    a, _ = sets
+    from trainer.data import load_set
+
+    faces = load_set(a, size)["faces"][:6]
+    mask = torch.from_numpy(face_mask(size, 0.3))
+    weight = mask * (1 + torch.from_numpy(eyes_mouth_mask(size, 0.3)))
+    fast = augment(faces, mask, weight, torch.Generator().manual_seed(5))
+    slow = _augment_step_by_step(faces, mask, weight, torch.Generator().manual_seed(5))
+    for name, f, s in zip(("input", "target", "mask", "weight"), fast, slow):
+        assert f.shape == s.shape and f.dtype == torch.float32, name
+        assert (f.double() - s).abs().max() < 2e-5, (name, (f.double() - s).abs().max())  # float32 rounding
+    assert (fast[0] - fast[1]).abs().mean() > 0.002 and (slow[1] - faces / 255).abs().mean() > 0.01  # it did augment
+
+
 def test_pose_balance_draws_every_pose_bin_equally(sets):
     a, _ = sets
     table = pd.read_parquet(a / "manifest.parquet").query("split == 'train'")

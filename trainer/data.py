@@ -2,9 +2,10 @@
 
 A face set is a few thousand aligned crops, well under a GB as uint8 even at
 256 px, so each set is decoded ONCE into a uint8 tensor on the device. A batch
-is then an index draw plus a handful of batched tensor ops (one grid_sample for
-the warp, a few elementwise ops for colour): no DataLoader, no worker
-processes, no per-image CPU work, and nothing for the GPU to wait on.
+is then an index draw plus about twenty batched tensor ops for A and B
+together (one matrix per image for colour, one grid_sample for target and
+input, one for the masks): no DataLoader, no worker processes, no per-image
+CPU work, and nothing for the GPU to wait on.
 
 Masks. Exports carry no mask files, but every crop is aligned to the same
 5-point template (curator.align.template, padded by the export's margin), so
@@ -18,6 +19,7 @@ extra loss weight there. Random warps move the mask together with the face.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -173,6 +175,25 @@ ROTATE_DEG, SCALE, SHIFT = 10.0, 0.05, 0.05
 WARP_GRID, WARP_STD = 5, 0.025
 BRIGHTNESS, CONTRAST, SATURATION, HUE_DEG = 0.08, 0.15, 0.2, 8.0
 
+# The per-image parameters, in the columns of one uniform draw, each spread over its own +-range.
+# The two angles come first, so that one cos() gives both their rotation matrices.
+PARAMETERS = {"hue": math.radians(HUE_DEG), "rotate": math.radians(ROTATE_DEG), "saturation": SATURATION,
+              "contrast": CONTRAST, "brightness": BRIGHTNESS, "scale": SCALE, "shift_x": SHIFT, "shift_y": SHIFT}
+
+
+def batch(faces_a: torch.Tensor, faces_b: torch.Tensor, count: int, draw_a: torch.Tensor | None,
+          draw_b: torch.Tensor | None, mask: torch.Tensor, weight: torch.Tensor, gen: torch.Generator):
+    """One step's batch: `count` faces of A and of B, drawn and augmented -> (ia, ib, a, b).
+
+    ia, ib: the indices drawn; a, b: (input, target, mask, weight) as `augment` returns them.
+    Both identities go through one augment call: half the kernel launches, each
+    on twice the data, which is what keeps a GPU from waiting on Python.
+    """
+    ia = sample(len(faces_a), count, draw_a, gen, faces_a.device)
+    ib = sample(len(faces_b), count, draw_b, gen, faces_b.device)
+    out = augment(torch.cat([faces_a[ia], faces_b[ib]]), mask, weight, gen)
+    return ia, ib, tuple(t[:count] for t in out), tuple(t[count:] for t in out)
+
 
 def augment(faces: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, gen: torch.Generator):
     """A batch of uint8 faces [B,3,R,R] -> (warped input, target, target mask, loss weight map), floats in [0, 1].
@@ -182,48 +203,84 @@ def augment(faces: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, gen: 
     The model must undo the local warp, i.e. draw a clean face from a
     distorted view, which is what lets it draw identity B from A's features.
     The same colour jitter is on input and target: the decoder should keep the
-    lighting it is shown, not learn one colour per identity. Everything is
-    batched torch on the faces' device, random numbers from `gen`.
+    lighting it is shown, not learn one colour per identity.
+
+    Everything is batched torch on the faces' device, about twenty ops for the
+    whole batch whatever its size (on a GPU each op is a kernel launch, and
+    launches, not arithmetic, were what augmentation cost): all random numbers
+    come from two calls on `gen`, the colour jitter is one 3x3 matrix and
+    offset per image, both sampling grids (target, input) come from one
+    matrix product, and one grid_sample draws target and input together. The
+    outputs are views into those few tensors.
     """
     b, _, r, _ = faces.shape
     dev = faces.device
+    const = _constants(r, str(dev))
+    p = torch.addcmul(const["low"], torch.rand(b, len(PARAMETERS), generator=gen, device=dev), const["width"])
+    noise = torch.randn(b, 2, WARP_GRID * WARP_GRID, generator=gen, device=dev)  # local warp: x, y on the coarse grid
+    # Each angle's rotation matrix, row-major: cos(angle - phase) = cos, -sin, sin, cos.
+    hue, rotate = torch.cos(p[:, :2, None] - const["phases"]).unbind(1)
+    saturation, contrast, brightness, scale, shift = p[:, 2:3], p[:, 3:4], p[:, 4], p[:, 5:6], p[:, 6:]
 
-    def u(*shape):  # uniform in [-1, 1]
-        return torch.rand(*shape, generator=gen, device=dev) * 2 - 1
+    x = faces.float().flatten(2)  # [B, 3, R*R], 0-255
+    colour, offset = _colour(x, hue[:, ::2], saturation, contrast, brightness, const)  # hue's cos, sin
+    x = torch.baddbmm(offset[:, None, None], colour.view(b, 3, 3), x).clamp_(0, 1).view(b, 3, r, r)
 
-    x = faces.float() / 255.0
-
-    # Colour: brightness, contrast, saturation, and hue as a rotation about the grey axis.
-    angle = u(b) * math.radians(HUE_DEG)
-    c = 1 / math.sqrt(3)  # the unit grey axis is (c, c, c)
-    k = torch.full((3,), c, device=dev)
-    kx = c * torch.tensor([[0.0, -1, 1], [1, 0, -1], [-1, 1, 0]], device=dev)  # cross-product matrix of k
-    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
-    rot = cos * torch.eye(3, device=dev) + sin * kx + (1 - cos) * torch.outer(k, k)  # Rodrigues, [B,3,3]
-    x = torch.einsum("bij,bjhw->bihw", rot, x)
-    grey = x.mean(1, keepdim=True)
-    x = grey + (x - grey) * (1 + SATURATION * u(b, 1, 1, 1))
-    mean = x.mean((1, 2, 3), keepdim=True)
-    x = mean + (x - mean) * (1 + CONTRAST * u(b, 1, 1, 1)) + BRIGHTNESS * u(b, 1, 1, 1)
-    x = x.clamp(0, 1)
-
-    # Global similarity transform, as the sampling grid's affine matrix (normalised coordinates).
-    a = u(b) * math.radians(ROTATE_DEG)
-    s = 1 + SCALE * u(b)
-    theta = torch.stack([torch.stack([s * a.cos(), -s * a.sin(), SHIFT * u(b)], 1),
-                         torch.stack([s * a.sin(), s * a.cos(), SHIFT * u(b)], 1)], 1)
-    grid = F.affine_grid(theta, [b, 3, r, r], align_corners=False)
+    # Sampling grids, target's above input's: the affine matrix theta = [s * rotation | shift] and the
+    # local warp's offsets, times their basis: one matrix product, one row per grid coordinate (x, y).
+    theta = torch.addcmul(rotate, rotate, scale).view(b, 2, 2)
+    weights = torch.cat([theta, shift[:, :, None], noise], 2).view(2 * b, -1)
+    grids = torch.mm(weights, const["grid_basis"]).view(b, 2, 2 * r, r).permute(0, 2, 3, 1)
     # Border padding: the crops already extend past the face, and black corners
     # would teach the decoder to draw black corners.
-    target = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    maps = F.grid_sample(torch.stack([mask, weight])[None].expand(b, -1, -1, -1), grid, mode="bilinear",
+    both = F.grid_sample(x, grids, mode="bilinear", padding_mode="border", align_corners=False)
+    maps = F.grid_sample(torch.stack([mask, weight])[None].expand(b, -1, -1, -1), grids[:, :r], mode="bilinear",
                          padding_mode="zeros", align_corners=False)
+    return both[:, :, r:], both[:, :, :r], maps[:, :1], maps[:, 1:]
 
-    # Local warp: random offsets on a coarse grid, smoothly upsampled, added to the grid.
-    offsets = WARP_STD * torch.randn(b, 2, WARP_GRID, WARP_GRID, generator=gen, device=dev)
-    offsets = F.interpolate(offsets, size=(r, r), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
-    inp = F.grid_sample(x, grid + offsets, mode="bilinear", padding_mode="border", align_corners=False)
-    return inp, target, maps[:, :1], maps[:, 1:]
+
+def _colour(x: torch.Tensor, hue: torch.Tensor, saturation: torch.Tensor, contrast: torch.Tensor,
+            brightness: torch.Tensor, const: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The colour jitter of images x [B, 3, N] (0-255) as one affine map each: [B, 9] matrix, [B] offset (to 0-1).
+
+    The jitter is hue rotation about the grey axis (cos, sin of the angle),
+    then saturation s: grey + s (x - grey), then contrast c about the image's
+    mean and brightness: mean + c (x - mean) + brightness. All are linear, and
+    neither hue nor saturation moves the mean grey level, so with P the
+    projection on the grey axis, Q = I - P and K the cross product with it:
+    matrix = c (P + s (cos Q + sin K)), offset = (1 - c) mean + brightness.
+    """
+    turn = torch.addcmul(hue, hue, saturation)  # s cos, s sin
+    matrix = torch.addmm(const["grey"], turn, const["turn"])  # P + s cos Q + s sin K
+    matrix = torch.addcmul(matrix, matrix, contrast)  # times c = 1 + contrast
+    offset = torch.addcmul(brightness, contrast[:, 0], x.sum((1, 2)), value=-1 / (255 * x[0].numel()))  # -(c-1) mean
+    return matrix, offset
+
+
+@functools.lru_cache(maxsize=8)
+def _constants(r: int, device: str) -> dict:
+    """What augment needs besides random numbers, once per resolution and device."""
+    ranges = torch.tensor(list(PARAMETERS.values()), dtype=torch.float32)
+    phases = torch.tensor([0, -math.pi / 2, math.pi / 2, 0])  # cos(a - phase) = cos a, -sin a, sin a, cos a
+
+    # Colour: P, Q and K (see _colour), divided by 255 for 0-255 input.
+    k = torch.full((3,), 1 / math.sqrt(3))  # the unit grey axis
+    grey = torch.outer(k, k)
+    cross = k[0] * torch.tensor([[0.0, -1, 1], [1, 0, -1], [-1, 1, 0]])
+    turn = torch.stack([torch.eye(3) - grey, cross]).flatten(1) / 255
+
+    # Grids, in grid_sample's normalised coordinates: theta times a pixel's
+    # (x, y, 1) (what F.affine_grid computes), plus, for the input, the local
+    # warp: the 5x5 offsets upsampled bicubically (F.interpolate's weights,
+    # taken from it once as a [R*R, 25] matrix). Stored transposed, [28, 2*R*R].
+    xy1 = torch.cat([F.affine_grid(torch.eye(2, 3)[None], [1, 1, r, r], align_corners=False).view(r * r, 2),
+                     torch.ones(r * r, 1)], 1)
+    coarse = torch.eye(WARP_GRID * WARP_GRID).view(-1, 1, WARP_GRID, WARP_GRID)
+    warp = F.interpolate(coarse, size=(r, r), mode="bicubic", align_corners=True).view(-1, r * r).T * WARP_STD
+    grid_basis = torch.cat([torch.cat([xy1, torch.zeros_like(warp)], 1), torch.cat([xy1, warp], 1)]).T.contiguous()
+    tensors = {"low": -ranges, "width": 2 * ranges, "phases": phases, "grey": grey.flatten() / 255, "turn": turn,
+               "grid_basis": grid_basis}
+    return {name: t.to(device) for name, t in tensors.items()}
 
 
 def plain(faces: torch.Tensor) -> torch.Tensor:

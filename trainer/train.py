@@ -14,8 +14,8 @@ each rank draws its own batch // world_size faces from its own per-step random
 stream, so the ranks see different faces and DDP averages their gradients.
 
 Everything the loop does is in `train()` below, top to bottom: set up
-(distributed, device, config, data, model), then the step loop (sample,
-augment, forward, loss, backward, step, log, preview, save), then clean up.
+(distributed, device, config, data, model), then the step loop (forward,
+loss, backward, step, the next step's batch, log, preview, save), then clean up.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from curator.atomic import write_json
 
 from . import TrainError, checkpoint
 from .config import argument_parser, given, parse_duration, resolve_config
-from .data import augment, eyes_mouth_mask, face_mask, load_set, plain, pose_weights, sample
+from .data import batch, eyes_mouth_mask, face_mask, load_set, plain, pose_weights
 from .loss import face_loss
 from .model import FaceSwap
 
@@ -317,7 +317,16 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
     def seconds(t0, t1) -> float:
         return t0.elapsed_time(t1) / 1000 if device.type == "cuda" else t1 - t0
 
-    if cfg.steps is not None and step >= cfg.steps:
+    def make_batch(step: int):
+        """This rank's batch for `step`: a function of (seed, step, rank) alone, so a resumed run draws what an
+        uninterrupted one would, whenever the batch is made."""
+        gen = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, step, rank))
+        return batch(faces_a, faces_b, local_batch, draw_a, draw_b, mask, weight, gen)
+
+    def more(step: int) -> bool:
+        return cfg.steps is None or step < cfg.steps
+
+    if not more(step):
         note(f"already at step {step}; raise --steps to train further")
     last_saved = step
     stopped_by = None
@@ -325,16 +334,11 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
     loop_started = time.perf_counter()
     try:
         # ---- the loop
-        while cfg.steps is None or step < cfg.steps:
+        next_batch = make_batch(step) if more(step) else None
+        while more(step):
             wall0 = time.perf_counter()
             t0 = timer()
-            gen = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, step, rank))
-            ia = sample(len(faces_a), local_batch, draw_a, gen, device)
-            ib = sample(len(faces_b), local_batch, draw_b, gen, device)
-            in_a, target_a, mask_a, weight_a = augment(faces_a[ia], mask, weight, gen)
-            in_b, target_b, mask_b, weight_b = augment(faces_b[ib], mask, weight, gen)
-            t1 = timer()
-
+            ia, ib, (in_a, target_a, mask_a, weight_a), (in_b, target_b, mask_b, weight_b) = next_batch
             with autocast:
                 face_a, pred_mask_a, face_b, pred_mask_b = model(in_a, in_b)
             loss_a, parts_a = face_loss(face_a, pred_mask_a, target_a, mask_a, weight_a)
@@ -344,6 +348,11 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
             loss.backward()  # DDP all-reduces (averages) the gradients here
             optimizer.step()
             step += 1
+            t1 = timer()
+            # The next step's batch, made now: on a GPU its kernels queue behind this step's, so the CPU launches
+            # them while the GPU is still busy, and the next step starts with its batch ready. (On a signal or
+            # the time limit it is made in vain: a few milliseconds.)
+            next_batch = make_batch(step) if more(step) else None
             t2 = timer()
 
             # One small all-reduce: the ranks' mean losses, and whether anyone must stop
@@ -364,7 +373,7 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
 
             if master:
                 step_s = time.perf_counter() - wall0
-                data_frac = seconds(t0, t1) / max(seconds(t0, t2), 1e-9)
+                data_frac = seconds(t1, t2) / max(seconds(t0, t2), 1e-9)  # making a batch, over the whole step
                 images_s = 2 * cfg.batch / max(step_s, 1e-9)  # A and B faces, all ranks
                 log.write(json.dumps({"step": step, "loss": la + lb, "loss_a": la, "loss_b": lb,
                                       "images_per_s": round(images_s, 3), "data_fraction": round(data_frac, 5)}) + "\n")
