@@ -283,6 +283,28 @@ def decode_only(path: str | Path) -> tuple[float, int, float]:
     return time.perf_counter() - t0, n, time.process_time() - c0
 
 
+def loop_remux(src: str | Path, dst: str | Path, times: int) -> int:
+    """`src` played `times` times back to back in `dst`, packets copied (no re-encode: every loop decodes to the same
+    pixels, and building it costs nothing); returns the frames written."""
+    import av
+
+    frames = 0
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        ins = inp.streams.video[0]
+        outs = out.add_stream_from_template(ins)
+        packets = [p for p in inp.demux(ins) if p.dts is not None]
+        step = max(p.pts + (p.duration or 0) for p in packets if p.pts is not None) - min(p.pts for p in packets)
+        for k in range(times):
+            for p in packets:
+                copy = av.Packet(bytes(p))
+                copy.pts, copy.dts, copy.duration = p.pts + k * step, p.dts + k * step, p.duration
+                copy.is_keyframe = p.is_keyframe
+                copy.stream, copy.time_base = outs, ins.time_base
+                out.mux(copy)
+            frames += len(packets)
+    return frames
+
+
 def run_timed(cmd: list[str]) -> tuple[float, float, "subprocess.CompletedProcess"]:
     """Run a command; (wall seconds, CPU seconds user+sys of the child and its threads, result)."""
     import resource

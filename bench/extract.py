@@ -462,6 +462,200 @@ def looped_footage(minutes: float, subset_minutes: float, spec: common.FootageSp
                    "loops": foot["segments"][-1]["loop"] + 1}
 
 
+# --- every frame on a GPU (and the two runtimes on a CPU) -------------------------------------
+# `--gpu-footage DIR` builds the footage here (shared clips, 720p and 1080p H.264) for carrying to a GPU
+# machine, which has no test data; `--gpu FILE...` runs there: each file looped by remux (no re-encode) to
+# --gpu-loops times its length, then decode-only and ours (every frame, --device cuda), GPU utilisation sampled
+# with nvidia-smi, and a check of the GPU runtime's faces against onnxruntime's on the CPU.
+
+GPU_SPECS = {"720p": (1280, 720), "1080p": (1920, 1080)}
+
+
+def build_gpu_footage(out_dir: Path, seconds: float, cache: Path | None) -> list[str]:
+    """720p and 1080p H.264 of the shared clips in path order, `seconds` long each, copied into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = []
+    for name, (w, h) in GPU_SPECS.items():
+        spec = common.FootageSpec(width=w, height=h)
+        foot = looped_footage(seconds / 60, 0, spec, cache)
+        dst = out_dir / f"footage_{name}.mp4"
+        shutil.copyfile(foot["path"], dst)
+        made.append(str(dst))
+        log(f"{dst}: {foot['frames']} frames, {dst.stat().st_size / 1e6:.1f} MB")
+    return made
+
+
+class GpuSampler:
+    """nvidia-smi's GPU utilisation and memory, sampled every 100 ms while a run goes on (None where there is none)."""
+
+    def __init__(self):
+        import subprocess
+
+        self.samples: list[tuple[float, float]] = []
+        try:
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                                          "--format=csv,noheader,nounits", "-lms", "100"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            self.proc = None
+            return
+        import threading
+
+        def read():
+            for line in self.proc.stdout:
+                try:
+                    util, mem = (float(v) for v in line.split(","))
+                except ValueError:
+                    continue
+                self.samples.append((util, mem))
+
+        self.thread = threading.Thread(target=read, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> dict | None:
+        if self.proc is None:
+            return None
+        self.proc.terminate()
+        self.proc.wait(timeout=5)
+        util = [u for u, _ in self.samples]
+        busy = util[2:-2] if len(util) > 6 else util  # leave out start-up and shutdown
+        return {"samples": len(util), "util_mean": round(float(np.mean(busy)), 1) if busy else None,
+                "util_median": round(float(np.median(busy)), 1) if busy else None,
+                "mem_max_mib": max((m for _, m in self.samples), default=None)}
+
+
+def gpu_check(path: str, models: str, frames: int = 64, device: str = "cuda") -> dict:
+    """Faces of the first `frames` frames with torch on CUDA (float16 and float32) against onnxruntime on the CPU."""
+    import av
+
+    from curator import faces, runtime
+
+    images = []
+    with av.open(path) as c:
+        for f in c.decode(video=0):
+            images.append(f.to_ndarray(format="bgr24"))
+            if len(images) >= frames:
+                break
+    ref_fm = faces.load_models(models, runtime=runtime.Runtime("onnxruntime", "cpu"))
+    ref = [faces.detect(ref_fm, im) for im in images]
+    ref_emb = [faces.embed(ref_fm, im, k) for im, (_, k) in zip(images, ref)]
+    out = {"frames": len(images), "faces_reference": int(sum(len(b) for b, _ in ref))}
+    for half in (False, True):
+        if half and device != "cuda":
+            continue  # float16 is for GPUs
+        fm = faces.load_models(models, runtime=runtime.Runtime("torch", device, half=half))
+        got = faces.detect_batch(fm, images)
+        same = box = kps = emb = 0.0
+        matched = 0
+        for im, (b, k), (rb, rk), re in zip(images, got, ref, ref_emb):
+            if b.shape != rb.shape:
+                continue
+            matched += 1
+            if len(b):
+                box, kps = max(box, float(np.abs(b[:, :4] - rb[:, :4]).max())), max(kps, float(np.abs(k - rk).max()))
+                e = faces.embed(fm, im, k)
+                emb = max(emb, float(1 - (e * re).sum(1).min()))
+        out["fp16" if half else "fp32"] = {"frames_same_face_count": matched, "max_box_px": round(box, 4),
+                                           "max_kps_px": round(kps, 4), "max_embedding_1_minus_cos": round(emb, 6)}
+    return out
+
+
+def run_gpu(files: list[str], args, models: str) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="curator-bench-gpu-"))
+    result: dict = {"benchmark": "extract_gpu", "machine": common.machine_info(), "git": common.git_rev(),
+                    "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "files": {}}
+    try:
+        import torch
+
+        result["torch"] = {"version": torch.__version__, "cuda": torch.version.cuda,
+                           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    except ImportError:
+        pass
+    try:
+        for src in files:
+            name = Path(src).stem
+            looped = work / f"{name}_x{args.gpu_loops}.mp4"
+            n = common.loop_remux(src, looped, args.gpu_loops)
+            entry: dict = {"source": src, "frames": n, "loops": args.gpu_loops, "runs": []}
+            log(f"{name}: {n} frames")
+            if not args.gpu_skip_check:
+                try:
+                    entry["check"] = gpu_check(src, models, device=args.gpu_device)
+                    log(f"{name}: check {entry['check']}")
+                except Exception as e:  # noqa: BLE001 - record it and go on to the timings
+                    entry["check"] = {"error": f"{type(e).__name__}: {e}"}
+                    log(f"{name}: check failed: {e}")
+            for r in range(args.repeats):
+                dec_s, dec_n, dec_cpu = common.decode_only(looped)
+                run = {"decode_only": {"wall_s": round(dec_s, 3), "fps": round(dec_n / dec_s, 1), "cpu_s": round(dec_cpu, 2)}}
+                log(f"{name} repeat {r + 1}: decode-only {dec_n / dec_s:.0f} fps")
+                for batch in args.gpu_batches:
+                    sampler = GpuSampler()
+                    try:
+                        ours = run_ours(str(looped), models, work, "--device", args.gpu_device, "--runtime", "torch",
+                                        "--every", "1", "--batch",
+                                        str(batch), *args.gpu_extra)
+                    except RuntimeError as e:
+                        sampler.stop()
+                        run[f"ours_b{batch}"] = {"error": str(e)[-2000:]}
+                        log(f"{name}: ours batch {batch} failed: {str(e)[-500:]}")
+                        continue
+                    gpu = sampler.stop()
+                    s = ours["summary"]
+                    analysed = s["frames_analysed"]
+                    run[f"ours_b{batch}"] = {
+                        "wall_s": round(ours["wall_s"], 3), "extract_s": s["seconds"],
+                        "fps_wall": round(s["frames_decoded"] / ours["wall_s"], 1),
+                        "fps_extract": round(s["frames_decoded"] / s["seconds"], 1),
+                        "frames_decoded": s["frames_decoded"], "frames_analysed": analysed,
+                        "frames_skipped_static": s["frames_skipped_static"], "faces": s["faces"],
+                        "runtime": s.get("runtime"), "batch": s.get("batch"), "stage_seconds": s.get("stage_seconds"),
+                        "gpu": gpu, "ratio_to_decode_only": round(s["seconds"] / (dec_s * n / dec_n), 3)}
+                    log(f"{name} repeat {r + 1}: ours batch {batch}: {run[f'ours_b{batch}']['fps_extract']} fps "
+                        f"(wall {run[f'ours_b{batch}']['fps_wall']}), GPU {gpu}")
+                entry["runs"].append(run)
+            result["files"][name] = entry
+            common_write(args.out, result)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def run_cpu_runtimes(files: list[str], args, models: str) -> dict:
+    """Ours on this machine's CPU with each runtime, every frame and the default sampling, same files."""
+    work = Path(tempfile.mkdtemp(prefix="curator-bench-cpu-"))
+    result: dict = {"benchmark": "extract_cpu_runtimes", "machine": common.machine_info(), "git": common.git_rev(),
+                    "files": {}}
+    try:
+        for src in files:
+            name = Path(src).stem
+            entry = {"runs": []}
+            for r in range(args.repeats):
+                dec_s, dec_n, _ = common.decode_only(src)
+                run = {"decode_only": {"wall_s": round(dec_s, 3), "fps": round(dec_n / dec_s, 1)}}
+                for rt in ("onnxruntime", "torch"):
+                    for label, extra in (("every_frame", ["--every", "1", "--no-pose-fill"]), ("default", [])):
+                        ours = run_ours(src, models, work, "--device", "cpu", "--runtime", rt, *extra)
+                        s = ours["summary"]
+                        run[f"{rt}_{label}"] = {"wall_s": round(ours["wall_s"], 3), "extract_s": s["seconds"],
+                                                "frames_analysed": s["frames_analysed"], "faces": s["faces"],
+                                                "analysed_per_s": round(s["frames_analysed"] / s["seconds"], 2),
+                                                "ratio_to_decode_only": round(s["seconds"] / dec_s, 2),
+                                                "stage_seconds": s.get("stage_seconds")}
+                        log(f"{name} repeat {r + 1}: {rt} {label}: {run[f'{rt}_{label}']['analysed_per_s']} analysed/s")
+                entry["runs"].append(run)
+            result["files"][name] = entry
+            common_write(args.out, result)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def common_write(path: str, result: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=1, default=_json_default))
+
+
 # --- main -------------------------------------------------------------------------
 
 def parse_args(argv=None):
@@ -478,6 +672,18 @@ def parse_args(argv=None):
     ap.add_argument("--analyse-records", default=None, metavar="NPZ",
                     help="no timing: redo the pose-coverage analysis and sampler replay from records saved by --save-records, "
                          "with the current curator code, and write it to --out")
+    ap.add_argument("--gpu-footage", default=None, metavar="DIR",
+                    help="build 720p and 1080p footage of the shared clips into DIR (--gpu-seconds long) and stop")
+    ap.add_argument("--gpu-seconds", type=float, default=20.0, help="length of each --gpu-footage file [20]")
+    ap.add_argument("--gpu", nargs="+", default=None, metavar="FILE",
+                    help="on a GPU machine: decode-only and every frame of each FILE on CUDA (looped --gpu-loops times)")
+    ap.add_argument("--gpu-loops", type=int, default=10, help="each --gpu file is remuxed this many times back to back [10]")
+    ap.add_argument("--gpu-batches", type=int, nargs="+", default=[32], help="--batch values to time on the GPU [32]")
+    ap.add_argument("--gpu-extra", nargs="*", default=[], help="more options for `curator extract` on the GPU")
+    ap.add_argument("--gpu-skip-check", action="store_true", help="skip the faces check against onnxruntime on the CPU")
+    ap.add_argument("--gpu-device", default="cuda", help="device for the --gpu runs; cpu rehearses the script here [cuda]")
+    ap.add_argument("--cpu-runtimes", nargs="+", default=None, metavar="FILE",
+                    help="on this CPU: both runtimes on FILE, every frame and default sampling")
     ap.add_argument("--naive-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -493,7 +699,16 @@ def main(argv=None) -> int:
     if args.naive_worker:
         naive_worker(args.naive_worker, models, args.worker_out)
         return 0
+    if args.gpu:
+        run_gpu(args.gpu, args, models)
+        return 0
+    if args.cpu_runtimes:
+        run_cpu_runtimes(args.cpu_runtimes, args, models)
+        return 0
     common.require_testdata()
+    if args.gpu_footage:
+        build_gpu_footage(Path(args.gpu_footage), args.gpu_seconds, Path(args.cache) if args.cache else None)
+        return 0
     from curator.extract import ExtractSettings
 
     defaults = ExtractSettings()

@@ -242,7 +242,7 @@ def analysis_workers(requested: int | None, rt: runtimes.Runtime) -> tuple[int, 
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if rt.device == "cuda":
-        return max(1, requested or min(4, cores)), None
+        return max(1, requested or min(8, max(2, cores // 2))), None
     n = max(1, requested or min(4, cores))
     return n, max(1, cores // n)
 

@@ -22,6 +22,7 @@ or not at all (`none`); `FaceModels.landmarks` names the one in use.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -102,11 +103,12 @@ def session_options(threads: int | None = None):
     return so
 
 
-def load_models(pack: str | None = None, *, device: str = "auto", runtime: str = "auto", det_thresh: float = 0.5,
+def load_models(pack: str | None = None, *, device: str = "auto", runtime: str | runtimes.Runtime = "auto",
+                det_thresh: float = 0.5,
                 threads: int | None = None, landmarks: str = "auto") -> FaceModels:
     """Load a model pack by name or directory; raises ModelError with a user-facing reason.
 
-    `runtime`, `device`: see curator/runtime.py (`choose`). `threads`: CPU
+    `runtime`, `device`: see curator/runtime.py (`choose`), or a Runtime. `threads`: CPU
     threads per onnxruntime call (None: one per core). The models may be
     called from several threads at once (onnxruntime sessions and PyTorch
     modules in inference mode are thread-safe, dlib's predictor is only
@@ -118,7 +120,7 @@ def load_models(pack: str | None = None, *, device: str = "auto", runtime: str =
 
     name = resolve_pack(pack)
     try:
-        rt = runtimes.choose(runtime, device)
+        rt = runtime if isinstance(runtime, runtimes.Runtime) else runtimes.choose(runtime, device)
     except runtimes.RuntimeChoiceError as e:
         raise ModelError(str(e)) from None
     ort.set_default_logger_severity(3)
@@ -271,7 +273,7 @@ def detector_input(images: list[np.ndarray], size: tuple[int, int], mean: float,
     import torch
     import torch.nn.functional as F
 
-    frames = torch.from_numpy(np.stack(images)).pin_memory().to("cuda", non_blocking=True)
+    frames = pinned(images).to("cuda", non_blocking=True)
     x = frames.permute(0, 3, 1, 2).flip(1).float()  # BGR -> RGB, NCHW
     x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False)
     blob = torch.zeros((len(images), 3, size[1], size[0]), device="cuda")
@@ -280,6 +282,23 @@ def detector_input(images: list[np.ndarray], size: tuple[int, int], mean: float,
     blob[:, :, new_h:, :] = -mean / std
     blob[:, :, :new_h, new_w:] = -mean / std
     return blob, scales
+
+
+_PINNED = threading.local()
+
+
+def pinned(images: list[np.ndarray]):
+    """`images` stacked into this thread's page-locked host buffer (allocated once per shape: allocating pinned
+    memory for every batch cost more than the copy). The caller's next GPU work on the default stream waits for the
+    upload, and `decode_detections` synchronises on its results, so the buffer is free again by the next call."""
+    import torch
+
+    shape = (len(images), *images[0].shape)
+    buf = getattr(_PINNED, "buffer", None)
+    if buf is None or tuple(buf.shape) != shape:
+        buf = _PINNED.buffer = torch.empty(shape, dtype=torch.uint8).pin_memory()
+    np.stack(images, out=buf.numpy())
+    return buf
 
 
 _CENTRES: dict = {}

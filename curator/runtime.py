@@ -165,6 +165,8 @@ class Graph:
             import torch
 
             self.session = None
+            if rt.device == "cuda":
+                torch.backends.cudnn.benchmark = True  # one input size per video: let cuDNN pick its kernels once
             module = import_onnx2torch().convert(model).eval()
             self.dtype = torch.float16 if rt.half and task in HALF_SAFE else torch.float32
             self.module = module.to(device=rt.device, dtype=self.dtype)
@@ -175,7 +177,14 @@ class Graph:
         import torch
 
         x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch, np.float32))
+        n = x.shape[0]
+        # Faces per batch vary from call to call, and cuDNN tunes its kernels anew for every input shape it
+        # meets: batch-first graphs get their batch padded to a power of two, so a run meets a handful of shapes.
+        # (The detector's outputs interleave frames, and its batches have one size anyway.)
+        padded = self.rt.device == "cuda" and self.task != "detection" and n & (n - 1)
+        if padded:
+            x = torch.cat([x, x.new_zeros((1 << n.bit_length()) - n, *x.shape[1:])])
         with torch.inference_mode():
             out = self.module(x.to(self.rt.device, self.dtype, non_blocking=True))
         out = out if isinstance(out, (list, tuple)) else [out]
-        return [o.float() for o in out]
+        return [o[:n].float() if padded else o.float() for o in out]
