@@ -201,10 +201,32 @@ def _compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a3 @ b3)[:2]
 
 
-def _warp(image: np.ndarray, mat: np.ndarray, size: int) -> np.ndarray:
-    scale = float(np.hypot(mat[0, 0], mat[0, 1]))
-    flags = cv2.INTER_CUBIC if scale > 1.0 else cv2.INTER_LINEAR
-    return cv2.warpAffine(image, mat, (size, size), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+def faceswap_interpolation(mat: np.ndarray) -> int:
+    """faceswap's lib/align/aligned_face.get_matrix_scaling: cubic for an enlarging matrix, else area."""
+    x_scale = float(np.hypot(mat[0, 0], mat[0, 1]))
+    y_scale = float((mat[0, 0] * mat[1, 1] - mat[0, 1] * mat[1, 0]) / x_scale)
+    return cv2.INTER_CUBIC if (x_scale + y_scale) / 2 >= 1.0 else cv2.INTER_AREA
+
+
+# How each tool's extractor warps a frame into its aligned face: faceswap's transform_image passes its
+# interpolation and leaves the border to OpenCV (constant black); DeepFaceLab's extractor calls
+# cv2.warpAffine(image, mat, (size, size), cv2.INTER_LANCZOS4), where the fourth argument is `dst`, not
+# `flags`, so OpenCV's defaults apply: bilinear, constant black. Where a head crop passes the frame's edge,
+# both tools' faces are black there, and so are ours.
+TOOL_INTERPOLATION = {"faceswap": faceswap_interpolation, "dfl": lambda mat: cv2.INTER_LINEAR}
+
+
+def tool_warp(tool: str, image: np.ndarray, mat: np.ndarray, size: int) -> np.ndarray:
+    """`image` warped into `tool`'s aligned face, as that tool's extractor renders it (see TOOL_INTERPOLATION)."""
+    return cv2.warpAffine(image, mat, (size, size), flags=TOOL_INTERPOLATION[tool](mat),
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def outside_frame(frame_w: int, frame_h: int, mat: np.ndarray, size: int) -> np.ndarray:
+    """[size, size] bool: the face pixels that `mat` (frame px -> face px) takes from outside the frame."""
+    inside_px = cv2.warpAffine(np.full((frame_h, frame_w), 255, np.uint8), mat, (size, size), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return inside_px == 0
 
 
 # ------------------------------------------------------------------ containers
@@ -420,9 +442,16 @@ def source_frames(rows: pd.DataFrame, meta: dict, stats: RenderStats) -> Iterato
                     yield pos, None
 
 
-def render_faces(ws_root: Path, rows: pd.DataFrame, meta: dict, matrix_of: Callable[[object], np.ndarray],
+def render_faces(tool: str, ws_root: Path, rows: pd.DataFrame, meta: dict, matrix_of: Callable[[object], np.ndarray],
                  size: int, write: Callable[[int, np.ndarray, np.ndarray], None]) -> RenderStats:
-    """Render every row's face with the tool's matrix (source px -> face px) and hand it to `write(pos, image, matrix)`."""
+    """Render every row's face with `tool`'s matrix (source px -> face px) and hand it to `write(pos, image, matrix)`.
+
+    From the source frame, exactly as the tool's extractor renders it
+    (`tool_warp`). From the workspace crop when the frame cannot be had: the
+    crop holds only the face and its margin, so the head crop's outer parts
+    repeat the crop's edge pixels, except that what lies outside the original
+    frame is black, as in the tool's own faces.
+    """
     stats = RenderStats()
     for pos, frame in source_frames(rows, meta, stats):
         row = rows.iloc[pos]
@@ -439,10 +468,13 @@ def render_faces(ws_root: Path, rows: pd.DataFrame, meta: dict, matrix_of: Calla
                 frame = None
         mat = matrix_of(row)
         if frame is not None:
-            image = _warp(frame, mat, size)
+            image = tool_warp(tool, frame, mat, size)
             stats.from_source += 1
         else:
-            image = _warp(crop, _compose(mat, cv2.invertAffineTransform(m_crop)), size)
+            crop_to_face = _compose(mat, cv2.invertAffineTransform(m_crop))
+            image = cv2.warpAffine(crop, crop_to_face, (size, size), flags=TOOL_INTERPOLATION[tool](crop_to_face),
+                                   borderMode=cv2.BORDER_REPLICATE)
+            image[outside_frame(int(row["frame_w"]), int(row["frame_h"]), mat, size)] = 0
             stats.from_crop += 1
         write(pos, image, mat)
     return stats
@@ -465,7 +497,7 @@ def write_faceswap(ws_root: Path, rows: pd.DataFrame, names: list[str], meta: di
         header = faceswap_header(row, file_name)
         inside(faces_dir, file_name).write_bytes(png_with_itxt(buf.tobytes(), "faceswap", str(header)))
 
-    stats = render_faces(ws_root, rows, meta, lambda r: faceswap_matrix(lmk68_of(r), size), size, write)
+    stats = render_faces("faceswap", ws_root, rows, meta, lambda r: faceswap_matrix(lmk68_of(r), size), size, write)
     info = {"folder": "faces", "size": size, "centering": "head", "alignments_version": FACESWAP_ALIGNMENTS_VERSION,
             "rendered_from_source": stats.from_source, "rendered_from_crop": stats.from_crop, "notes": stats.all_notes()}
     return files, info
@@ -485,7 +517,7 @@ def write_dfl(ws_root: Path, rows: pd.DataFrame, names: list[str], meta: dict, d
         payload = pickle.dumps(dfl_dict(row, mat), protocol=DFL_PICKLE_PROTOCOL)
         inside(aligned, f"{names[pos]}.jpg").write_bytes(jpeg_with_app15(buf.tobytes(), payload))
 
-    stats = render_faces(ws_root, rows, meta, lambda r: dfl_matrix(lmk68_of(r), size), size, write)
+    stats = render_faces("dfl", ws_root, rows, meta, lambda r: dfl_matrix(lmk68_of(r), size), size, write)
     info = {"folder": "aligned", "size": size, "face_type": DFL_FACE_TYPE, "jpeg_quality": DFL_JPEG_QUALITY,
             "rendered_from_source": stats.from_source, "rendered_from_crop": stats.from_crop, "notes": stats.all_notes()}
     return files, info
