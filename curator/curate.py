@@ -19,7 +19,8 @@
    Within a level, when the budget runs out first, pose bins are taken
    farthest-first from the most common pose and other cells rarest-first.
    Faces that would nearly repeat a chosen one (same track within 2 s, or the
-   same picture to the recogniser) wait until nothing else is left.
+   same picture to the recogniser: its `same_picture` cosine, from
+   curator.recognisers) wait until nothing else is left.
 
 Every face gets `dup_group` (the face_id of its group's leader), `selected`
 and a one-line `reason`; nothing is dropped from the table.
@@ -35,14 +36,13 @@ import pandas as pd
 
 from . import metrics
 from .errors import UsageError
+from .recognisers import DEFAULT
 from .workspace import WorkspaceError
 
 MIN_FACE_PX = 40.0
 MIN_GAP_S = 2.0  # faces closer in time than this in one track are taken only if the budget needs them
-# Faces the recogniser sees as the same picture are taken only if the budget needs them. Calibrated with
-# MobileFaceNet on the shared clips (bench/curate.py): frames 40 ms apart reach it 90% of the time, faces of
-# one clip 2 s or more apart 0.4%; ArcFace-style recognisers (w600k) are at least as tight on one picture.
-SAME_PICTURE_COS = 0.95
+# Faces the recogniser sees as the same picture (its `same_picture` cosine, curator.recognisers, and pose
+# within this many degrees) are taken only if the budget needs them.
 SAME_PICTURE_DEG = 5.0
 DEDUPE_RADIUS = 1.5
 APPEARANCE_RADIUS = 0.35  # Euclidean distance between unit 8x8 appearance vectors (cos ~0.94)
@@ -184,9 +184,11 @@ def _tiebreak(face_ids: pd.Series, seed: int) -> np.ndarray:
                      for f in face_ids], dtype=np.uint64)
 
 
-def select(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+def select(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarray | None = None,
+           same_picture: float = DEFAULT.same_picture) -> tuple[np.ndarray, list[str]]:
     """Choose `budget` rows of `cands` (needs quality, pose_bin, expr_cluster, light_cluster, yaw, pitch; optional
-    track_id, time_s, and row: the row of `emb`, the identity embeddings); returns (mask, reasons)."""
+    track_id, time_s, and row: the row of `emb`, the identity embeddings); returns (mask, reasons).
+    `same_picture`: the recogniser's same-picture cosine (curator.recognisers)."""
     n = len(cands)
     if n == 0 or budget <= 0:
         return np.zeros(n, bool), ["over budget"] * n
@@ -228,7 +230,7 @@ def select(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarray | No
     within[rest] = counts3[rest]
     order = np.lexsort((tb, within, level))
     chosen = np.zeros(n, bool)
-    chosen[_take_spread(order, cands, budget, level, emb=emb)] = True
+    chosen[_take_spread(order, cands, budget, level, emb=emb, same_picture=same_picture)] = True
     for i in range(n):
         if not chosen[i]:
             reasons[i] = "over budget"
@@ -238,7 +240,8 @@ def select(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarray | No
 
 
 def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.ndarray,
-                 emb: np.ndarray | None = None, gap_s: float = MIN_GAP_S) -> np.ndarray:
+                 emb: np.ndarray | None = None, gap_s: float = MIN_GAP_S,
+                 same_picture: float = DEFAULT.same_picture) -> np.ndarray:
     """Take `order` up to the budget, deferring faces that would nearly repeat one already taken.
 
     Two kinds of repeat survive dedupe, because the descriptors differ a little
@@ -247,10 +250,10 @@ def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.
       of faces 0.5 s apart are near-identical to the recogniser, 0.4% of faces
       2 s apart);
     - a face the recogniser sees as the same picture as a taken one: identity
-      embeddings at cosine >= SAME_PICTURE_COS and yaw and pitch within
+      embeddings at cosine >= `same_picture` and yaw and pitch within
       SAME_PICTURE_DEG (looped footage, a re-used shot, a speaker who returns
       to one pose). Faces of one person are usually far less similar than that
-      (median 0.78 within a clip, 2 s or more apart).
+      (median 0.78 within a clip, 2 s or more apart, with the shared recogniser).
     Deferred faces are used only when the budget cannot be met otherwise.
     Faces kept in review (level 0) are never deferred; each pose bin's best
     (level 1) is not deferred for time, since a turning head crosses bins
@@ -277,7 +280,7 @@ def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.
         for i in order.tolist():
             if (use_time and level[i] > 1 and any(abs(time_s[i] - t) < gap_s for t in taken_times.get(track[i], ()))) \
                     or (use_emb and level[i] > 0 and emb is not None
-                        and _same_picture(i, emb, rows, yaw, pitch, cell, by_cell)):
+                        and _same_picture(i, emb, rows, yaw, pitch, cell, by_cell, same_picture)):
                 deferred.append(i)
                 continue
             taken_times.setdefault(track[i], []).append(time_s[i])
@@ -289,7 +292,7 @@ def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.
     return np.array(out, dtype=np.int64)
 
 
-def _same_picture(i, emb, rows, yaw, pitch, cell, by_cell) -> bool:
+def _same_picture(i, emb, rows, yaw, pitch, cell, by_cell, cos) -> bool:
     near = [j for dy in (-1, 0, 1) for dp in (-1, 0, 1) for j in by_cell.get((cell[i, 0] + dy, cell[i, 1] + dp), ())]
     if not near:
         return False
@@ -298,7 +301,7 @@ def _same_picture(i, emb, rows, yaw, pitch, cell, by_cell) -> bool:
     if not len(near):
         return False
     e = np.asarray(emb[rows[i]], np.float32)
-    return bool((np.asarray(emb[np.sort(rows[near])], np.float32) @ e >= SAME_PICTURE_COS).any())
+    return bool((np.asarray(emb[np.sort(rows[near])], np.float32) @ e >= cos).any())
 
 
 def _pose_order(cands: pd.DataFrame) -> dict:
@@ -317,12 +320,14 @@ def _pose_order(cands: pd.DataFrame) -> dict:
 
 
 def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: float = MIN_FACE_PX,
-           emb: np.ndarray | None = None) -> CurateResult:
+           emb: np.ndarray | None = None, same_picture: float = DEFAULT.same_picture) -> CurateResult:
     """Dedupe and select on a face table that has identify's columns. Pure: reads nothing, writes nothing.
 
     `emb`: the identity embeddings aligned with the table's rows (a memory map
     is fine: only the rows compared are read); without them, selection cannot
-    tell faces the recogniser sees as the same picture.
+    tell faces the recogniser sees as the same picture. `same_picture`: the
+    cosine at which that recogniser sees two faces as one picture
+    (curator.recognisers; `curator.api.curate` passes the workspace's).
     """
     if not len(table):
         raise WorkspaceError("the workspace has no faces")

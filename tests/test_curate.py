@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import av
@@ -12,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import IMAGES, PACK, clip, curator, curator_json
-from curator import faces, identify, media
+from conftest import IMAGES, PACK, clip, curator, curator_json, one_line_error
+from curator import faces, identify, media, recognisers
 from curator.curate import curate as do_curate
 from curator.workspace import open_workspace, read_embeddings, read_table, update_columns
 
@@ -120,6 +122,81 @@ def test_bad_reference_photo_named_and_nothing_modified(two_people, bad, why):
     assert proc.returncode == 2
     assert Path(bad).name in proc.stderr and why in proc.stderr
     assert (ws / "faces.parquet").read_bytes() == before
+
+
+def stand_in_pack(folder: Path, dim: int | None = None) -> Path:
+    """A copy of the shared pack whose recogniser is ANOTHER model: a generated stand-in, because no second real
+    recogniser can be had offline. Every weight of the shared MobileFaceNet is perturbed (so `dim=None` gives a
+    128-d recogniser with the same file name and other weights); with `dim`, a random projection to `dim`
+    dimensions follows it (a recogniser of another size, file stand_in_DIM.onnx)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    pack = folder / f"stand_in_{dim or 128}"
+    pack.mkdir()
+    shutil.copy(PACK / "det_500m.onnx", pack)
+    model = onnx.load(str(PACK / "mobilefacenet_128.onnx"))
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if w.dtype == np.float32 and w.size > 1:
+            w = w * (1 + 0.3 * rng.standard_normal(w.shape)).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(w.astype(np.float32), init.name))
+    if dim:
+        out = model.graph.output[0]
+        model.graph.initializer.append(numpy_helper.from_array(rng.standard_normal((128, dim)).astype(np.float32),
+                                                               "stand_in_projection"))
+        model.graph.node[-1].output[0] = "embeddings_128"
+        model.graph.node.append(helper.make_node("MatMul", ["embeddings_128", "stand_in_projection"], [out.name]))
+        out.type.tensor_type.shape.dim[1].dim_value = dim
+    onnx.save(model, str(pack / (f"stand_in_{dim}.onnx" if dim else "mobilefacenet_128.onnx")))
+    return pack
+
+
+@pytest.mark.parametrize("dim", [None, 64], ids=["same-size", "other-size"])
+def test_reference_read_with_another_recogniser_is_refused_in_one_line(two_people, tmp_path, dim):
+    """Scores of a reference embedded by another recogniser against the workspace's embeddings mean nothing (same
+    size) or cannot be computed (other size): identify refuses the pack in one line naming both recognisers and
+    the workspace's pack, and leaves the table alone."""
+    ws, ref = two_people
+    pack = stand_in_pack(tmp_path, dim)
+    fm, shared = faces.load_models(str(pack)), faces.load_models(str(PACK))
+    assert fm.embedding_dim == (dim or 128)  # the stand-in loads as a recogniser...
+    img = media.read_image(ref)
+    if dim is None:  # ...and sees the same face differently
+        assert float(identify.reference_embeddings(fm, [ref])[0] @ identify.reference_embeddings(shared, [ref])[0]) < 0.9
+    assert len(faces.detect(fm, img)[0]) == 1
+    before = (ws / "faces.parquet").read_bytes()
+    proc = curator("identify", "-w", ws, "--ref", ref, "--models", pack)
+    mine = fm.files[f"stand_in_{dim}.onnx" if dim else "mobilefacenet_128.onnx"][:12]
+    line = one_line_error(proc, "recogniser", mine, shared.files["mobilefacenet_128.onnx"][:12], f"--models {PACK}")
+    assert pack.name in line
+    assert (ws / "faces.parquet").read_bytes() == before
+
+
+def test_reference_read_with_a_copy_of_the_workspace_pack_is_accepted(two_people, tmp_path):
+    """The same recogniser file (by SHA-256) in another folder is the same recogniser."""
+    ws, ref = two_people
+    copy = tmp_path / "pack-copy"
+    shutil.copytree(PACK, copy)
+    assert hashlib.sha256((copy / "mobilefacenet_128.onnx").read_bytes()).hexdigest() == \
+        recognisers.MOBILEFACENET_128.sha256  # the file the table's numbers were measured on
+    out = curator_json("identify", "-w", ws, "--ref", ref, "--models", copy)
+    assert out["method"] == "reference" and out["threshold"] == recognisers.MOBILEFACENET_128.same_person
+
+
+def test_each_recogniser_has_its_numbers_and_their_sources():
+    """A workspace's recogniser comes from workspace.json's models record; every number has a source."""
+    buffalo = {"models": {"files": {"det_10g.onnx": "5838f7fe", "w600k_r50.onnx": recognisers.W600K_R50.sha256}}}
+    assert recognisers.of_workspace(buffalo) is recognisers.W600K_R50
+    assert recognisers.of_workspace({"models": {"files": {"mine.onnx": "00"}}}) is recognisers.DEFAULT
+    assert recognisers.of_workspace({}) is recognisers.DEFAULT
+    for rec in (*recognisers.TABLE.values(), recognisers.DEFAULT):
+        assert set(rec.sources) == {"same_person", "track_link", "same_picture"}
+        assert 0 < rec.track_link < rec.same_person < rec.same_picture < 1
+    # The shared recogniser's numbers are the ones tuned on it (tests above and bench/curate.py depend on them).
+    m = recognisers.MOBILEFACENET_128
+    assert (m.same_person, m.track_link, m.same_picture) == (0.45, 0.3, 0.95)
 
 
 def test_looped_clip_gives_the_same_selection_as_once(tmp_path):
@@ -298,6 +375,6 @@ def test_identity_threshold_calibration_on_labelled_photos():
     sims = emb @ emb.T
     iu = np.triu_indices(len(ids), 1)
     same = (ids[:, None] == ids[None])[iu]
-    thr = identify.THRESHOLDS["mobilefacenet_128.onnx"]
+    thr = recognisers.TABLE["mobilefacenet_128.onnx"].same_person
     assert (sims[iu][same] >= thr).mean() == 1.0
     assert (sims[iu][~same] >= thr).mean() <= 0.01
