@@ -9,7 +9,9 @@
    member is within the radius of its leader, no chaining), so a slow head
    turn is not collapsed into one face. A first pass runs along each track in
    time order (cheap, and where most duplicates are), a second one across all
-   sources with a KD-tree (repeated segments, looped footage).
+   sources with a KD-tree (repeated segments, looped footage); a face those
+   passes put out of its leader's reach joins the best leader in reach, or
+   is grouped again with the others left over.
 3. Selection, in priority levels, each level taking the best-quality face of
    every cell it has not covered yet:
       L1 each 10-degree yaw x pitch bin (rare poses are kept),
@@ -101,55 +103,96 @@ def near_duplicate_groups(features: np.ndarray, appearance: np.ndarray, quality:
                           app_radius: float = APPEARANCE_RADIUS) -> np.ndarray:
     """Leader index (into the inputs) of each face's near-duplicate group.
 
-    Vectorised so a million faces take seconds, not minutes (bench/curate.py):
-    no per-face Python loop in pass 1, and pass 2 finds candidate pairs with a
-    KD-tree on the 5 widest feature columns (dropping columns never makes a
-    distance larger, so no true pair is missed) before the full tests.
+    Every member is within `radius` (dedupe features) and `app_radius`
+    (appearance) of its leader, the group's best-quality face, so groups do
+    not chain. Grouping runs in rounds over the faces not placed yet: each
+    round proposes a leader for every face (`_proposed_leaders`: runs along
+    tracks, then the runs' best faces across everything). A face its proposed
+    leader does not reach joins the best leader placed so far that reaches
+    it and is at least as good, or else waits for the next round with the
+    others left over. A leader reaches itself, so every round places faces;
+    on bench/curate.py's synthetic table 4% of the faces wait for a second
+    round and 0.02% for a third.
+
+    Vectorised so a million faces take seconds, not minutes (bench/curate.py).
+    """
+    n = len(features)
+    leader = np.full(n, -1, np.int64)
+    pending = np.arange(n)
+    while len(pending):
+        proposed = pending[_proposed_leaders(features[pending], appearance[pending], quality[pending], track[pending],
+                                             time_order[pending], radius, app_radius)]
+        ok = _within_reach(features, appearance, pending, proposed, radius, app_radius)
+        leader[pending[ok]] = proposed[ok]
+        pending = pending[~ok]
+        if len(pending):
+            adopted = _best_leader_within_reach(features, appearance, quality, leader, pending, radius, app_radius)
+            leader[pending] = adopted
+            pending = pending[adopted < 0]
+    return leader
+
+
+def _best_leader_within_reach(features: np.ndarray, appearance: np.ndarray, quality: np.ndarray, leader: np.ndarray,
+                              faces: np.ndarray, radius: float, app_radius: float) -> np.ndarray:
+    """For each of `faces`, the best leader placed so far that reaches it and is at least as good (-1: none).
+
+    Candidates come from a KD-tree of the leaders on all feature columns: the
+    faces asked about are few (the 4% a round left out of reach), and with
+    every column the tree returns about one candidate each, where the 5 of
+    pass 2 returned 40 (bench/curate.py's synthetic table).
+    """
+    from scipy.spatial import cKDTree
+
+    leaders = np.flatnonzero(leader == np.arange(len(leader)))
+    out = np.full(len(faces), -1, np.int64)
+    if not len(leaders):
+        return out
+    near = cKDTree(features[leaders].astype(np.float64)).query_ball_point(features[faces].astype(np.float64), radius)
+    counts = np.fromiter((len(x) for x in near), np.int64, len(near))
+    if not counts.sum():
+        return out
+    face = np.repeat(np.arange(len(faces)), counts)
+    cand = leaders[np.concatenate([x for x in near if x]).astype(np.int64)]
+    ok = (_within_reach(features, appearance, faces[face], cand, radius, app_radius)
+          & (quality[cand] >= quality[faces[face]]))
+    face, cand = face[ok], cand[ok]
+    best = np.lexsort((cand, -quality[cand], face))  # per face: best quality first, ties to the lowest index
+    first = np.r_[True, face[best][1:] != face[best][:-1]] if len(best) else np.zeros(0, bool)
+    out[face[best][first]] = cand[best][first]
+    return out
+
+
+def _within_reach(features: np.ndarray, appearance: np.ndarray, i: np.ndarray, j: np.ndarray, radius: float,
+                  app_radius: float) -> np.ndarray:
+    """Whether face i[k] is a near-duplicate of face j[k]: features within `radius`, appearance within `app_radius`."""
+    df = np.linalg.norm(features[j] - features[i], axis=1) <= radius
+    da = np.linalg.norm(appearance[j] - appearance[i], axis=1) <= app_radius
+    return df & da
+
+
+def _proposed_leaders(features: np.ndarray, appearance: np.ndarray, quality: np.ndarray, track: np.ndarray,
+                      time_order: np.ndarray, radius: float, app_radius: float) -> np.ndarray:
+    """One round of grouping: a leader for each face, which `near_duplicate_groups` keeps only where it reaches.
+
+    Pass 1 cuts each track, in time order, into runs whose faces are all
+    within reach of the run's first face (cheap, and where most duplicates
+    are). Pass 2 takes each run's best face, best quality first, and lets it
+    absorb the runs whose best faces are within its reach (repeated segments,
+    looped footage); candidate pairs come from a KD-tree on the 5 widest
+    feature columns (dropping columns never makes a distance larger, so no
+    true pair is missed). A run's faces can be up to twice the radius from
+    its best face, and three times from the face that absorbed it: that is
+    why the caller checks every face against its proposed leader.
     """
     from scipy.spatial import cKDTree
 
     n = len(features)
-    if n == 0:
-        return np.arange(0)
-
-    def close(i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        df = np.linalg.norm(features[j] - features[i], axis=1) <= radius
-        da = np.linalg.norm(appearance[j] - appearance[i], axis=1) <= app_radius
-        return df & da
-
-    # Pass 1: runs along each track in time; a run's members are all close to its first face.
-    # For every position p find the first later position of its track not close to p, comparing
-    # p with p+1, p+2, ... only while still close; then walk from run start to run start.
-    o = np.lexsort((time_order, track))
-    tr = track[o]
-    end = np.r_[np.flatnonzero(tr[1:] != tr[:-1]) + 1, n]
-    track_end = np.repeat(end, np.diff(np.r_[0, end]))
-    nxt = np.full(n, -1)
-    pending = np.arange(n)
-    k = 1
-    while len(pending):
-        q = pending + k
-        at_end = q >= track_end[pending]
-        nxt[pending[at_end]] = track_end[pending[at_end]]
-        pending, q = pending[~at_end], q[~at_end]
-        ok = close(o[pending], o[q])
-        nxt[pending[~ok]] = q[~ok]
-        pending = pending[ok]
-        k += 1
-    is_start = np.zeros(n, bool)
-    nxt_l = nxt.tolist()
-    for s0, e0 in zip(np.r_[0, end[:-1]].tolist(), end.tolist()):
-        while s0 < e0:
-            is_start[s0] = True
-            s0 = nxt_l[s0]
-    run_start = np.maximum.accumulate(np.where(is_start, np.arange(n), 0))
-    leader = np.empty(n, np.int64)
-    leader[o] = o[run_start]
+    run = _runs(features, appearance, track, time_order, radius, app_radius)
 
     # The run's best face represents it in pass 2 (ties: lowest index).
-    srt = np.lexsort((np.arange(n), -quality, leader))
-    first = np.r_[True, leader[srt][1:] != leader[srt][:-1]]
-    run_ids, reps = leader[srt][first], srt[first]
+    srt = np.lexsort((np.arange(n), -quality, run))
+    first = np.r_[True, run[srt][1:] != run[srt][:-1]]
+    run_ids, reps = run[srt][first], srt[first]
 
     # Pass 2: across everything, best quality first, each leader absorbs what is within reach.
     feats = features[reps].astype(np.float64)
@@ -176,7 +219,44 @@ def near_duplicate_groups(features: np.ndarray, appearance: np.ndarray, quality:
         if len(cand):
             owner[cand[owner[cand] < 0]] = i
     # Every face takes its run representative's group leader.
-    return reps[owner][np.searchsorted(run_ids, leader)]
+    return reps[owner][np.searchsorted(run_ids, run)]
+
+
+def _runs(features: np.ndarray, appearance: np.ndarray, track: np.ndarray, time_order: np.ndarray, radius: float,
+          app_radius: float) -> np.ndarray:
+    """Pass 1: each face's run, named by the run's first face; a run's faces are all within reach of its first face.
+
+    For every position p (tracks in time order) find the first later position
+    of its track not within reach of p, comparing p with p+1, p+2, ... only
+    while still close; then walk from run start to run start.
+    """
+    n = len(features)
+    o = np.lexsort((time_order, track))
+    tr = track[o]
+    end = np.r_[np.flatnonzero(tr[1:] != tr[:-1]) + 1, n]
+    track_end = np.repeat(end, np.diff(np.r_[0, end]))
+    nxt = np.full(n, -1)
+    pending = np.arange(n)
+    k = 1
+    while len(pending):
+        q = pending + k
+        at_end = q >= track_end[pending]
+        nxt[pending[at_end]] = track_end[pending[at_end]]
+        pending, q = pending[~at_end], q[~at_end]
+        ok = _within_reach(features, appearance, o[pending], o[q], radius, app_radius)
+        nxt[pending[~ok]] = q[~ok]
+        pending = pending[ok]
+        k += 1
+    is_start = np.zeros(n, bool)
+    nxt_l = nxt.tolist()
+    for s0, e0 in zip(np.r_[0, end[:-1]].tolist(), end.tolist()):
+        while s0 < e0:
+            is_start[s0] = True
+            s0 = nxt_l[s0]
+    run_start = np.maximum.accumulate(np.where(is_start, np.arange(n), 0))
+    run = np.empty(n, np.int64)
+    run[o] = o[run_start]
+    return run
 
 
 def _tiebreak(face_ids: pd.Series, seed: int) -> np.ndarray:
@@ -381,7 +461,7 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
                           "row": leaders, "kept": kept[leaders]})
     if emb is not None and len(emb) != len(t):
         raise WorkspaceError(f"{len(emb)} embeddings for {len(t)} faces")
-    chosen, why = select(cands, budget, seed, emb)
+    chosen, why = select(cands, budget, seed, emb, same_picture)
     selected = np.zeros(len(t), bool)
     selected[leaders] = chosen
     reasons[leaders] = why

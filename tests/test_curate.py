@@ -250,12 +250,18 @@ def test_faces_kept_in_review_are_selected_within_the_budget(two_people):
     update_columns(w, pd.DataFrame({"face_id": t["face_id"], "kept": False, "rejected": False}))
 
 
-def test_same_picture_to_the_recogniser_is_taken_last(tmp_path):
+@pytest.fixture(scope="session")
+def one_person_fps4(tmp_path_factory):
+    """driving_d6 (one person, 33 s, large head turns) at 4 analysed frames per second; tests only read it."""
+    ws = tmp_path_factory.mktemp("d6") / "ws"
+    curator("extract", clip("driving_d6.mp4"), "-w", ws, "-q", "--fps", "4", check=True)
+    return ws
+
+
+def test_same_picture_to_the_recogniser_is_taken_last(one_person_fps4):
     """A copy of every face with the same embedding, 2 degrees more yaw and other lighting (so dedupe keeps
     both): with the embeddings, selection takes no face together with its copy while other faces are left."""
-    ws = tmp_path / "ws"
-    curator("extract", clip("driving_d6.mp4"), "-w", ws, "-q", "--fps", "4", check=True)  # one person, 33 s
-    w = open_workspace(ws)
+    w = open_workspace(one_person_fps4)
     orig = read_table(w).assign(is_target=True, track_id=0)
     emb = np.asarray(read_embeddings(w, len(orig)))
     copy = orig.assign(face_id=orig["face_id"] + "_copy", track_id=1, time_s=orig["time_s"] + 10**4,
@@ -275,6 +281,68 @@ def test_same_picture_to_the_recogniser_is_taken_last(tmp_path):
         assert with_emb.sum() == without.sum() == budget
         assert pairs(without) > 0  # the descriptors alone cannot tell
         assert pairs(with_emb) == 0
+
+
+def chain_of_faces(step_deg: float = 5.5, count: int = 24) -> pd.DataFrame:
+    """A slow head turn in one track: yaw steps a bit less than the dedupe radius (1.5 units of 4 degrees = 6)
+    per analysed frame; expression, lighting, appearance, size and detector score never change.
+
+    Each step is within reach, two steps are not, so walking the track in time cuts it into runs of two faces.
+    Sharpness goes low, high, high, low, ...: the best faces of neighbouring runs are one step apart, and the
+    grouping across runs puts them together.
+    """
+    yaw = np.arange(count) * step_deg
+    sharp = np.array([400.0 if k % 4 in (1, 2) else 100.0 for k in range(count)]) + np.arange(count)  # no ties
+    appearance = np.zeros(64)
+    appearance[0] = 1.0
+    return pd.DataFrame({
+        "face_id": [f"chain_{k:03d}" for k in range(count)], "source_sha256": "chain", "frame": np.arange(count) * 12,
+        "time_s": np.arange(count) * 0.48, "track_id": 0, "is_target": True,
+        "yaw": yaw, "pitch": 0.0, "roll": 0.0, "mouth_open": 0.2, "eyes_open": 0.3, "smile": 0.0,
+        "lum": 50.0, "contrast": 15.0, "light_lr": 0.0, "light_tb": 0.0, "cast_a": 10.0, "cast_b": 10.0,
+        "appearance": [appearance] * count, "sharpness": sharp, "face_px": 200.0, "det_score": 0.85,
+    })
+
+
+def members_out_of_reach(faces: pd.DataFrame, dup_group: pd.Series) -> pd.DataFrame:
+    """Faces farther from their group's leader than the dedupe radii (features, appearance), with the distances."""
+    from curator.curate import APPEARANCE_RADIUS, DEDUPE_RADIUS, appearance_matrix, dedupe_features
+
+    grouped = dup_group.notna().to_numpy()
+    sub = faces[grouped].reset_index(drop=True)
+    lead = pd.Index(sub["face_id"]).get_indexer(dup_group[grouped])
+    assert (lead >= 0).all()  # every leader is a candidate too
+    f, a = dedupe_features(sub), appearance_matrix(sub)
+    d, da = np.linalg.norm(f - f[lead], axis=1), np.linalg.norm(a - a[lead], axis=1)
+    out = sub.assign(leader=sub["face_id"].to_numpy()[lead], distance=d, appearance_distance=da)
+    return out[(d > DEDUPE_RADIUS + 1e-6) | (da > APPEARANCE_RADIUS + 1e-6)]
+
+
+def test_near_duplicate_groups_do_not_chain_along_a_slow_head_turn():
+    """docs/curation.md: every member of a near-duplicate group is within the radius of its leader. On a chain
+    of faces each one step (a bit under the radius) from the next, the old grouping put faces two steps (11
+    degrees, 1.8 radii) from their leader: a run of two joined the run whose best face was next to its own."""
+    faces = chain_of_faces()
+    res = do_curate(faces, 5)
+    dup = res.columns["dup_group"]
+    assert members_out_of_reach(faces, dup).empty
+    leader_yaw = faces.set_index("face_id")["yaw"].reindex(dup).to_numpy()
+    assert np.abs(faces["yaw"].to_numpy() - leader_yaw).max() <= 1.5 * 4.0
+    sizes = dup.value_counts()
+    assert sizes.max() == 3  # groups do reach across runs (a run's best face takes its neighbour run's best)...
+    assert res.summary["near_duplicate_groups"] >= len(faces) * 5.5 / (2 * 6.0)  # ...but never along the chain
+
+
+def test_near_duplicate_groups_within_reach_on_real_footage(one_person_fps4):
+    """The same bound on a real clip's faces and tracks (the old grouping had 2 of 139 faces out of reach)."""
+    w = open_workspace(one_person_fps4)
+    faces = read_table(w)
+    emb = np.asarray(read_embeddings(w, len(faces)))
+    faces = faces.assign(is_target=True, track_id=identify.link_tracks(faces, emb))
+    res = do_curate(faces, 20, emb=emb)
+    assert res.summary["near_duplicates_removed"] >= 20
+    out = members_out_of_reach(faces, res.columns["dup_group"])
+    assert out.empty, out[["face_id", "leader", "distance", "appearance_distance"]]
 
 
 def test_faces_without_a_pose_are_curated_quietly(two_people):
