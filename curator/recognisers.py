@@ -63,14 +63,16 @@ W600K_R50 = Recogniser(
     sha256="4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43",
     sources={
         "same_person": "published, then a stricter choice (not measured here: buffalo_l cannot be downloaded "
-                       "offline): InsightFace's own recognition demo for this file "
-                       "(deepinsight/insightface, web-demos/src_recognition/main.py) says 'NOT the same person' "
+                       "offline): InsightFace's own recognition demo for this file (deepinsight/insightface, "
+                       "web-demos/src_recognition/main.py at f8aa2c1) says 'NOT the same person' "
                        "below 0.2, 'LIKELY' from 0.2 and 'the same person' from 0.28; 0.35 is stricter, since a "
                        "bystander in a training set costs more than a missed frame (tracks bring profiles back). "
-                       "Published accuracy: TAR 97.25% at FAR 1e-4 on IJB-C, 99.83% on LFW (InsightFace model "
-                       "zoo, buffalo_l); no threshold is published with it. Check on labelled photos of your people",
-        "track_link": "published: 0.2 is where InsightFace's demo above stops saying 'NOT the same person'; a "
-                      "link also needs the boxes to overlap (IoU >= 0.3) within 2 s. Not measured here",
+                       "Published accuracy: TAR 97.25% at FAR 1e-4 on IJB-C, 99.83% on LFW (InsightFace "
+                       "model_zoo/README.md, buffalo_l); no threshold is published with it. Check on labelled "
+                       "photos of your people",
+        "track_link": "published boundary, our choice to use it: below 0.2 InsightFace's demo above says 'NOT the "
+                      "same person'; a link also needs the boxes to overlap (IoU >= 0.3) within 2 s. Not measured "
+                      "here",
         "same_picture": "assumption: the shared recogniser's 0.95, not measured for this file. A stronger "
                         "recogniser scores two moments of one person higher, so it may defer more; "
                         "bench/curate.py's table of pair similarities measures it on your footage",
