@@ -112,7 +112,7 @@ def near_duplicate_groups(features: np.ndarray, appearance: np.ndarray, quality:
     it and is at least as good, or else waits for the next round with the
     others left over. A leader reaches itself, so every round places faces;
     on bench/curate.py's synthetic table 4% of the faces wait for a second
-    round and 0.02% for a third.
+    round and 0.015% for a third.
 
     Vectorised so a million faces take seconds, not minutes (bench/curate.py).
     """
