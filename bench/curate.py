@@ -463,6 +463,7 @@ def distinct_capacity(emb: np.ndarray, yaw: np.ndarray, pitch: np.ndarray) -> in
 
 def run_scenario(key: str, args, cache: Path, work: Path, fm) -> dict:
     from curator import curate as curate_mod
+    from curator import recognisers
     from curator.identify import link_tracks, reference_embeddings
     from curator.workspace import open_workspace, read_embeddings, read_table
 
@@ -552,7 +553,8 @@ def run_scenario(key: str, args, cache: Path, work: Path, fm) -> dict:
         # identify's own tracks, recomputed in-process so the pool is explicit here.
         ref_emb = reference_embeddings(fm, [ref["path"]])
         score = (emb @ ref_emb.T).max(1)
-        tr2 = link_tracks(table, emb)  # curator's own tracks (the fix this benchmark once proposed is in)
+        # curator's own tracks (the fix this benchmark once proposed is in), with the pack's track link
+        tr2 = link_tracks(table, emb, min_sim=recognisers.of_models(fm).track_link)
         is_t2 = pd.Series(score).groupby(tr2).transform(lambda v: np.percentile(v, 75)).to_numpy() >= float(ident["threshold"])
         pool = np.flatnonzero(is_t2)
         pool_time = pool[np.lexsort((table["face_index"].to_numpy()[pool], table["frame"].to_numpy()[pool]))]

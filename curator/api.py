@@ -34,7 +34,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from . import faces, outputs
+from . import faces, outputs, recognisers
 from . import runtime as runtimes
 from .curate import budget_from
 from .curate import curate as curate_table
@@ -43,13 +43,7 @@ from .faces import ModelError
 from .export import export as export_faces
 from .extract import extract as extract_footage
 from .extract import extract_settings
-from .identify import (
-    contact_sheet,
-    default_threshold,
-    identity_clusters,
-    reference_embeddings,
-    sheet_members,
-)
+from .identify import contact_sheet, identity_clusters, reference_embeddings, sheet_members
 from .identify import identify as identify_table
 from .workspace import locked, open_workspace, read_embeddings, read_meta, read_table, update_columns
 
@@ -146,19 +140,23 @@ def identify(workspace: PathLike, *, ref: PathLike | Sequence[PathLike] | None =
 
     Writes `identity_cluster`, `identity_score`, `track_id` and `is_target`.
     Reference photos are read with MODELS (default: the pack the workspace
-    was extracted with); each must show exactly one clear face.
+    was extracted with), whose recogniser must be the workspace's
+    (RecogniserMismatch otherwise); each must show exactly one clear face.
+    THRESHOLD defaults to the workspace recogniser's (curator.recognisers).
     """
     ws = open_workspace(workspace)
     with locked(ws, "curator identify"):
         meta = read_meta(ws)
+        rec = recognisers.of_workspace(meta)
         table = read_table(ws)
         refs = None
         if ref:
             fm = faces.load_models(models or (meta.get("models") or {}).get("path"), device=device)
+            recognisers.check_same(meta, fm)  # before any photo is read: their scores would mean nothing
             refs = reference_embeddings(fm, _paths(ref))
         emb = read_embeddings(ws, len(table))
-        result = identify_table(table, emb, refs=refs, cluster=cluster,
-                                threshold=default_threshold(meta) if threshold is None else threshold)
+        result = identify_table(table, emb, refs=refs, cluster=cluster, track_link=rec.track_link,
+                                threshold=rec.same_person if threshold is None else threshold)
         update_columns(ws, result.table)
     return result.summary()
 
@@ -168,7 +166,8 @@ def identities(workspace: PathLike, *, threshold: float | None = None) -> list[d
     ws = open_workspace(workspace)
     table = read_table(ws, columns=["face_id", "source_sha256", "crop_path"])
     emb = read_embeddings(ws, len(table))
-    labels, _, listing = identity_clusters(table, emb, default_threshold(read_meta(ws)) if threshold is None else threshold)
+    same_person = recognisers.of_workspace(read_meta(ws)).same_person if threshold is None else threshold
+    labels, _, listing = identity_clusters(table, emb, same_person)
     for c in listing:
         sheet = ws.root / "identities" / f"cluster_{c['cluster']:03d}.jpg"
         c["contact_sheet"] = str(contact_sheet(ws.root, sheet_members(table["crop_path"], labels, c["cluster"]), sheet))
@@ -186,14 +185,15 @@ def curate(workspace: PathLike, *, budget: int | None = None, minutes: float | N
     n = budget_from(budget, minutes, fps)
     ws = open_workspace(workspace)
     with locked(ws, "curator curate"):
+        rec = recognisers.of_workspace(read_meta(ws))
         table = read_table(ws)
         emb = read_embeddings(ws, len(table)) if len(table) else None
         note = None
         if len(table) and "is_target" not in table:
-            found = identify_table(table, emb, threshold=default_threshold(read_meta(ws)))
+            found = identify_table(table, emb, threshold=rec.same_person, track_link=rec.track_link)
             table = update_columns(ws, found.table)
             note = "no target chosen: used the largest identity cluster (see `curator identities`)"
-        result = curate_table(table, n, seed=seed, emb=emb)
+        result = curate_table(table, n, seed=seed, emb=emb, same_picture=rec.same_picture)
         update_columns(ws, result.columns)
     if note:
         result.summary["identify"] = note

@@ -39,7 +39,7 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from . import faces, media, outputs
+from . import faces, media, outputs, recognisers
 from .atomic import atomic_path, inside, write_json
 from .errors import ConvertError
 from .swap import (Swapper, SwapSettings, export_models, find_face, load_run, run_inputs, source_embedding, swap_batch,
@@ -87,7 +87,7 @@ def check_video_out(out: Path, keep: dict, force: bool) -> None:
 def load_swapper(run: str | os.PathLike, refs: list | None = None, models: str | None = None, device: str = "auto",
                  settings: ConvertSettings = ConvertSettings()) -> tuple[Swapper, dict]:
     """Everything a swap needs (run, face models, the replaced identity), and a record of the identity choice."""
-    from .identify import IdentityError, default_threshold, reference_embeddings
+    from .identify import IdentityError, reference_embeddings
 
     choices = {"direction": ("a2b", "b2a"), "mask": ("predicted", "landmark", "both"), "color": ("lab", "hist", "none")}
     for name, allowed in choices.items():
@@ -107,12 +107,13 @@ def load_swapper(run: str | os.PathLike, refs: list | None = None, models: str |
         method = f"reference photos: {', '.join(str(p) for p in refs)}"
     else:
         target, method = source_embedding(r, settings.direction, fm)
-    threshold = settings.threshold if settings.threshold is not None else default_threshold({"models": fm.describe()})
+    rec = recognisers.of_models(fm)  # the numbers of the recogniser this pack loads
+    threshold = settings.threshold if settings.threshold is not None else rec.same_person
     side = "A" if settings.direction == "a2b" else "B"
     other = "B" if side == "A" else "A"
     identity = {"replaced": side, "replaced_export": r.config.get(side.lower()), "drawn": other,
                 "drawn_export": r.config.get(other.lower()), "chosen_by": method, "threshold": round(float(threshold), 4)}
-    return Swapper(r, fm, target, float(threshold), settings), identity
+    return Swapper(r, fm, target, float(threshold), settings, keep_sim=rec.track_link), identity
 
 
 def convert(video: str | os.PathLike, run: str | os.PathLike, out: str | os.PathLike | None = None, *,

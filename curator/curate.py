@@ -9,7 +9,9 @@
    member is within the radius of its leader, no chaining), so a slow head
    turn is not collapsed into one face. A first pass runs along each track in
    time order (cheap, and where most duplicates are), a second one across all
-   sources with a KD-tree (repeated segments, looped footage).
+   sources with a KD-tree (repeated segments, looped footage); a face those
+   passes put out of its leader's reach joins the best leader in reach, or
+   is grouped again with the others left over.
 3. Selection, in priority levels, each level taking the best-quality face of
    every cell it has not covered yet:
       L1 each 10-degree yaw x pitch bin (rare poses are kept),
@@ -19,7 +21,8 @@
    Within a level, when the budget runs out first, pose bins are taken
    farthest-first from the most common pose and other cells rarest-first.
    Faces that would nearly repeat a chosen one (same track within 2 s, or the
-   same picture to the recogniser) wait until nothing else is left.
+   same picture to the recogniser: its `same_picture` cosine, from
+   curator.recognisers) wait until nothing else is left.
 
 Every face gets `dup_group` (the face_id of its group's leader), `selected`
 and a one-line `reason`; nothing is dropped from the table.
@@ -35,14 +38,13 @@ import pandas as pd
 
 from . import metrics
 from .errors import UsageError
+from .recognisers import DEFAULT
 from .workspace import WorkspaceError
 
 MIN_FACE_PX = 40.0
 MIN_GAP_S = 2.0  # faces closer in time than this in one track are taken only if the budget needs them
-# Faces the recogniser sees as the same picture are taken only if the budget needs them. Calibrated with
-# MobileFaceNet on the shared clips (bench/curate.py): frames 40 ms apart reach it 90% of the time, faces of
-# one clip 2 s or more apart 0.4%; ArcFace-style recognisers (w600k) are at least as tight on one picture.
-SAME_PICTURE_COS = 0.95
+# Faces the recogniser sees as the same picture (its `same_picture` cosine, curator.recognisers, and pose
+# within this many degrees) are taken only if the budget needs them.
 SAME_PICTURE_DEG = 5.0
 DEDUPE_RADIUS = 1.5
 APPEARANCE_RADIUS = 0.35  # Euclidean distance between unit 8x8 appearance vectors (cos ~0.94)
@@ -101,55 +103,96 @@ def near_duplicate_groups(features: np.ndarray, appearance: np.ndarray, quality:
                           app_radius: float = APPEARANCE_RADIUS) -> np.ndarray:
     """Leader index (into the inputs) of each face's near-duplicate group.
 
-    Vectorised so a million faces take seconds, not minutes (bench/curate.py):
-    no per-face Python loop in pass 1, and pass 2 finds candidate pairs with a
-    KD-tree on the 5 widest feature columns (dropping columns never makes a
-    distance larger, so no true pair is missed) before the full tests.
+    Every member is within `radius` (dedupe features) and `app_radius`
+    (appearance) of its leader, the group's best-quality face, so groups do
+    not chain. Grouping runs in rounds over the faces not placed yet: each
+    round proposes a leader for every face (`_proposed_leaders`: runs along
+    tracks, then the runs' best faces across everything). A face its proposed
+    leader does not reach joins the best leader placed so far that reaches
+    it and is at least as good, or else waits for the next round with the
+    others left over. A leader reaches itself, so every round places faces;
+    on bench/curate.py's synthetic table 4% of the faces wait for a second
+    round and 0.015% for a third.
+
+    Vectorised so a million faces take seconds, not minutes (bench/curate.py).
+    """
+    n = len(features)
+    leader = np.full(n, -1, np.int64)
+    pending = np.arange(n)
+    while len(pending):
+        proposed = pending[_proposed_leaders(features[pending], appearance[pending], quality[pending], track[pending],
+                                             time_order[pending], radius, app_radius)]
+        ok = _within_reach(features, appearance, pending, proposed, radius, app_radius)
+        leader[pending[ok]] = proposed[ok]
+        pending = pending[~ok]
+        if len(pending):
+            adopted = _best_leader_within_reach(features, appearance, quality, leader, pending, radius, app_radius)
+            leader[pending] = adopted
+            pending = pending[adopted < 0]
+    return leader
+
+
+def _best_leader_within_reach(features: np.ndarray, appearance: np.ndarray, quality: np.ndarray, leader: np.ndarray,
+                              faces: np.ndarray, radius: float, app_radius: float) -> np.ndarray:
+    """For each of `faces`, the best leader placed so far that reaches it and is at least as good (-1: none).
+
+    Candidates come from a KD-tree of the leaders on all feature columns: the
+    faces asked about are few (the 4% a round left out of reach), and with
+    every column the tree returns about one candidate each, where the 5 of
+    pass 2 returned 40 (bench/curate.py's synthetic table).
+    """
+    from scipy.spatial import cKDTree
+
+    leaders = np.flatnonzero(leader == np.arange(len(leader)))
+    out = np.full(len(faces), -1, np.int64)
+    if not len(leaders):
+        return out
+    near = cKDTree(features[leaders].astype(np.float64)).query_ball_point(features[faces].astype(np.float64), radius)
+    counts = np.fromiter((len(x) for x in near), np.int64, len(near))
+    if not counts.sum():
+        return out
+    face = np.repeat(np.arange(len(faces)), counts)
+    cand = leaders[np.concatenate([x for x in near if x]).astype(np.int64)]
+    ok = (_within_reach(features, appearance, faces[face], cand, radius, app_radius)
+          & (quality[cand] >= quality[faces[face]]))
+    face, cand = face[ok], cand[ok]
+    best = np.lexsort((cand, -quality[cand], face))  # per face: best quality first, ties to the lowest index
+    first = np.r_[True, face[best][1:] != face[best][:-1]] if len(best) else np.zeros(0, bool)
+    out[face[best][first]] = cand[best][first]
+    return out
+
+
+def _within_reach(features: np.ndarray, appearance: np.ndarray, i: np.ndarray, j: np.ndarray, radius: float,
+                  app_radius: float) -> np.ndarray:
+    """Whether face i[k] is a near-duplicate of face j[k]: features within `radius`, appearance within `app_radius`."""
+    df = np.linalg.norm(features[j] - features[i], axis=1) <= radius
+    da = np.linalg.norm(appearance[j] - appearance[i], axis=1) <= app_radius
+    return df & da
+
+
+def _proposed_leaders(features: np.ndarray, appearance: np.ndarray, quality: np.ndarray, track: np.ndarray,
+                      time_order: np.ndarray, radius: float, app_radius: float) -> np.ndarray:
+    """One round of grouping: a leader for each face, which `near_duplicate_groups` keeps only where it reaches.
+
+    Pass 1 cuts each track, in time order, into runs whose faces are all
+    within reach of the run's first face (cheap, and where most duplicates
+    are). Pass 2 takes each run's best face, best quality first, and lets it
+    absorb the runs whose best faces are within its reach (repeated segments,
+    looped footage); candidate pairs come from a KD-tree on the 5 widest
+    feature columns (dropping columns never makes a distance larger, so no
+    true pair is missed). A run's faces can be up to twice the radius from
+    its best face, and three times from the face that absorbed it: that is
+    why the caller checks every face against its proposed leader.
     """
     from scipy.spatial import cKDTree
 
     n = len(features)
-    if n == 0:
-        return np.arange(0)
-
-    def close(i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        df = np.linalg.norm(features[j] - features[i], axis=1) <= radius
-        da = np.linalg.norm(appearance[j] - appearance[i], axis=1) <= app_radius
-        return df & da
-
-    # Pass 1: runs along each track in time; a run's members are all close to its first face.
-    # For every position p find the first later position of its track not close to p, comparing
-    # p with p+1, p+2, ... only while still close; then walk from run start to run start.
-    o = np.lexsort((time_order, track))
-    tr = track[o]
-    end = np.r_[np.flatnonzero(tr[1:] != tr[:-1]) + 1, n]
-    track_end = np.repeat(end, np.diff(np.r_[0, end]))
-    nxt = np.full(n, -1)
-    pending = np.arange(n)
-    k = 1
-    while len(pending):
-        q = pending + k
-        at_end = q >= track_end[pending]
-        nxt[pending[at_end]] = track_end[pending[at_end]]
-        pending, q = pending[~at_end], q[~at_end]
-        ok = close(o[pending], o[q])
-        nxt[pending[~ok]] = q[~ok]
-        pending = pending[ok]
-        k += 1
-    is_start = np.zeros(n, bool)
-    nxt_l = nxt.tolist()
-    for s0, e0 in zip(np.r_[0, end[:-1]].tolist(), end.tolist()):
-        while s0 < e0:
-            is_start[s0] = True
-            s0 = nxt_l[s0]
-    run_start = np.maximum.accumulate(np.where(is_start, np.arange(n), 0))
-    leader = np.empty(n, np.int64)
-    leader[o] = o[run_start]
+    run = _runs(features, appearance, track, time_order, radius, app_radius)
 
     # The run's best face represents it in pass 2 (ties: lowest index).
-    srt = np.lexsort((np.arange(n), -quality, leader))
-    first = np.r_[True, leader[srt][1:] != leader[srt][:-1]]
-    run_ids, reps = leader[srt][first], srt[first]
+    srt = np.lexsort((np.arange(n), -quality, run))
+    first = np.r_[True, run[srt][1:] != run[srt][:-1]]
+    run_ids, reps = run[srt][first], srt[first]
 
     # Pass 2: across everything, best quality first, each leader absorbs what is within reach.
     feats = features[reps].astype(np.float64)
@@ -176,7 +219,44 @@ def near_duplicate_groups(features: np.ndarray, appearance: np.ndarray, quality:
         if len(cand):
             owner[cand[owner[cand] < 0]] = i
     # Every face takes its run representative's group leader.
-    return reps[owner][np.searchsorted(run_ids, leader)]
+    return reps[owner][np.searchsorted(run_ids, run)]
+
+
+def _runs(features: np.ndarray, appearance: np.ndarray, track: np.ndarray, time_order: np.ndarray, radius: float,
+          app_radius: float) -> np.ndarray:
+    """Pass 1: each face's run, named by the run's first face; a run's faces are all within reach of its first face.
+
+    For every position p (tracks in time order) find the first later position
+    of its track not within reach of p, comparing p with p+1, p+2, ... only
+    while still close; then walk from run start to run start.
+    """
+    n = len(features)
+    o = np.lexsort((time_order, track))
+    tr = track[o]
+    end = np.r_[np.flatnonzero(tr[1:] != tr[:-1]) + 1, n]
+    track_end = np.repeat(end, np.diff(np.r_[0, end]))
+    nxt = np.full(n, -1)
+    pending = np.arange(n)
+    k = 1
+    while len(pending):
+        q = pending + k
+        at_end = q >= track_end[pending]
+        nxt[pending[at_end]] = track_end[pending[at_end]]
+        pending, q = pending[~at_end], q[~at_end]
+        ok = _within_reach(features, appearance, o[pending], o[q], radius, app_radius)
+        nxt[pending[~ok]] = q[~ok]
+        pending = pending[ok]
+        k += 1
+    is_start = np.zeros(n, bool)
+    nxt_l = nxt.tolist()
+    for s0, e0 in zip(np.r_[0, end[:-1]].tolist(), end.tolist()):
+        while s0 < e0:
+            is_start[s0] = True
+            s0 = nxt_l[s0]
+    run_start = np.maximum.accumulate(np.where(is_start, np.arange(n), 0))
+    run = np.empty(n, np.int64)
+    run[o] = o[run_start]
+    return run
 
 
 def _tiebreak(face_ids: pd.Series, seed: int) -> np.ndarray:
@@ -184,9 +264,11 @@ def _tiebreak(face_ids: pd.Series, seed: int) -> np.ndarray:
                      for f in face_ids], dtype=np.uint64)
 
 
-def select(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+def select(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarray | None = None,
+           same_picture: float = DEFAULT.same_picture) -> tuple[np.ndarray, list[str]]:
     """Choose `budget` rows of `cands` (needs quality, pose_bin, expr_cluster, light_cluster, yaw, pitch; optional
-    track_id, time_s, and row: the row of `emb`, the identity embeddings); returns (mask, reasons)."""
+    track_id, time_s, and row: the row of `emb`, the identity embeddings); returns (mask, reasons).
+    `same_picture`: the recogniser's same-picture cosine (curator.recognisers)."""
     n = len(cands)
     if n == 0 or budget <= 0:
         return np.zeros(n, bool), ["over budget"] * n
@@ -228,7 +310,7 @@ def select(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarray | No
     within[rest] = counts3[rest]
     order = np.lexsort((tb, within, level))
     chosen = np.zeros(n, bool)
-    chosen[_take_spread(order, cands, budget, level, emb=emb)] = True
+    chosen[_take_spread(order, cands, budget, level, emb=emb, same_picture=same_picture)] = True
     for i in range(n):
         if not chosen[i]:
             reasons[i] = "over budget"
@@ -238,7 +320,8 @@ def select(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarray | No
 
 
 def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.ndarray,
-                 emb: np.ndarray | None = None, gap_s: float = MIN_GAP_S) -> np.ndarray:
+                 emb: np.ndarray | None = None, gap_s: float = MIN_GAP_S,
+                 same_picture: float = DEFAULT.same_picture) -> np.ndarray:
     """Take `order` up to the budget, deferring faces that would nearly repeat one already taken.
 
     Two kinds of repeat survive dedupe, because the descriptors differ a little
@@ -247,10 +330,10 @@ def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.
       of faces 0.5 s apart are near-identical to the recogniser, 0.4% of faces
       2 s apart);
     - a face the recogniser sees as the same picture as a taken one: identity
-      embeddings at cosine >= SAME_PICTURE_COS and yaw and pitch within
+      embeddings at cosine >= `same_picture` and yaw and pitch within
       SAME_PICTURE_DEG (looped footage, a re-used shot, a speaker who returns
       to one pose). Faces of one person are usually far less similar than that
-      (median 0.78 within a clip, 2 s or more apart).
+      (median 0.78 within a clip, 2 s or more apart, with the shared recogniser).
     Deferred faces are used only when the budget cannot be met otherwise.
     Faces kept in review (level 0) are never deferred; each pose bin's best
     (level 1) is not deferred for time, since a turning head crosses bins
@@ -277,7 +360,7 @@ def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.
         for i in order.tolist():
             if (use_time and level[i] > 1 and any(abs(time_s[i] - t) < gap_s for t in taken_times.get(track[i], ()))) \
                     or (use_emb and level[i] > 0 and emb is not None
-                        and _same_picture(i, emb, rows, yaw, pitch, cell, by_cell)):
+                        and _same_picture(i, emb, rows, yaw, pitch, cell, by_cell, same_picture)):
                 deferred.append(i)
                 continue
             taken_times.setdefault(track[i], []).append(time_s[i])
@@ -289,7 +372,7 @@ def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.
     return np.array(out, dtype=np.int64)
 
 
-def _same_picture(i, emb, rows, yaw, pitch, cell, by_cell) -> bool:
+def _same_picture(i, emb, rows, yaw, pitch, cell, by_cell, cos) -> bool:
     near = [j for dy in (-1, 0, 1) for dp in (-1, 0, 1) for j in by_cell.get((cell[i, 0] + dy, cell[i, 1] + dp), ())]
     if not near:
         return False
@@ -298,7 +381,7 @@ def _same_picture(i, emb, rows, yaw, pitch, cell, by_cell) -> bool:
     if not len(near):
         return False
     e = np.asarray(emb[rows[i]], np.float32)
-    return bool((np.asarray(emb[np.sort(rows[near])], np.float32) @ e >= SAME_PICTURE_COS).any())
+    return bool((np.asarray(emb[np.sort(rows[near])], np.float32) @ e >= cos).any())
 
 
 def _pose_order(cands: pd.DataFrame) -> dict:
@@ -317,12 +400,14 @@ def _pose_order(cands: pd.DataFrame) -> dict:
 
 
 def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: float = MIN_FACE_PX,
-           emb: np.ndarray | None = None) -> CurateResult:
+           emb: np.ndarray | None = None, same_picture: float = DEFAULT.same_picture) -> CurateResult:
     """Dedupe and select on a face table that has identify's columns. Pure: reads nothing, writes nothing.
 
     `emb`: the identity embeddings aligned with the table's rows (a memory map
     is fine: only the rows compared are read); without them, selection cannot
-    tell faces the recogniser sees as the same picture.
+    tell faces the recogniser sees as the same picture. `same_picture`: the
+    cosine at which that recogniser sees two faces as one picture
+    (curator.recognisers; `curator.api.curate` passes the workspace's).
     """
     if not len(table):
         raise WorkspaceError("the workspace has no faces")
@@ -376,7 +461,7 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
                           "row": leaders, "kept": kept[leaders]})
     if emb is not None and len(emb) != len(t):
         raise WorkspaceError(f"{len(emb)} embeddings for {len(t)} faces")
-    chosen, why = select(cands, budget, seed, emb)
+    chosen, why = select(cands, budget, seed, emb, same_picture)
     selected = np.zeros(len(t), bool)
     selected[leaders] = chosen
     reasons[leaders] = why

@@ -13,11 +13,12 @@ typical member is. Profiles and blurred frames embed poorly on their own, but
 they sit in a track whose frontal frames identify it; this keeps the rare poses
 a training set needs without admitting other people.
 
-Thresholds are cosine similarities between L2-normalised embeddings, per
-recogniser (docs/curation.md has the calibration on the shared labelled
-photos). Everything here works on a face table and its embeddings and
-writes nothing; `curator.api.identify` reads the workspace, holds its lock
-and writes the columns back.
+Thresholds (the same-person one and the track link) are cosine similarities
+between L2-normalised embeddings, per recogniser: `curator.recognisers` has
+the table and where each number comes from. Everything here works on a face
+table and its embeddings and writes nothing; `curator.api.identify` reads
+the workspace, holds its lock, passes its recogniser's numbers and writes
+the columns back.
 """
 
 from __future__ import annotations
@@ -33,17 +34,9 @@ import pandas as pd
 from . import faces, media
 from .atomic import atomic_path
 from .errors import CuratorError
+from .recognisers import DEFAULT
 from .workspace import WorkspaceError
 
-# Same-person threshold per recogniser file. mobilefacenet_128 was calibrated
-# on the shared identity-labelled photos (all 67 same-person pairs >= 0.54,
-# 99.5% of 429 different-person pairs < 0.45). w600k_r50 (buffalo_l) was not
-# available to calibrate here; 0.35 is InsightFace users' usual operating point
-# for it and should be re-checked on labelled photos of the footage's people, as
-# tests/test_curate.py::test_identity_threshold_calibration_on_labelled_photos
-# does for the shared recogniser.
-THRESHOLDS = {"mobilefacenet_128.onnx": 0.45, "w600k_r50.onnx": 0.35}
-DEFAULT_THRESHOLD = 0.45
 CLUSTER_SAMPLE = 4000  # agglomerative clustering is O(n^2); the rest are assigned to centres
 # A reference must be a clear face: SCRFD scores clear photos of people at
 # 0.75-0.9, while animal faces and faint background faces reach 0.6-0.65.
@@ -52,14 +45,6 @@ REF_DET_THRESH = 0.7
 
 class IdentityError(CuratorError):
     pass
-
-
-def default_threshold(meta: dict) -> float:
-    files = (meta.get("models") or {}).get("files", {})
-    for name, value in THRESHOLDS.items():
-        if name in files:
-            return value
-    return DEFAULT_THRESHOLD
 
 
 def reference_embeddings(fm: faces.FaceModels, photos: list[str | os.PathLike]) -> np.ndarray:
@@ -82,17 +67,16 @@ def reference_embeddings(fm: faces.FaceModels, photos: list[str | os.PathLike]) 
     return np.stack(out)
 
 
-def link_tracks(table: pd.DataFrame, emb: np.ndarray, min_iou: float = 0.3, min_sim: float = 0.3,
+def link_tracks(table: pd.DataFrame, emb: np.ndarray, min_iou: float = 0.3, min_sim: float = DEFAULT.track_link,
                 max_gap_s: float = 2.0) -> np.ndarray:
     """Track ids: a face continues the track of the best-overlapping face in the previous analysed frame.
 
     Two guards keep a track to one person: the previous frame must be at most
     `max_gap_s` earlier, and the two faces' embeddings must be at least
-    `min_sim` alike. Talking heads sit in the same place on screen across cuts;
-    without the guards a track chained one interview into the next person's
-    (bench/curate.py found 5 of 30 tracks mixing people). One person's
-    consecutive faces score >= 0.57 with the shared recogniser; different
-    people 0.16-0.22 (95th percentile).
+    `min_sim` alike (the recogniser's `track_link`, curator.recognisers).
+    Talking heads sit in the same place on screen across cuts; without the
+    guards a track chained one interview into the next person's
+    (bench/curate.py found 5 of 30 tracks mixing people).
     """
     track = np.full(len(table), -1, np.int64)
     next_id = 0
@@ -188,11 +172,12 @@ class IdentifyResult:
 
 
 def identify(table: pd.DataFrame, emb: np.ndarray, *, threshold: float, refs: np.ndarray | None = None,
-             cluster: int | None = None, seed: int = 0) -> IdentifyResult:
+             cluster: int | None = None, seed: int = 0, track_link: float = DEFAULT.track_link) -> IdentifyResult:
     """Score every face of `table` (embeddings `emb`, row-aligned) against the target; pure, writes nothing.
 
     The target is the reference embeddings `refs` (one per photo), or else
-    identity cluster `cluster` (default: the largest).
+    identity cluster `cluster` (default: the largest). `threshold` and
+    `track_link` are the recogniser's (curator.recognisers).
     """
     if not len(table):
         raise WorkspaceError("the workspace has no faces yet; run `curator extract` first")
@@ -208,7 +193,7 @@ def identify(table: pd.DataFrame, emb: np.ndarray, *, threshold: float, refs: np
             raise IdentityError(f"no cluster {target}; `curator identities` lists clusters 0..{len(centres) - 1}")
         score = np.asarray(emb @ centres[target])
         method = "largest-cluster" if cluster is None else "cluster"
-    tracks = link_tracks(table, emb)
+    tracks = link_tracks(table, emb, min_sim=track_link)
     track_score = pd.Series(score).groupby(tracks).transform(lambda s: np.percentile(s, 75)).to_numpy()
     is_target = track_score >= threshold
     out = pd.DataFrame({"face_id": table["face_id"], "identity_cluster": labels, "identity_score": score.astype(np.float32),

@@ -27,12 +27,14 @@ import numpy as np
 from . import faces
 from .align import DEFAULT_MARGIN, align_matrix, warp
 from .errors import ConvertError
+from .recognisers import DEFAULT
 
-# A face that overlaps the previously chosen one this much, and looks this much
-# like it, continues the track even below the identity threshold: profiles and
-# blurred frames embed poorly, and dropping them would make the swap flicker
-# on and off (the same guards as identify.link_tracks).
-KEEP_IOU, KEEP_SIM = 0.3, 0.3
+# A face that overlaps the previously chosen one this much, and looks like it
+# (the recogniser's `track_link` similarity, curator.recognisers), continues the
+# track even below the identity threshold: profiles and blurred frames embed
+# poorly, and dropping them would make the swap flicker on and off (the same
+# guards as identify.link_tracks).
+KEEP_IOU = 0.3
 KEEP_GAP_S = 0.5  # a track lost for longer starts afresh
 
 
@@ -49,7 +51,7 @@ class SwapSettings:
     min_cutoff: float = 1.0       # One-Euro: Hz; lower = steadier when the head is still
     beta: float = 3.0             # One-Euro: how fast the cutoff rises with speed (per face-width/s); higher = less lag
     jump: float = 0.35            # a keypoint move over this share of the face scale in one frame is a cut: reset
-    threshold: float | None = None  # same-person cosine similarity; default per recogniser (curator.identify)
+    threshold: float | None = None  # same-person cosine similarity; default per recogniser (curator.recognisers)
     det_size: int = 640
     det_thresh: float = 0.6
 
@@ -156,12 +158,14 @@ def export_models(run: Run, direction: str) -> str | None:
 
 
 def choose_face(boxes: np.ndarray, emb: np.ndarray, target: np.ndarray, threshold: float,
-                last: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[int | None, float]:
+                last: tuple[np.ndarray, np.ndarray] | None = None,
+                keep_sim: float = DEFAULT.track_link) -> tuple[int | None, float]:
     """Index of the face to replace in one frame (or None), and its similarity to the target.
 
     The most similar face at or above `threshold`; failing that, a face that
     continues `last` (the box and embedding chosen in the previous frame):
-    overlapping it by KEEP_IOU and at least KEEP_SIM alike.
+    overlapping it by KEEP_IOU and at least `keep_sim` alike (the
+    recogniser's track link).
     """
     if not len(boxes):
         return None, 0.0
@@ -172,7 +176,7 @@ def choose_face(boxes: np.ndarray, emb: np.ndarray, target: np.ndarray, threshol
     if last is not None:
         overlap = faces.box_iou(boxes[:, :4], last[0][:4])[:, 0]
         alike = emb @ last[1]
-        ok = (overlap >= KEEP_IOU) & (alike >= KEEP_SIM)
+        ok = (overlap >= KEEP_IOU) & (alike >= keep_sim)
         if ok.any():
             i = int(np.argmax(np.where(ok, overlap, -1.0)))
             return i, float(sims[i])
@@ -358,6 +362,7 @@ class Swapper:
     target: np.ndarray          # [k, dim] embeddings of the replaced identity
     threshold: float
     settings: SwapSettings
+    keep_sim: float = DEFAULT.track_link  # the recogniser's track link (choose_face)
     landmark_mask: np.ndarray = field(init=False)
 
     def __post_init__(self):
@@ -380,7 +385,7 @@ def find_face(sw: Swapper, image: np.ndarray, t: float, track: dict | None) -> t
     emb = faces.embed(sw.fm, image, kps)
     recent = track is not None and t - track["t"] <= KEEP_GAP_S
     last = (track["box"], track["emb"]) if recent else None
-    i, _ = choose_face(boxes, emb, sw.target, sw.threshold, last)
+    i, _ = choose_face(boxes, emb, sw.target, sw.threshold, last, sw.keep_sim)
     if i is None:
         return None, track if recent else None
     box = boxes[i, :4]

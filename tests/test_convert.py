@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from conftest import PACK, clip, ctrl_c_enabled, curator
+from curator import recognisers
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 CLIP_A = "face_1.mp4"      # identity A of the run; the clip converted
@@ -444,6 +445,8 @@ def test_choose_face_by_identity_and_keeps_a_track_through_poor_embeddings():
     assert choose_face(boxes, emb, target, 0.95, last)[0] == 0
     stranger = (last[0], np.array([0, 0, 1.0], np.float32))  # same place, different-looking face: a cut
     assert choose_face(boxes, emb, target, 0.95, stranger)[0] is None
+    # How alike is alike enough is the recogniser's track link (curator.recognisers): 0.991 here is not 0.995.
+    assert choose_face(boxes, emb, target, 0.95, last, keep_sim=0.995)[0] is None
 
 
 def test_keypoints_jitter_less_with_smoothing_on_a_real_clip(run_dir):
@@ -454,7 +457,10 @@ def test_keypoints_jitter_less_with_smoothing_on_a_real_clip(run_dir):
 
     frames = bgr_frames(clip(CLIP_A), 40)
     paths = {}
-    loaded, _ = load_swapper(run_dir, models=str(PACK), device="cpu")
+    loaded, identity = load_swapper(run_dir, models=str(PACK), device="cpu")
+    shared = recognisers.MOBILEFACENET_128  # the pack's recogniser gives the swap its numbers
+    assert (loaded.threshold, loaded.keep_sim, identity["threshold"]) == (shared.same_person, shared.track_link,
+                                                                          shared.same_person)
     for smooth in (False, True):
         sw = replace(loaded, settings=ConvertSettings(smooth=smooth))
         track, centres = None, []

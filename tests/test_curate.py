@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import av
@@ -12,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import IMAGES, PACK, clip, curator, curator_json
-from curator import faces, identify, media
+from conftest import IMAGES, PACK, clip, curator, curator_json, one_line_error
+from curator import faces, identify, media, recognisers
 from curator.curate import curate as do_curate
 from curator.workspace import open_workspace, read_embeddings, read_table, update_columns
 
@@ -122,6 +124,81 @@ def test_bad_reference_photo_named_and_nothing_modified(two_people, bad, why):
     assert (ws / "faces.parquet").read_bytes() == before
 
 
+def stand_in_pack(folder: Path, dim: int | None = None) -> Path:
+    """A copy of the shared pack whose recogniser is ANOTHER model: a generated stand-in, because no second real
+    recogniser can be had offline. Every weight of the shared MobileFaceNet is perturbed (so `dim=None` gives a
+    128-d recogniser with the same file name and other weights); with `dim`, a random projection to `dim`
+    dimensions follows it (a recogniser of another size, file stand_in_DIM.onnx)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    pack = folder / f"stand_in_{dim or 128}"
+    pack.mkdir()
+    shutil.copy(PACK / "det_500m.onnx", pack)
+    model = onnx.load(str(PACK / "mobilefacenet_128.onnx"))
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if w.dtype == np.float32 and w.size > 1:
+            w = w * (1 + 0.3 * rng.standard_normal(w.shape)).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(w.astype(np.float32), init.name))
+    if dim:
+        out = model.graph.output[0]
+        model.graph.initializer.append(numpy_helper.from_array(rng.standard_normal((128, dim)).astype(np.float32),
+                                                               "stand_in_projection"))
+        model.graph.node[-1].output[0] = "embeddings_128"
+        model.graph.node.append(helper.make_node("MatMul", ["embeddings_128", "stand_in_projection"], [out.name]))
+        out.type.tensor_type.shape.dim[1].dim_value = dim
+    onnx.save(model, str(pack / (f"stand_in_{dim}.onnx" if dim else "mobilefacenet_128.onnx")))
+    return pack
+
+
+@pytest.mark.parametrize("dim", [None, 64], ids=["same-size", "other-size"])
+def test_reference_read_with_another_recogniser_is_refused_in_one_line(two_people, tmp_path, dim):
+    """Scores of a reference embedded by another recogniser against the workspace's embeddings mean nothing (same
+    size) or cannot be computed (other size): identify refuses the pack in one line naming both recognisers and
+    the workspace's pack, and leaves the table alone."""
+    ws, ref = two_people
+    pack = stand_in_pack(tmp_path, dim)
+    fm, shared = faces.load_models(str(pack)), faces.load_models(str(PACK))
+    assert fm.embedding_dim == (dim or 128)  # the stand-in loads as a recogniser...
+    img = media.read_image(ref)
+    if dim is None:  # ...and sees the same face differently
+        assert float(identify.reference_embeddings(fm, [ref])[0] @ identify.reference_embeddings(shared, [ref])[0]) < 0.9
+    assert len(faces.detect(fm, img)[0]) == 1
+    before = (ws / "faces.parquet").read_bytes()
+    proc = curator("identify", "-w", ws, "--ref", ref, "--models", pack)
+    mine = fm.files[f"stand_in_{dim}.onnx" if dim else "mobilefacenet_128.onnx"][:12]
+    line = one_line_error(proc, "recogniser", mine, shared.files["mobilefacenet_128.onnx"][:12], f"--models {PACK}")
+    assert pack.name in line
+    assert (ws / "faces.parquet").read_bytes() == before
+
+
+def test_reference_read_with_a_copy_of_the_workspace_pack_is_accepted(two_people, tmp_path):
+    """The same recogniser file (by SHA-256) in another folder is the same recogniser."""
+    ws, ref = two_people
+    copy = tmp_path / "pack-copy"
+    shutil.copytree(PACK, copy)
+    assert hashlib.sha256((copy / "mobilefacenet_128.onnx").read_bytes()).hexdigest() == \
+        recognisers.MOBILEFACENET_128.sha256  # the file the table's numbers were measured on
+    out = curator_json("identify", "-w", ws, "--ref", ref, "--models", copy)
+    assert out["method"] == "reference" and out["threshold"] == recognisers.MOBILEFACENET_128.same_person
+
+
+def test_each_recogniser_has_its_numbers_and_their_sources():
+    """A workspace's recogniser comes from workspace.json's models record; every number has a source."""
+    buffalo = {"models": {"files": {"det_10g.onnx": "5838f7fe", "w600k_r50.onnx": recognisers.W600K_R50.sha256}}}
+    assert recognisers.of_workspace(buffalo) is recognisers.W600K_R50
+    assert recognisers.of_workspace({"models": {"files": {"mine.onnx": "00"}}}) is recognisers.DEFAULT
+    assert recognisers.of_workspace({}) is recognisers.DEFAULT
+    for rec in (*recognisers.TABLE.values(), recognisers.DEFAULT):
+        assert set(rec.sources) == {"same_person", "track_link", "same_picture"}
+        assert 0 < rec.track_link < rec.same_person < rec.same_picture < 1
+    # The shared recogniser's numbers are the ones tuned on it (tests above and bench/curate.py depend on them).
+    m = recognisers.MOBILEFACENET_128
+    assert (m.same_person, m.track_link, m.same_picture) == (0.45, 0.3, 0.95)
+
+
 def test_looped_clip_gives_the_same_selection_as_once(tmp_path):
     src = clip("driving_d0.mp4")
     looped = tmp_path / "looped.mp4"
@@ -173,12 +250,18 @@ def test_faces_kept_in_review_are_selected_within_the_budget(two_people):
     update_columns(w, pd.DataFrame({"face_id": t["face_id"], "kept": False, "rejected": False}))
 
 
-def test_same_picture_to_the_recogniser_is_taken_last(tmp_path):
+@pytest.fixture(scope="session")
+def one_person_fps4(tmp_path_factory):
+    """driving_d6 (one person, 33 s, large head turns) at 4 analysed frames per second; tests only read it."""
+    ws = tmp_path_factory.mktemp("d6") / "ws"
+    curator("extract", clip("driving_d6.mp4"), "-w", ws, "-q", "--fps", "4", check=True)
+    return ws
+
+
+def test_same_picture_to_the_recogniser_is_taken_last(one_person_fps4):
     """A copy of every face with the same embedding, 2 degrees more yaw and other lighting (so dedupe keeps
     both): with the embeddings, selection takes no face together with its copy while other faces are left."""
-    ws = tmp_path / "ws"
-    curator("extract", clip("driving_d6.mp4"), "-w", ws, "-q", "--fps", "4", check=True)  # one person, 33 s
-    w = open_workspace(ws)
+    w = open_workspace(one_person_fps4)
     orig = read_table(w).assign(is_target=True, track_id=0)
     emb = np.asarray(read_embeddings(w, len(orig)))
     copy = orig.assign(face_id=orig["face_id"] + "_copy", track_id=1, time_s=orig["time_s"] + 10**4,
@@ -198,6 +281,68 @@ def test_same_picture_to_the_recogniser_is_taken_last(tmp_path):
         assert with_emb.sum() == without.sum() == budget
         assert pairs(without) > 0  # the descriptors alone cannot tell
         assert pairs(with_emb) == 0
+
+
+def chain_of_faces(step_deg: float = 5.5, count: int = 24) -> pd.DataFrame:
+    """A slow head turn in one track: yaw steps a bit less than the dedupe radius (1.5 units of 4 degrees = 6)
+    per analysed frame; expression, lighting, appearance, size and detector score never change.
+
+    Each step is within reach, two steps are not, so walking the track in time cuts it into runs of two faces.
+    Sharpness goes low, high, high, low, ...: the best faces of neighbouring runs are one step apart, and the
+    grouping across runs puts them together.
+    """
+    yaw = np.arange(count) * step_deg
+    sharp = np.array([400.0 if k % 4 in (1, 2) else 100.0 for k in range(count)]) + np.arange(count)  # no ties
+    appearance = np.zeros(64)
+    appearance[0] = 1.0
+    return pd.DataFrame({
+        "face_id": [f"chain_{k:03d}" for k in range(count)], "source_sha256": "chain", "frame": np.arange(count) * 12,
+        "time_s": np.arange(count) * 0.48, "track_id": 0, "is_target": True,
+        "yaw": yaw, "pitch": 0.0, "roll": 0.0, "mouth_open": 0.2, "eyes_open": 0.3, "smile": 0.0,
+        "lum": 50.0, "contrast": 15.0, "light_lr": 0.0, "light_tb": 0.0, "cast_a": 10.0, "cast_b": 10.0,
+        "appearance": [appearance] * count, "sharpness": sharp, "face_px": 200.0, "det_score": 0.85,
+    })
+
+
+def members_out_of_reach(faces: pd.DataFrame, dup_group: pd.Series) -> pd.DataFrame:
+    """Faces farther from their group's leader than the dedupe radii (features, appearance), with the distances."""
+    from curator.curate import APPEARANCE_RADIUS, DEDUPE_RADIUS, appearance_matrix, dedupe_features
+
+    grouped = dup_group.notna().to_numpy()
+    sub = faces[grouped].reset_index(drop=True)
+    lead = pd.Index(sub["face_id"]).get_indexer(dup_group[grouped])
+    assert (lead >= 0).all()  # every leader is a candidate too
+    f, a = dedupe_features(sub), appearance_matrix(sub)
+    d, da = np.linalg.norm(f - f[lead], axis=1), np.linalg.norm(a - a[lead], axis=1)
+    out = sub.assign(leader=sub["face_id"].to_numpy()[lead], distance=d, appearance_distance=da)
+    return out[(d > DEDUPE_RADIUS + 1e-6) | (da > APPEARANCE_RADIUS + 1e-6)]
+
+
+def test_near_duplicate_groups_do_not_chain_along_a_slow_head_turn():
+    """docs/curation.md: every member of a near-duplicate group is within the radius of its leader. On a chain
+    of faces each one step (a bit under the radius) from the next, the old grouping put faces two steps (11
+    degrees, 1.8 radii) from their leader: a run of two joined the run whose best face was next to its own."""
+    faces = chain_of_faces()
+    res = do_curate(faces, 5)
+    dup = res.columns["dup_group"]
+    assert members_out_of_reach(faces, dup).empty
+    leader_yaw = faces.set_index("face_id")["yaw"].reindex(dup).to_numpy()
+    assert np.abs(faces["yaw"].to_numpy() - leader_yaw).max() <= 1.5 * 4.0
+    sizes = dup.value_counts()
+    assert sizes.max() == 3  # groups do reach across runs (a run's best face takes its neighbour run's best)...
+    assert res.summary["near_duplicate_groups"] >= len(faces) * 5.5 / (2 * 6.0)  # ...but never along the chain
+
+
+def test_near_duplicate_groups_within_reach_on_real_footage(one_person_fps4):
+    """The same bound on a real clip's faces and tracks (the old grouping had 2 of 139 faces out of reach)."""
+    w = open_workspace(one_person_fps4)
+    faces = read_table(w)
+    emb = np.asarray(read_embeddings(w, len(faces)))
+    faces = faces.assign(is_target=True, track_id=identify.link_tracks(faces, emb))
+    res = do_curate(faces, 20, emb=emb)
+    assert res.summary["near_duplicates_removed"] >= 20
+    out = members_out_of_reach(faces, res.columns["dup_group"])
+    assert out.empty, out[["face_id", "leader", "distance", "appearance_distance"]]
 
 
 def test_faces_without_a_pose_are_curated_quietly(two_people):
@@ -298,6 +443,6 @@ def test_identity_threshold_calibration_on_labelled_photos():
     sims = emb @ emb.T
     iu = np.triu_indices(len(ids), 1)
     same = (ids[:, None] == ids[None])[iu]
-    thr = identify.THRESHOLDS["mobilefacenet_128.onnx"]
+    thr = recognisers.TABLE["mobilefacenet_128.onnx"].same_person
     assert (sims[iu][same] >= thr).mean() == 1.0
     assert (sims[iu][~same] >= thr).mean() <= 0.01
