@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import queue
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,15 +206,37 @@ def _av_reason(e: Exception) -> str:
 
 
 def luma_thumb(frame, target: int = 96) -> np.ndarray:
-    """A ~target-px wide greyscale thumbnail, straight from the decoder's luma plane when possible."""
+    """A ~target-px wide greyscale thumbnail in 8-bit grey levels, straight from the decoder's luma plane when
+    possible (planar and semi-planar YUV and grey formats, any bit depth)."""
+    step = max(1, frame.width // target)
+    y = luma_plane(frame)
+    if y is None:
+        return frame.to_ndarray(format="gray")[::step, ::step].astype(np.float32)
+    thumb = y[::step, ::step].astype(np.float32)
+    return thumb * _luma_scale(frame.format) if y.dtype != np.uint8 else thumb
+
+
+def luma_plane(frame) -> np.ndarray | None:
+    """The luma plane as stored (uint8, or uint16 for 9-16 bit formats: HDR phone video is `yuv420p10le`, hardware
+    decoders give `p010le`), without a copy; None for packed and RGB formats."""
+    fmt = frame.format
+    luma = fmt.components[0]
+    if fmt.is_rgb or fmt.is_bayer or fmt.has_palette or not luma.is_luma or luma.plane != 0 \
+            or not (fmt.is_planar or len(fmt.components) == 1):
+        return None
+    plane = frame.planes[0]
     w, h = frame.width, frame.height
-    step = max(1, w // target)
-    if frame.format.name.startswith(("yuv", "yuvj", "nv12", "nv21")):
-        plane = frame.planes[0]
-        y = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:h, :w]
-    else:
-        y = frame.to_ndarray(format="gray")
-    return y[::step, ::step].astype(np.float32)
+    if luma.bits <= 8:
+        return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:h, :w]
+    dtype = np.dtype(">u2" if fmt.is_big_endian else "<u2")
+    return np.frombuffer(plane, dtype).reshape(-1, plane.line_size // 2)[:h, :w]
+
+
+def _luma_scale(fmt) -> float:
+    """Factor from stored high-bit-depth luma to 8-bit grey levels. Most formats keep the value in the low bits
+    (`yuv420p10le`: 0-1023); P010-style formats (`p010le`, `p210le`, `...msb`) keep it in the high bits of 16."""
+    msb = re.fullmatch(r"p[024]\d\d(le|be)", fmt.name) or "msb" in fmt.name
+    return 1.0 / 256.0 if msb else 1.0 / (1 << (fmt.components[0].bits - 8))
 
 
 def change(a: np.ndarray, b: np.ndarray) -> float:
