@@ -137,9 +137,12 @@ class VideoInfo:
 class SamplerState:
     """What frame selection depends on; reconstructible on resume by decoding up to `last_analysed`."""
 
-    next_due: float = 0.0
+    next_due: float = 0.0  # on the clock: presentation time, plus `offset` after a jump back
     last_thumb: np.ndarray | None = None
     last_index: int = -1  # the last frame chosen for analysis
+    offset: float = 0.0  # added to presentation times since they jumped back (a spliced stream), so the clock runs on
+    step: float = 0.0  # the last forward step between two frames' times: the clock's step across a jump back
+    last_t: float | None = None  # the previous decoded frame's presentation time
 
 
 @dataclass
@@ -269,10 +272,14 @@ def sample_video(
     """Decode `path` front to back and yield the frames worth analysing.
 
     A frame is *due* once per 1/fps seconds of presentation time (or every
-    `every`-th frame). A due frame whose thumbnail differs from the last
-    analysed one by less than `static_threshold` grey levels on average in
-    every block of an 8x8 grid is a near-duplicate (paused video, a slide, a
-    frozen shot) and is skipped before any network runs.
+    `every`-th frame), so variable-frame-rate video is sampled by time, not
+    by frame count. Where timestamps jump back (spliced streams that restart
+    their clock) the clock runs on from the frame before, one frame step
+    later, instead of waiting for the old time to come round again. A due
+    frame whose thumbnail differs from the last analysed one by less than
+    `static_threshold` grey levels on average in every block of an 8x8 grid is
+    a near-duplicate (paused video, a slide, a frozen shot) and is skipped
+    before any network runs.
 
     With `motion_threshold` > 0, a frame that is not due is also chosen when
     the picture changed by more than that since the last chosen frame (same
@@ -298,10 +305,11 @@ def sample_video(
             index += 1
             stats.decoded += 1
             t = frame_time(frame, index, info.fps)
+            clock = _tick(state, t, 1.0 / info.fps if info.fps else 0.0)
             if every:
                 due = index % every == 0
             else:
-                due = t + 1e-6 >= state.next_due
+                due = clock + 1e-6 >= state.next_due
             reason = "due"
             thumb = None
             if not due and motion_threshold > 0 and state.last_thumb is not None \
@@ -314,7 +322,7 @@ def sample_video(
                     pending = _keep(pending, PendingFrame(index, t, frame), keep_between)
                 continue
             if due and period:
-                state.next_due = (math.floor(t / period + 1e-6) + 1) * period
+                state.next_due = (math.floor(clock / period + 1e-6) + 1) * period
             thumb = thumb if thumb is not None else luma_thumb(frame)
             if due and state.last_thumb is not None and state.last_thumb.shape == thumb.shape:
                 if change(thumb, state.last_thumb) < static_threshold:
@@ -334,6 +342,23 @@ def sample_video(
             yield SampledFrame(index, t, to_bgr(frame), reason, between)
     finally:
         container.close()
+
+
+def _tick(state: SamplerState, t: float, default_step: float) -> float:
+    """Advance the sampler's clock to a frame shown at `t` seconds and return the clock's time for it.
+
+    Presentation time, except after a jump back: a spliced stream (two
+    recordings joined, an MPEG-TS whose second part restarts its timestamps)
+    would otherwise stall the clock until the old time came round again and
+    skip the second part.
+    """
+    if state.last_t is not None:
+        if t < state.last_t:
+            state.offset += state.last_t - t + (state.step or default_step)
+        elif t > state.last_t:
+            state.step = t - state.last_t
+    state.last_t = t
+    return t + state.offset
 
 
 def _keep(pending: list, frame: PendingFrame, keep: int) -> list:

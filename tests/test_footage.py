@@ -22,8 +22,9 @@ from curator.workspace import open_workspace, read_table
 
 def reencode(src: Path, dst: Path, codec: str, pix_fmt: str, options: dict | None = None, *,
              container: str | None = None, times: list[float] | None = None) -> None:
-    """Decode `src` and encode every frame again with `codec` in `pix_fmt`, keeping the source's timestamps, or
-    showing frame i at `times[i]` seconds (then only len(times) frames are written)."""
+    """Decode `src` and encode it again with `codec` in `pix_fmt`, keeping the source's timestamps; or, with
+    `times`, a clip whose frame i is shown at `times[i]` seconds and shows the source's picture at that time
+    (what a camera that changes its frame rate records)."""
     with av.open(str(src)) as inp, av.open(str(dst), "w", format=container) as out:
         ins = inp.streams.video[0]
         stream = out.add_stream(codec, rate=ins.average_rate or 25)
@@ -31,16 +32,28 @@ def reencode(src: Path, dst: Path, codec: str, pix_fmt: str, options: dict | Non
         time_base = Fraction(1, 1000) if times else ins.time_base
         stream.time_base = stream.codec_context.time_base = time_base
         stream.options = options or {}
-        for i, frame in enumerate(inp.decode(ins)):
-            if times is not None and i >= len(times):
-                break
+        frames = inp.decode(ins)
+        if times is None:
+            shots = ((frame, frame.pts) for frame in frames)
+        else:
+            shots = zip(_shown_at(frames, times), (round(t * 1000) for t in times))
+        for frame, pts in shots:
             new = frame.reformat(format=pix_fmt)
-            new.pts = round(times[i] * 1000) if times else frame.pts
-            new.time_base = time_base
+            new.pts, new.time_base = pts, time_base
             for packet in stream.encode(new):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+
+
+def _shown_at(frames, times: list[float]):
+    """For each of `times`, the source frame on screen then: the last one that starts at or before it."""
+    frames = iter(frames)
+    current, upcoming = next(frames), next(frames, None)
+    for t in times:
+        while upcoming is not None and upcoming.time <= t + 1e-6:
+            current, upcoming = upcoming, next(frames, None)
+        yield current
 
 
 def first_frame(path: Path):
@@ -105,3 +118,56 @@ def test_10bit_hevc_gives_the_faces_of_its_8bit_encode(tmp_path):
     for angle in ("yaw", "pitch", "roll"):
         diff = np.abs(a[angle] - b[angle])
         assert diff.max() <= 2.5 and diff.median() <= 0.5, angle
+
+
+# --- variable frame rate, timestamps that jump back -------------------------------
+
+def test_variable_frame_rate_is_sampled_by_presentation_time(tmp_path):
+    """Phone video changes its frame rate with the light. A clip made of 1.5 s at 60 fps, 6 s of frames shown
+    0.75 s each, then 1.5 s at 30 fps: the --fps 2 clock follows presentation time, so each stretch gets its
+    seconds x 2 frames (a clock counting frames at the average rate would take 10 from the fast stretch and 1
+    from the slow one), every frame shown longer than the period is analysed once and none twice, and time_s
+    is the time the file shows the frame."""
+    times = [i / 60 for i in range(90)] + [1.5 + 0.75 * i for i in range(8)] + [7.5 + i / 30 for i in range(45)]
+    path = tmp_path / "vfr.mp4"
+    reencode(clip("driving_d9.mp4"), path, "libx264", "yuv420p", times=times)
+    with av.open(str(path)) as c:
+        shown = [round(float(f.time), 3) for f in c.decode(video=0)]
+    assert shown == [round(t, 3) for t in times]
+
+    out = curator_json("extract", path, "-w", tmp_path / "ws", "-q", "--no-pose-fill")
+    assert out["frames_decoded"] == len(times) and out["frames_skipped_static"] == 0
+    t = analysed(tmp_path / "ws").drop_duplicates("frame")
+    assert set(t["sampled"]) == {"due"}
+    np.testing.assert_allclose(t["time_s"], [times[f] for f in t["frame"]], atol=1e-3)
+    fast, slow, normal = t[t["frame"] < 90], t[(t["frame"] >= 90) & (t["frame"] < 98)], t[t["frame"] >= 98]
+    assert list(fast["frame"]) == [0, 30, 60]
+    assert list(slow["frame"]) == list(range(90, 98))
+    assert len(normal) == 3
+    assert np.diff(t["time_s"]).min() >= 0.5 - 1e-3  # never two frames in one period
+
+
+def test_spliced_stream_whose_timestamps_restart_is_sampled_in_both_parts(tmp_path):
+    """Two recordings joined into one MPEG-TS (byte concatenation, as capture tools and `cat` make them): the
+    second part's timestamps start again near 0, and its frames are larger. The clock runs on across the jump
+    back, so the second part is sampled like the first instead of waiting for the first part's times to come
+    round again (which skipped all of it); frame numbers keep counting, so face ids stay distinct."""
+    parts = [tmp_path / "a.ts", tmp_path / "b.ts"]
+    reencode(clip("driving_d5.mp4"), parts[0], "libx264", "yuv420p", container="mpegts")
+    reencode(clip("face_5.mp4"), parts[1], "libx264", "yuv420p", container="mpegts")
+    spliced = tmp_path / "spliced.ts"
+    spliced.write_bytes(parts[0].read_bytes() + parts[1].read_bytes())
+    with av.open(str(spliced)) as c:
+        shown = [(float(f.time), f.width) for f in c.decode(video=0)]
+    first = next(i for i in range(1, len(shown)) if shown[i][0] < shown[i - 1][0])
+    assert shown[first][0] < 0.5 < shown[first - 1][0] - 4 and shown[first][1] != shown[0][1]
+
+    out = curator_json("extract", spliced, "-w", tmp_path / "ws", "-q", "--no-pose-fill")
+    assert out["frames_decoded"] == len(shown)
+    t = analysed(tmp_path / "ws")
+    one, two = t[t["frame"] < first], t[t["frame"] >= first]
+    seconds = [shown[first - 1][0] - shown[0][0], shown[-1][0] - shown[first][0]]
+    for part, length in ((one, seconds[0]), (two, seconds[1])):
+        assert abs(part["frame"].nunique() - 2 * length) <= 2, (part["frame"].nunique(), length)
+    assert set(two["frame_w"]) == {shown[first][1]} and t["face_id"].is_unique
+    assert two["frame"].min() == first  # the clock's next tick falls on the first frame after the splice
