@@ -203,7 +203,7 @@ def extract(
                     summary.resumed_files += 1
                 try:
                     _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, n_workers,
-                             batch=summary.batch, times=times)
+                             batch=summary.batch, times=times, resume_at=progress.get(sha, {}).get("resume"))
                 except media.MediaError as e:
                     _problem(summary, report, str(item.path), str(e))
                     writer.fail(sha, record, str(e))
@@ -356,8 +356,13 @@ def _process_images(entries, fm, settings, ws, writer, summary, report, on_progr
 
 
 def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, workers=1, *,
-             batch: int = 1, times: StageTimes | None = None) -> None:
-    """One video: sample, analyse (`batch` frames per model call, `workers` calls at a time), back-fill, stage."""
+             batch: int = 1, times: StageTimes | None = None, resume_at: dict | None = None) -> None:
+    """One video: sample, analyse (`batch` frames per model call, `workers` calls at a time), back-fill, stage.
+
+    A resumed run (`resume_after` >= 0) starts after frame `resume_after`;
+    `resume_at`, staged with it, lets the sampler seek there instead of
+    decoding the file from its start.
+    """
     times = times or StageTimes()
     advance = on_progress or (lambda n, desc: None)
     name = item.path.name
@@ -371,7 +376,7 @@ def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary,
     frames = media.sample_video(item.path, fps=settings.fps, every=settings.every,
                                 static_threshold=settings.static_threshold, motion_threshold=settings.motion_threshold,
                                 keep_between=BACKFILL_KEEP if settings.backfill_bins > 0 else 0,
-                                resume_after=resume_after, stats=stats)
+                                resume_after=resume_after, resume_at=resume_at, stats=stats)
     # The last analysed frame's faces: a resumed run reads them back, so its back-fill matches an uninterrupted one.
     prev = _rows_at(ws, sha, resume_after) if resume_after >= 0 and settings.backfill_bins > 0 else []
     reported = 0
@@ -398,13 +403,14 @@ def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary,
             emb = np.concatenate([e for _, e in parts])
         summary.faces += len(rows)
         last = sf.index
-        writer.add(rows, emb, sha, record, last_frame=last, complete=False)
-        advance(stats.decoded - reported, name)
-        reported = stats.decoded
-    advance(stats.decoded - reported, name)
+        writer.add(rows, emb, sha, record, last_frame=last, complete=False,
+                   resume=sf.resume.as_dict() if sf.resume else None)
+        advance(stats.frames - reported, name)
+        reported = stats.frames
+    advance(max(0, stats.frames - reported), name)
     if stats.decoded == 0 and resume_after < 0:
         raise media.MediaError(stats.error or "no decodable video frames")
-    record["frames"] = max(stats.decoded, resume_after + 1)
+    record["frames"] = max(stats.frames, resume_after + 1)
     if stats.error:
         record["warning"] = stats.error
     summary.frames_decoded += stats.decoded

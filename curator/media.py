@@ -16,7 +16,8 @@ import os
 import queue
 import re
 import threading
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -135,7 +136,7 @@ class VideoInfo:
 
 @dataclass
 class SamplerState:
-    """What frame selection depends on; reconstructible on resume by decoding up to `last_analysed`."""
+    """What frame selection depends on. A resumed run restores it at the last analysed frame (`ResumePoint`)."""
 
     next_due: float = 0.0  # on the clock: presentation time, plus `offset` after a jump back
     last_thumb: np.ndarray | None = None
@@ -143,13 +144,35 @@ class SamplerState:
     offset: float = 0.0  # added to presentation times since they jumped back (a spliced stream), so the clock runs on
     step: float = 0.0  # the last forward step between two frames' times: the clock's step across a jump back
     last_t: float | None = None  # the previous decoded frame's presentation time
+    seekable: bool = True  # timestamps only rose so far: a timestamp names one frame, so resuming can seek to it
+
+
+@dataclass
+class ResumePoint:
+    """Where an earlier run stopped: its last analysed frame, and the sampler's state right after choosing it.
+
+    Staged with the progress (`curator.workspace.PartWriter.add(resume=...)`); a resumed run seeks to the keyframe
+    before `pts`, decodes up to the frame with that timestamp and, when its thumbnail's checksum matches, goes on
+    from there with frame `index + 1`, without decoding the file from its start.
+    """
+
+    index: int  # decode-order index of the last analysed frame
+    pts: int  # its presentation timestamp, in the stream's time base
+    next_due: float
+    step: float
+    thumb_crc: int  # zlib.crc32 of its luma thumbnail: the frame found after seeking must be this one
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
 class SampleStats:
-    decoded: int = 0
+    decoded: int = 0  # frames decoded by this run (a resumed run that seeks decodes fewer than the file has)
+    frames: int = 0  # frames in the file up to where decoding stopped: the last frame's index + 1
     analysed: int = 0
     skipped_static: int = 0
+    seeked: bool = False  # a resumed run started at the keyframe before its last analysed frame
     error: str | None = None  # set when decoding stopped early (truncated or corrupt stream)
     extra: dict = field(default_factory=dict)
 
@@ -173,6 +196,7 @@ class SampledFrame:
     image: np.ndarray  # BGR uint8
     reason: str = "due"  # "due" (the fps clock) or "motion" (large picture change since the last chosen frame)
     between: list[PendingFrame] = field(default_factory=list)  # decoded since the last chosen frame (keep_between)
+    resume: ResumePoint | None = None  # where a run stopped after this frame goes on; None: from the start
 
 
 def open_video(path: Path):
@@ -267,6 +291,7 @@ def sample_video(
     motion_gap: int = 2,
     keep_between: int = 0,
     resume_after: int = -1,
+    resume_at: dict | None = None,
     stats: SampleStats | None = None,
 ) -> Iterator[SampledFrame]:
     """Decode `path` front to back and yield the frames worth analysing.
@@ -288,22 +313,30 @@ def sample_video(
     `keep_between` > 0, each chosen frame carries the frames decoded since the
     previous chosen one (at most that many, evenly thinned), for pose back-fill.
 
-    Resuming: frames up to `resume_after` were handled by an earlier run; they
-    are decoded (no seeking) and run through the same selection, but not
-    yielded, so the frames chosen after a resume are exactly those an
+    Resuming: frames up to `resume_after` were handled by an earlier run. With
+    `resume_at` (that frame's `ResumePoint` as a dict) decoding seeks to the
+    keyframe before it and restores the sampler's state there; otherwise, or
+    when the frame is not found that way, the file is decoded from the start
+    and those frames run through the same selection without being yielded.
+    Either way the frames chosen after a resume are exactly those an
     uninterrupted run would choose.
     """
     stats = stats if stats is not None else SampleStats()
     container, stream = open_video(path)
     info = video_info(stream, container)
-    state = SamplerState()
     period = 1.0 / fps if (fps and not every) else None
-    index = -1
     pending: list[PendingFrame] = []
+    state, frames = None, None
     try:
-        for frame in _decode(container, stream, stats):
-            index += 1
-            stats.decoded += 1
+        if resume_at and resume_after >= 0:
+            state, frames = _seek_to(container, stream, ResumePoint(**resume_at), info.fps, stats)
+            if frames is None:  # not found by seeking: read from the start
+                container.close()
+                container, stream = open_video(path)
+        if frames is None:
+            state, frames = SamplerState(), enumerate(_decode(container, stream, stats))
+        for index, frame in frames:
+            stats.frames = index + 1
             t = frame_time(frame, index, info.fps)
             clock = _tick(state, t, 1.0 / info.fps if info.fps else 0.0)
             if every:
@@ -339,7 +372,10 @@ def sample_video(
             if reason == "motion":
                 stats.extra["motion"] = stats.extra.get("motion", 0) + 1
             between, pending = _thin(pending, keep_between), []
-            yield SampledFrame(index, t, to_bgr(frame), reason, between)
+            image = to_bgr(frame)
+            resume = (ResumePoint(index, frame.pts, state.next_due, state.step, zlib.crc32(thumb.tobytes()))
+                      if state.seekable and frame.pts is not None else None)
+            yield SampledFrame(index, t, image, reason, between, resume)
     finally:
         container.close()
 
@@ -355,10 +391,42 @@ def _tick(state: SamplerState, t: float, default_step: float) -> float:
     if state.last_t is not None:
         if t < state.last_t:
             state.offset += state.last_t - t + (state.step or default_step)
+            state.seekable = False  # a timestamp may now name two frames
         elif t > state.last_t:
             state.step = t - state.last_t
     state.last_t = t
     return t + state.offset
+
+
+def _seek_to(container, stream, point: ResumePoint, fps: float, stats: SampleStats):
+    """(sampler state, (index, frame) pairs after the resume point), decoding from the keyframe before it.
+
+    (None, None) when the frame is not found that way: a file without an
+    index or with timestamps that do not lead back to it, or a frame that
+    decodes differently after the seek; the caller then reads from the start.
+    """
+    import av
+
+    try:
+        container.seek(point.pts, stream=stream, backward=True, any_frame=False)
+    except (av.error.FFmpegError, OverflowError, ValueError):
+        return None, None
+    frames = _decode(container, stream, stats)
+    for frame in frames:
+        if frame.pts is None or frame.pts > point.pts:
+            break
+        if frame.pts < point.pts:
+            continue
+        thumb = luma_thumb(frame)
+        if zlib.crc32(thumb.tobytes()) != point.thumb_crc:
+            break
+        stats.seeked = True
+        stats.frames = point.index + 1
+        state = SamplerState(next_due=point.next_due, last_thumb=thumb, last_index=point.index, step=point.step,
+                             last_t=frame_time(frame, point.index, fps))
+        return state, enumerate(frames, start=point.index + 1)
+    stats.error = None
+    return None, None
 
 
 def _keep(pending: list, frame: PendingFrame, keep: int) -> list:
@@ -387,7 +455,9 @@ def _decode(container, stream, stats: SampleStats):
                 # A damaged packet in an otherwise good file: FFmpeg conceals it; we drop it.
                 stats.extra["bad_packets"] = stats.extra.get("bad_packets", 0) + 1
                 continue
-            yield from frames
+            for frame in frames:
+                stats.decoded += 1
+                yield frame
     except av.error.FFmpegError as e:
         stats.error = f"decoding stopped after {stats.decoded} frames ({_av_reason(e)})"
 

@@ -326,16 +326,20 @@ class PartWriter:
         existing = sorted(ws.staging_dir.glob("part-*.parquet"))
         self.seq = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
 
-    def add(self, rows, emb, sha, record, *, last_frame: int, complete: bool) -> None:
+    def add(self, rows, emb, sha, record, *, last_frame: int, complete: bool, resume: dict | None = None) -> None:
+        """Stage `rows` of source `sha`, analysed up to `last_frame`; `resume` is what a resumed run needs to seek
+        there (`curator.media.ResumePoint`), None when it must decode the source from its start."""
         self.rows.extend(rows)
         if emb is not None and len(emb):
             self.embs.append(emb)
-        self.progress[sha] = {**record, "last_frame": int(last_frame), "complete": complete, "status": "complete" if complete else "partial"}
+        self.progress[sha] = {**record, "last_frame": int(last_frame), "resume": None if complete else resume,
+                              "complete": complete, "status": "complete" if complete else "partial"}
         self.frames += 1
         self.flush()
 
     def fail(self, sha, record, reason) -> None:
-        self.progress[sha] = {**record, "last_frame": -1, "complete": False, "status": "failed", "error": reason}
+        self.progress[sha] = {**record, "last_frame": -1, "resume": None, "complete": False, "status": "failed",
+                              "error": reason}
         self.flush(force=True)
 
     def flush(self, force: bool = False) -> None:
@@ -364,7 +368,8 @@ def part_progress(path: Path) -> dict:
 
 
 def staged_progress(ws: Workspace) -> dict[str, dict]:
-    """Per source sha: the furthest frame staged and whether the source is finished."""
+    """Per source sha: the furthest frame staged (`last_frame`, and `resume`: where to seek to go on after it)
+    and whether the source is finished."""
     merged: dict[str, dict] = {}
     for part in sorted(ws.staging_dir.glob("part-*.parquet")):
         for sha, rec in part_progress(part).items():
@@ -409,7 +414,7 @@ def commit_staging(ws: Workspace) -> int:
         meta["embeddings"]["dim"] = int(all_emb.shape[1])
     counts = table.groupby("source_sha256").size().to_dict() if len(table) else {}
     for sha, rec in progress.items():
-        entry = {k: v for k, v in rec.items() if k not in ("complete", "last_frame")}
+        entry = {k: v for k, v in rec.items() if k not in ("complete", "last_frame", "resume")}
         if not rec.get("complete"):
             if rec.get("status") == "failed" and meta["sources"].get(sha, {}).get("status") == "complete":
                 continue

@@ -30,6 +30,20 @@ IMAGES = TESTDATA / "images"
 os.environ["CURATOR_MODELS"] = str(PACK)
 
 
+def _bench_common():
+    """bench/common.py (bench/ holds scripts, not a package): its footage helpers serve the tests too."""
+    import importlib.util
+
+    if "bench_common" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_common", ROOT / "bench" / "common.py")
+        sys.modules["bench_common"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["bench_common"])
+    return sys.modules["bench_common"]
+
+
+loop_video = _bench_common().loop_video  # a clip remuxed N times back to back: long footage in seconds
+
+
 def clip(name: str) -> Path:
     matches = sorted(VIDEOS.rglob(name))
     if not matches:

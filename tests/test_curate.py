@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import IMAGES, PACK, clip, curator, curator_json, one_line_error
+from conftest import IMAGES, PACK, clip, curator, curator_json, loop_video, one_line_error
 from curator import faces, identify, media, recognisers
 from curator.curate import curate as do_curate
 from curator.workspace import open_workspace, read_embeddings, read_table, update_columns
@@ -26,23 +26,6 @@ def save_frame(video: Path, index: int, out: Path) -> Path:
             cv2.imwrite(str(out), sf.image)
             return out
     raise AssertionError(f"{video} has no frame {index}")
-
-
-def loop_video(src: Path, dst: Path, times: int) -> None:
-    """Remux (no re-encode) a clip `times` times back to back: every loop decodes to the same pixels."""
-    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
-        ins = inp.streams.video[0]
-        outs = out.add_stream_from_template(ins)
-        packets = [p for p in inp.demux(ins) if p.dts is not None]
-        step = max(p.pts + (p.duration or 0) for p in packets if p.pts is not None) - min(p.pts for p in packets)
-        for k in range(times):
-            for p in packets:
-                p2 = av.Packet(bytes(p))
-                p2.pts, p2.dts, p2.duration = p.pts + k * step, p.dts + k * step, p.duration
-                p2.is_keyframe = p.is_keyframe
-                p2.stream = outs
-                p2.time_base = ins.time_base
-                out.mux(p2)
 
 
 def mirror_video(src: Path, dst: Path) -> None:

@@ -8,6 +8,11 @@ each one checks and the figures measured on such files.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,9 +20,10 @@ import av
 import numpy as np
 import pandas as pd
 
-from conftest import clip, curator_json
+from conftest import clip, curator_json, loop_video
 from curator import media
-from curator.workspace import open_workspace, read_table
+from curator.extract import BACKFILL_KEEP
+from curator.workspace import open_workspace, read_embeddings, read_table, staged_progress
 
 
 def reencode(src: Path, dst: Path, codec: str, pix_fmt: str, options: dict | None = None, *,
@@ -171,3 +177,84 @@ def test_spliced_stream_whose_timestamps_restart_is_sampled_in_both_parts(tmp_pa
         assert abs(part["frame"].nunique() - 2 * length) <= 2, (part["frame"].nunique(), length)
     assert set(two["frame_w"]) == {shown[first][1]} and t["face_id"].is_unique
     assert two["frame"].min() == first  # the clock's next tick falls on the first frame after the splice
+    # A timestamp after the splice may name two frames: a run stopped there resumes from the start, not by seeking.
+    points = {sf.index: sf.resume for sf in media.sample_video(spliced, fps=2)}
+    assert all(points[i] is not None for i in points if i < first)
+    assert all(points[i] is None for i in points if i >= first)
+
+
+# --- long files: resume seeks -----------------------------------------------------
+
+POSE_FILL = {"fps": 2.0, "motion_threshold": 50.0, "keep_between": BACKFILL_KEEP}  # extract's defaults
+
+
+def chosen(path: Path, **kw) -> list[tuple]:
+    return [(sf.index, sf.reason, [pf.index for pf in sf.between]) for sf in media.sample_video(path, **POSE_FILL, **kw)]
+
+
+def test_sampler_resumes_by_seeking_to_the_same_frames():
+    """From any analysed frame of a clip with a keyframe every 250 frames, a resumed sampler seeks to the keyframe
+    before it, finds the frame by its timestamp and thumbnail, and chooses exactly the frames (and back-fill
+    candidates) an uninterrupted run chooses after it, decoding only from that keyframe. A resume point that
+    does not match the file (here a wrong thumbnail checksum) falls back to decoding from the start, with the
+    same result."""
+    path = clip("driving_d6.mp4")
+    full = list(media.sample_video(path, **POSE_FILL))
+    frames = 1008
+    listed = [(sf.index, sf.reason, [pf.index for pf in sf.between]) for sf in full]
+    for k in (len(full) // 3, 2 * len(full) // 3, len(full) - 3):
+        index, point = full[k].index, full[k].resume
+        assert point is not None and point.index == index
+        stats = media.SampleStats()
+        assert chosen(path, resume_after=index, resume_at=point.as_dict(), stats=stats) == listed[k + 1:]
+        assert stats.seeked and stats.frames == frames
+        assert stats.decoded == frames - index // 250 * 250, (index, stats.decoded)
+    index, point = full[len(full) // 2].index, full[len(full) // 2].resume
+    stats = media.SampleStats()
+    wrong = {**point.as_dict(), "thumb_crc": point.thumb_crc ^ 1}
+    assert chosen(path, resume_after=index, resume_at=wrong, stats=stats) == listed[len(full) // 2 + 1:]
+    assert not stats.seeked and stats.decoded > frames
+
+
+def _table(ws: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    w = open_workspace(ws)
+    table = read_table(w)
+    order = np.argsort(table["face_id"].to_numpy())
+    return table.iloc[order].reset_index(drop=True), read_embeddings(w, len(table))[order]
+
+
+def test_resume_on_a_long_file_seeks_instead_of_decoding_from_the_start(tmp_path):
+    """A clip looped 8 times (1184 frames, a keyframe every 148) is extracted, killed past its middle, and
+    extracted again: the resumed run decodes only from the keyframe before the last staged frame (summary's
+    frames_decoded), and the table and embeddings are those of an uninterrupted run."""
+    long = tmp_path / "long.mp4"
+    loop_video(clip("driving_d5.mp4"), long, 8)
+    frames, gop = 8 * 148, 148
+    reference = tmp_path / "reference"
+    assert curator_json("extract", long, "-w", reference, "-q")["frames_decoded"] == frames
+
+    ws = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "curator", "extract", str(long), "-w", str(ws), "-q", "--checkpoint-every", "4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, stopped_at = time.monotonic() + 120, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ws.joinpath("workspace.json").exists():
+            progress = [p for p in staged_progress(open_workspace(ws)).values() if not p["complete"]]
+            if progress and progress[0]["last_frame"] >= frames // 2:
+                os.killpg(proc.pid, signal.SIGKILL)
+                stopped_at = progress[0]
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert stopped_at is not None, "the run finished before it could be killed past its middle"
+    assert stopped_at["resume"]["index"] == stopped_at["last_frame"]
+
+    resumed = curator_json("extract", long, "-w", ws, "-q")
+    assert resumed["resumed_files"] == 1
+    # The staged point may have moved on between the check and the kill: the bound only gets looser.
+    assert resumed["frames_decoded"] <= frames - stopped_at["last_frame"] + gop
+    a, ea = _table(reference)
+    b, eb = _table(ws)
+    pd.testing.assert_frame_equal(a.drop(columns=["source"]), b.drop(columns=["source"]), check_exact=False, rtol=1e-6)
+    np.testing.assert_allclose(ea, eb, atol=1e-6)
+    assert (a["sampled"] == "backfill").any() or (a["sampled"] == "motion").any()
