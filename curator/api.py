@@ -98,7 +98,7 @@ def extract(footage: PathLike | Sequence[PathLike], workspace: PathLike, *, mode
             det_size: int | None = None, det_thresh: float | None = None, checkpoint_every: int | None = None,
             pose_fill: bool | None = None, landmarks: str | None = None, consent: str | None = None,
             runtime: str = "auto", device: str = "auto", batch: int | None = None, workers: int | None = None,
-            on_problem: Problem | None = None, on_progress: Progress | None = None,
+            frame_memory: int | None = None, on_problem: Problem | None = None, on_progress: Progress | None = None,
             on_total: Total | None = None) -> dict:
     """Find, align and describe every face in FOOTAGE (videos, photos, folders) into WORKSPACE (created if needed).
 
@@ -125,7 +125,8 @@ def extract(footage: PathLike | Sequence[PathLike], workspace: PathLike, *, mode
     if rt.device == "cuda" and fps is None and every is None:
         every = 1  # a GPU analyses every frame: no pose is missed between sampled frames
     settings, explicit = extract_settings(fps=fps, every=every, size=size, det_size=det_size, det_thresh=det_thresh,
-                                          checkpoint_every=checkpoint_every, pose_fill=pose_fill, landmarks=landmarks)
+                                          checkpoint_every=checkpoint_every, pose_fill=pose_fill, landmarks=landmarks,
+                                          frame_memory=frame_memory)
     ws = open_workspace(workspace, create=True)
     with locked(ws, "curator extract"):
         summary = extract_footage(ws, footage, settings=settings, explicit=explicit, models=models, consent=consent,

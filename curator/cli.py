@@ -136,6 +136,7 @@ def extract(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda. On a GPU every frame is analysed unless --fps or --every says otherwise."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Frames per detector call; speed only, the table is the same within float tolerances [default: 1 on a CPU, 32 on a GPU]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Model calls at once; speed only, the table is the same [default: one per core, at most 4]."),
+    frame_memory: Optional[int] = typer.Option(None, "--frame-memory", help="MiB of decoded frames held at once for pose fill and read-ahead; 4K keeps fewer frames for pose fill [default: 1024]."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -170,7 +171,8 @@ def extract(
             s = api.extract(footage, workspace, models=models, fps=fps, every=every, size=size, det_size=det_size,
                             det_thresh=det_thresh, checkpoint_every=checkpoint_every, pose_fill=pose_fill,
                             landmarks=landmarks, consent=consent, runtime=runtime, device=device, batch=batch,
-                            workers=workers, on_problem=problem, on_progress=advance, on_total=set_total)
+                            workers=workers, frame_memory=frame_memory, on_problem=problem, on_progress=advance,
+                            on_total=set_total)
     emit(as_json, s,
          f"{s['new_files']} new file(s), {s['already_in_workspace']} already in workspace, {s['failed']} problem(s); "
          f"{s['frames_decoded']} frames decoded, {s['frames_analysed']} analysed ({s['frames_motion']} for picture "

@@ -61,6 +61,9 @@ class ExtractSettings:
     # 68-point landmarks: "auto" (the pack's 3D-68 model if it has one, else none), "dlib" or "none";
     # workspace.json records what auto resolved to ("3d68" or "none"), and a workspace keeps one method.
     landmarks: str = "auto"
+    # Decoded frames held at once for pose back-fill and read-ahead, in MiB (media.hold_plan): below 4K all 16 frames
+    # a stretch are kept under the default; 4K keeps 7 (12 MB a frame), 10-bit 4K 3.
+    frame_memory_mb: int = 1024
     jpeg_quality: int = 95
     checkpoint_frames: int = 200
     checkpoint_seconds: float = 60.0
@@ -80,6 +83,7 @@ class ExtractSummary:
     frames_decoded: int = 0
     frames_analysed: int = 0
     frames_skipped_static: int = 0
+    frames_held_peak_mb: float = 0.0  # the most decoded frames and images held at once, in MiB (frame_memory_mb bounds it)
     frames_motion: int = 0  # of frames_analysed: chosen for a large picture change
     frames_backfilled: int = 0  # of frames_analysed: chosen to fill a pose jump between two analysed frames
     faces: int = 0
@@ -100,17 +104,18 @@ Reporter = Callable[[str, str], None]  # (path, reason)
 def extract_settings(*, fps: float | None = None, every: int | None = None, size: int | None = None,
                      det_size: int | None = None, det_thresh: float | None = None,
                      checkpoint_every: int | None = None, pose_fill: bool | None = None,
-                     landmarks: str | None = None) -> tuple[ExtractSettings, set[str]]:
+                     landmarks: str | None = None, frame_memory: int | None = None) -> tuple[ExtractSettings, set[str]]:
     """The settings for the options a user gave (None: not given), and the names of those given on purpose.
 
     Options not given are taken from the workspace when it has them (see
     `extract`), so re-running with fewer options continues the same way.
     """
     given = {"fps": fps, "every": every, "size": size, "det_size": det_size, "det_thresh": det_thresh,
-             "checkpoint_frames": checkpoint_every}
+             "checkpoint_frames": checkpoint_every, "frame_memory_mb": frame_memory}
+    options = {"checkpoint_frames": "checkpoint-every", "frame_memory_mb": "frame-memory"}
     for name, value in given.items():
         if value is not None and value <= 0:
-            option = "checkpoint-every" if name == "checkpoint_frames" else name.replace("_", "-")
+            option = options.get(name, name.replace("_", "-"))
             raise UsageError(f"--{option} must be positive")
     if landmarks is not None and landmarks not in faces.LANDMARK_OPTIONS:
         raise UsageError(f"--landmarks must be one of {', '.join(faces.LANDMARK_OPTIONS)}, not {landmarks!r}")
@@ -217,7 +222,8 @@ def extract(
             meta["models"] = fm.describe()
             meta["embeddings"]["dim"] = fm.embedding_dim
         meta["settings"] = {k: getattr(settings, k) for k in ("size", "margin", "det_size", "det_thresh", "static_threshold",
-                                                              "motion_threshold", "backfill_bins", "landmarks")}
+                                                              "motion_threshold", "backfill_bins", "landmarks",
+                                                              "frame_memory_mb")}
         if consent:
             meta["consent"].append({"text": consent, "recorded": now(), "sources": [s for _, s, _ in todo]})
         write_meta(ws, meta)
@@ -373,10 +379,12 @@ def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary,
     container.close()
     record.update({"width": info.width, "height": info.height, "fps": info.fps, "codec": info.codec,
                    "duration_s": round(info.duration_s, 3)})
+    backfills = settings.backfill_bins > 0 and settings.every != 1  # analysing every frame leaves none between
+    plan = media.hold_plan(settings.frame_memory_mb << 20, info, workers=workers, batch=batch,
+                           keep_max=BACKFILL_KEEP if backfills else 0)
     frames = media.sample_video(item.path, fps=settings.fps, every=settings.every,
                                 static_threshold=settings.static_threshold, motion_threshold=settings.motion_threshold,
-                                keep_between=BACKFILL_KEEP if settings.backfill_bins > 0 else 0,
-                                resume_after=resume_after, resume_at=resume_at, stats=stats)
+                                keep_between=plan.keep, resume_after=resume_after, resume_at=resume_at, stats=stats)
     # The last analysed frame's faces: a resumed run reads them back, so its back-fill matches an uninterrupted one.
     prev = _rows_at(ws, sha, resume_after) if resume_after >= 0 and settings.backfill_bins > 0 else []
     reported = 0
@@ -393,7 +401,7 @@ def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary,
     # in frame order, so the table does not depend on the number of workers.
     # Back-fill needs two neighbours' results; it runs here, while the
     # workers go on with the next frames.
-    for sf, (rows, emb) in _analysed(timed(frames, times, "decode"), analyse_batch, workers, batch):
+    for sf, (rows, emb) in _analysed(timed(frames, times, "decode"), analyse_batch, plan.workers, plan.batch, plan.ahead):
         filled = backfill(prev, rows, sf.between, analyse, settings.backfill_bins) if settings.backfill_bins > 0 else []
         prev = rows
         summary.frames_backfilled += len(filled)
@@ -417,15 +425,16 @@ def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary,
     summary.frames_analysed += stats.analysed + summary.frames_backfilled - backfilled_before
     summary.frames_motion += stats.extra.get("motion", 0)
     summary.frames_skipped_static += stats.skipped_static
+    summary.frames_held_peak_mb = max(summary.frames_held_peak_mb, round(stats.held.peak / 2**20, 1))
     writer.add([], None, sha, record, last_frame=max(last, record["frames"] - 1), complete=True)
 
 
-def _in_order(items: Iterable, fn: Callable, workers: int) -> Iterator[tuple]:
+def _in_order(items: Iterable, fn: Callable, workers: int, depth: int = 2) -> Iterator[tuple]:
     """(item, fn(item)) for each item, in order, with up to `workers` calls running at once.
 
-    Items come through `prefetch`, so the decoder runs ahead in its own thread.
+    Items come through `prefetch`, so the decoder runs up to `depth` items ahead in its own thread.
     """
-    source = media.prefetch(items, depth=2)
+    source = media.prefetch(items, depth=depth)
     if workers <= 1:
         for item in source:
             yield item, fn(item)
@@ -451,10 +460,10 @@ def _in_order(items: Iterable, fn: Callable, workers: int) -> Iterator[tuple]:
         source.close()
 
 
-def _analysed(frames: Iterable, analyse_batch: Callable, workers: int, batch: int) -> Iterator[tuple]:
+def _analysed(frames: Iterable, analyse_batch: Callable, workers: int, batch: int, ahead: int = 2) -> Iterator[tuple]:
     """(sampled frame, its (rows, embeddings)) in frame order: up to `batch` consecutive frames of one size per
-    model call, `workers` calls at once."""
-    for group, results in _in_order(_batches(frames, batch), analyse_batch, workers):
+    model call, `workers` calls at once, `ahead` batches decoded ahead."""
+    for group, results in _in_order(_batches(frames, batch), analyse_batch, workers, ahead):
         yield from zip(group, results)
 
 
@@ -487,7 +496,7 @@ def timed(items: Iterable, times: StageTimes, stage: str) -> Iterator:
 
 GPU_BATCH = 32  # frames per detector call on a GPU (docs/benchmarks.md, "Extract on a GPU")
 BATCH_BYTES = 256 << 20  # and at most this many bytes of frames per call: 32 frames of 1080p, 7 of 4K
-BACKFILL_KEEP = 16  # decoded frames kept between two analysed ones (12 at 25 fps and the default 2 fps)
+BACKFILL_KEEP = 16  # decoded frames kept between two analysed ones (12 at 25 fps and 2 fps); fewer at 4K (hold_plan)
 
 
 def backfill(a_rows: list[dict], b_rows: list[dict], between: list, analyse, bins: int) -> list[tuple[list, np.ndarray]]:

@@ -16,6 +16,7 @@ import os
 import queue
 import re
 import threading
+import weakref
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,6 +133,7 @@ class VideoInfo:
     frames: int  # container's estimate; 0 when unknown
     duration_s: float
     codec: str
+    pix_fmt: str = "yuv420p"  # the decoder's pixel format (yuv420p10le for 10-bit video)
 
 
 @dataclass
@@ -166,6 +168,26 @@ class ResumePoint:
         return asdict(self)
 
 
+class HeldBytes:
+    """Bytes of decoded frames and images alive in the pipeline (each counted until it is freed), and the peak."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def add(self, obj, nbytes: int):
+        with self._lock:
+            self.now += nbytes
+            self.peak = max(self.peak, self.now)
+        weakref.finalize(obj, self._release, nbytes)
+        return obj
+
+    def _release(self, nbytes: int) -> None:
+        with self._lock:
+            self.now -= nbytes
+
+
 @dataclass
 class SampleStats:
     decoded: int = 0  # frames decoded by this run (a resumed run that seeks decodes fewer than the file has)
@@ -174,6 +196,7 @@ class SampleStats:
     skipped_static: int = 0
     seeked: bool = False  # a resumed run started at the keyframe before its last analysed frame
     error: str | None = None  # set when decoding stopped early (truncated or corrupt stream)
+    held: HeldBytes = field(default_factory=HeldBytes)
     extra: dict = field(default_factory=dict)
 
 
@@ -184,9 +207,11 @@ class PendingFrame:
     index: int
     time_s: float
     frame: object  # av.VideoFrame; converted only if used
+    held: HeldBytes | None = None  # counts the image made from it
 
     def image(self) -> np.ndarray:
-        return to_bgr(self.frame)
+        image = to_bgr(self.frame)
+        return self.held.add(image, image.nbytes) if self.held else image
 
 
 @dataclass
@@ -224,7 +249,8 @@ def video_info(stream, container) -> VideoInfo:
     elif container.duration:
         duration = container.duration / 1e6
     frames = int(stream.frames or (duration * fps if fps else 0))
-    return VideoInfo(stream.codec_context.width, stream.codec_context.height, fps, frames, duration, stream.codec_context.name)
+    cc = stream.codec_context
+    return VideoInfo(cc.width, cc.height, fps, frames, duration, cc.name, cc.pix_fmt or "yuv420p")
 
 
 def _av_reason(e: Exception) -> str:
@@ -352,7 +378,7 @@ def sample_video(
                     reason = "motion"
             if not due and reason != "motion":
                 if keep_between and index > resume_after:
-                    pending = _keep(pending, PendingFrame(index, t, frame), keep_between)
+                    pending = _keep(pending, _pending(index, t, frame, stats.held), keep_between)
                 continue
             if due and period:
                 state.next_due = (math.floor(clock / period + 1e-6) + 1) * period
@@ -362,7 +388,7 @@ def sample_video(
                     if index > resume_after:
                         stats.skipped_static += 1
                     if keep_between and index > resume_after:
-                        pending = _keep(pending, PendingFrame(index, t, frame), keep_between)
+                        pending = _keep(pending, _pending(index, t, frame, stats.held), keep_between)
                     continue
             state.last_thumb = thumb
             state.last_index = index
@@ -373,6 +399,7 @@ def sample_video(
                 stats.extra["motion"] = stats.extra.get("motion", 0) + 1
             between, pending = _thin(pending, keep_between), []
             image = to_bgr(frame)
+            stats.held.add(image, image.nbytes)
             resume = (ResumePoint(index, frame.pts, state.next_due, state.step, zlib.crc32(thumb.tobytes()))
                       if state.seekable and frame.pts is not None else None)
             yield SampledFrame(index, t, image, reason, between, resume)
@@ -429,6 +456,15 @@ def _seek_to(container, stream, point: ResumePoint, fps: float, stats: SampleSta
     return None, None
 
 
+def _pending(index: int, t: float, frame, held: HeldBytes) -> PendingFrame:
+    return held.add(PendingFrame(index, t, frame, held), frame_bytes(frame))
+
+
+def frame_bytes(frame) -> int:
+    """Memory a decoded frame holds (its planes)."""
+    return sum(p.buffer_size for p in frame.planes)
+
+
 def _keep(pending: list, frame: PendingFrame, keep: int) -> list:
     """Append, halving the list (every other frame) when it passes 2 x keep: bounded memory on static stretches."""
     pending.append(frame)
@@ -460,6 +496,64 @@ def _decode(container, stream, stats: SampleStats):
                 yield frame
     except av.error.FFmpegError as e:
         stats.error = f"decoding stopped after {stats.decoded} frames ({_av_reason(e)})"
+
+
+# --- memory held for pose back-fill and read-ahead ---------------------------
+
+@dataclass(frozen=True)
+class HoldPlan:
+    keep: int  # decoded frames kept between two analysed ones for pose back-fill (sample_video's keep_between)
+    ahead: int  # batches of sampled frames decoded ahead of the analysis (prefetch depth)
+    workers: int  # model calls at once
+    batch: int  # sampled frames per model call
+    bound: int  # the most bytes these can hold together
+
+
+def hold_plan(budget: int, info: VideoInfo, *, keep_max: int, workers: int, batch: int = 1,
+              ahead_max: int = 2) -> HoldPlan:
+    """How many decoded frames to keep for back-fill, how far to decode ahead, how many frames per model call and
+    how many calls at once, so that the frames held stay within `budget` bytes.
+
+    A count alone does not bound memory: 16 kept frames are 22 MB at 720p
+    and 200 MB at 4K (12 MB a frame, 25 MB for 10-bit), and each sampled
+    frame in flight carries its own. At most held at once: the sampler's
+    kept frames (up to 2 x keep + 1 before it thins them); `ahead + workers +
+    3` batches (the read-ahead queue, one waiting to enter it, those being
+    analysed, the one being back-filled and the one before it) of `batch`
+    sampled frames, each a BGR image with up to `keep` kept frames; and one
+    back-fill image. `keep` changes which frames back-fill can reach, so it
+    is chosen for a reference pipeline (`ahead_max` ahead, 2 workers, one
+    frame a call) and depends on nothing else: the table is the same for any
+    number of workers or batch size. Batch size, then workers and read-ahead,
+    shrink to fit what is left (they change speed only). A budget below one
+    frame at each stage is raised to that.
+    """
+    f = frame_bytes_estimate(info)
+    g = 3 * info.width * info.height
+
+    def bound(keep: int, ahead: int, n_workers: int, n_batch: int) -> int:
+        return (ahead + n_workers + 3) * n_batch * (g + keep * f) + (2 * keep + 1) * f + g
+
+    in_flight = ahead_max + 2 + 3
+    keep = max(0, min(keep_max, (budget - (in_flight + 1) * g - f) // ((in_flight + 2) * f)))
+    item = g + keep * f
+    room = budget - (2 * keep + 1) * f - g
+    n_batch = max(1, min(batch, room // (5 * item)))  # room for a batch at each of the five stages
+    fits = max(5, room // (n_batch * item))
+    n_workers = max(1, min(workers, fits - 4))
+    ahead = max(1, min(ahead_max, fits - n_workers - 3))
+    return HoldPlan(int(keep), int(ahead), int(n_workers), int(n_batch), int(bound(keep, ahead, n_workers, n_batch)))
+
+
+def frame_bytes_estimate(info: VideoInfo) -> int:
+    """Memory one decoded frame of this video holds: its pixel format's bytes per pixel, rows padded to 64 bytes."""
+    import av
+
+    try:
+        bits = av.VideoFormat(info.pix_fmt).padded_bits_per_pixel
+    except (ValueError, av.error.FFmpegError):
+        bits = 48  # unknown format: as much as 16-bit 4:4:4
+    return -(-info.width // 64) * 64 * info.height * bits // 8
 
 
 def to_bgr(frame) -> np.ndarray:

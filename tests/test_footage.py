@@ -15,12 +15,13 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
 import pandas as pd
 
-from conftest import clip, curator_json, loop_video
+from conftest import clip, curator_json, letterbox, loop_video
 from curator import media
 from curator.extract import BACKFILL_KEEP
 from curator.workspace import open_workspace, read_embeddings, read_table, staged_progress
@@ -181,6 +182,83 @@ def test_spliced_stream_whose_timestamps_restart_is_sampled_in_both_parts(tmp_pa
     points = {sf.index: sf.resume for sf in media.sample_video(spliced, fps=2)}
     assert all(points[i] is not None for i in points if i < first)
     assert all(points[i] is None for i in points if i >= first)
+
+
+# --- 4K: frames held are bounded by bytes -------------------------------------------
+
+def fit(src: Path, dst: Path, width: int, height: int, seconds: float = 1e9) -> None:
+    """The first `seconds` of `src` scaled to fit width x height, centred on black (an upscaled 4K or 720p copy)."""
+    size = SimpleNamespace(width=width, height=height)
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        ins = inp.streams.video[0]
+        stream = out.add_stream("libx264", rate=ins.average_rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "20"}
+        for frame in inp.decode(ins):
+            if frame.time >= seconds:
+                break
+            for packet in stream.encode(av.VideoFrame.from_ndarray(letterbox(frame, size), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def info(width: int, height: int, pix_fmt: str = "yuv420p") -> media.VideoInfo:
+    return media.VideoInfo(width, height, 25.0, 0, 0.0, "h264", pix_fmt)
+
+
+def test_hold_plan_bounds_bytes_at_4k_and_keeps_the_count_below():
+    """16 kept frames are what back-fill keeps at 720p and 1080p under the default 1024 MiB; at 4K (12 MB a
+    frame, 25 MB in 10 bits) fewer are kept and the bound stays within the budget. The kept count does not
+    depend on the number of workers (the table must not); read-ahead and workers shrink to fit instead."""
+    budget = 1024 << 20
+    for w, h in ((1280, 720), (1920, 1080)):
+        plan = media.hold_plan(budget, info(w, h), keep_max=BACKFILL_KEEP, workers=2)
+        assert (plan.keep, plan.ahead, plan.workers, plan.batch) == (BACKFILL_KEEP, 2, 2, 1) and plan.bound <= budget
+    k8 = media.hold_plan(budget, info(3840, 2160), keep_max=BACKFILL_KEEP, workers=2)
+    k10 = media.hold_plan(budget, info(3840, 2160, "yuv420p10le"), keep_max=BACKFILL_KEEP, workers=2)
+    assert 0 < k10.keep < k8.keep < BACKFILL_KEEP and k8.bound <= budget and k10.bound <= budget
+    for workers in (1, 4, 8):
+        plan = media.hold_plan(budget, info(3840, 2160), keep_max=BACKFILL_KEEP, workers=workers)
+        assert plan.keep == k8.keep and plan.bound <= budget and 1 <= plan.workers <= workers
+    for batch in (8, 32):  # a GPU's batches: the kept count stays, the batch shrinks to fit
+        plan = media.hold_plan(budget, info(3840, 2160), keep_max=BACKFILL_KEEP, workers=2, batch=batch)
+        assert plan.keep == k8.keep and plan.bound <= budget and 1 <= plan.batch < batch
+    gpu = media.hold_plan(budget, info(1280, 720), keep_max=0, workers=2, batch=32)  # every frame: none kept
+    assert (gpu.keep, gpu.batch) == (0, 32) and gpu.bound <= budget
+    assert media.hold_plan(budget, info(3840, 2160), keep_max=0, workers=2).keep == 0  # --no-pose-fill
+    tiny = media.hold_plan(16 << 20, info(3840, 2160), keep_max=BACKFILL_KEEP, workers=4, batch=8)
+    assert (tiny.keep, tiny.ahead, tiny.workers, tiny.batch) == (0, 1, 1, 1)  # one frame at each stage, whatever the budget
+
+
+def test_frames_held_at_4k_stay_within_the_byte_budget(tmp_path):
+    """A 4K clip (a shared clip upscaled, with fast head turns) under --frame-memory 400: the bytes of decoded
+    frames and images alive at once, counted as they are made and freed (summary frames_held_peak_mb), never
+    pass 400 MiB, where 16 kept frames alone would be 200 MB and each frame in flight carries its own."""
+    path = tmp_path / "uhd.mp4"
+    fit(clip("driving_d12.mp4"), path, 3840, 2160, seconds=2.0)
+    plan = media.hold_plan(400 << 20, info(3840, 2160), keep_max=BACKFILL_KEEP, workers=2)
+    assert 0 < plan.keep < BACKFILL_KEEP
+    out = curator_json("extract", path, "-w", tmp_path / "ws", "-q", "--frame-memory", "400")
+    assert out["frames_analysed"] >= 4 and out["faces"] >= 4
+    assert 3 * 3840 * 2160 / 2**20 < out["frames_held_peak_mb"] <= 400
+
+
+def test_count_bound_unchanged_below_4k(tmp_path):
+    """At 720p the default budget is not reached: the table is the one the count bound alone gives (an
+    unbounded budget), back-filled frames included."""
+    path = tmp_path / "hd.mp4"
+    fit(clip("driving_d12.mp4"), path, 1280, 720)
+    tables = []
+    for name, budget in (("default", None), ("unbounded", "1000000")):
+        extra = ["--frame-memory", budget] if budget else []
+        out = curator_json("extract", path, "-w", tmp_path / name, "-q", *extra)
+        assert out["frames_held_peak_mb"] <= 1024
+        tables.append(_table(tmp_path / name))
+    (a, ea), (b, eb) = tables
+    assert (a["sampled"] == "backfill").any()
+    pd.testing.assert_frame_equal(a, b)
+    np.testing.assert_array_equal(ea, eb)
 
 
 # --- long files: resume seeks -----------------------------------------------------
