@@ -1,11 +1,14 @@
 """Footage: finding it, fingerprinting it, and sampling frames from it.
 
 Videos are decoded sequentially with PyAV (FFmpeg's decoders, frame-threaded);
-nothing seeks, because seeking in long-GOP footage decodes the same frames
-again and some files (e.g. variable-frame-rate phone video) seek badly.
-Choosing which frames to analyse happens on a small greyscale thumbnail taken
-straight from the decoded luma plane, so frames that are skipped are never
-converted to RGB and never reach a neural network.
+sampling never seeks, because seeking in long-GOP footage decodes the same
+frames again and some files (e.g. variable-frame-rate phone video) seek badly.
+Only a resumed run seeks, once, to the keyframe before where it stopped, and
+checks that it found the very frame (`ResumePoint`); otherwise it decodes from
+the start. Choosing which frames to analyse happens on a small greyscale
+thumbnail taken straight from the decoded luma plane (any bit depth), so
+frames that are skipped are never converted to RGB and never reach a neural
+network.
 """
 
 from __future__ import annotations
