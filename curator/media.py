@@ -170,6 +170,14 @@ class ResumePoint:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def read(cls, staged: dict | None) -> "ResumePoint | None":
+        """The point staged by `as_dict`; None when there is none or it is not of this form (another version's)."""
+        try:
+            return cls(**staged) if staged else None
+        except TypeError:
+            return None
+
 
 class HeldBytes:
     """Bytes of decoded frames and images alive in the pipeline (each counted until it is freed), and the peak."""
@@ -357,8 +365,9 @@ def sample_video(
     pending: list[PendingFrame] = []
     state, frames = None, None
     try:
-        if resume_at and resume_after >= 0:
-            state, frames = _seek_to(container, stream, ResumePoint(**resume_at), info.fps, stats)
+        point = ResumePoint.read(resume_at) if resume_after >= 0 else None
+        if point is not None and point.index == resume_after:
+            state, frames = _seek_to(container, stream, point, info.fps, stats)
             if frames is None:  # not found by seeking: read from the start
                 container.close()
                 container, stream = open_video(path)

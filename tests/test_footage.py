@@ -292,6 +292,10 @@ def test_sampler_resumes_by_seeking_to_the_same_frames():
     wrong = {**point.as_dict(), "thumb_crc": point.thumb_crc ^ 1}
     assert chosen(path, resume_after=index, resume_at=wrong, stats=stats) == listed[len(full) // 2 + 1:]
     assert not stats.seeked and stats.decoded > frames
+    for other in ({**point.as_dict(), "added_later": 1}, {"index": index}, None):  # another version's: from the start
+        stats = media.SampleStats()
+        assert chosen(path, resume_after=index, resume_at=other, stats=stats)[:3] == listed[len(full) // 2 + 1:][:3]
+        assert not stats.seeked and stats.decoded == frames
 
 
 def _table(ws: Path) -> tuple[pd.DataFrame, np.ndarray]:
