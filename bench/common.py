@@ -264,24 +264,6 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def loop_video(src: str | Path, dst: str | Path, times: int) -> None:
-    """Remux (no re-encode) a clip `times` times back to back: long footage in seconds, every loop decoding to
-    the same pixels, a keyframe wherever the clip has one."""
-    import av
-
-    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
-        ins = inp.streams.video[0]
-        outs = out.add_stream_from_template(ins)
-        packets = [p for p in inp.demux(ins) if p.dts is not None]
-        step = max(p.pts + (p.duration or 0) for p in packets if p.pts is not None) - min(p.pts for p in packets)
-        for k in range(times):
-            for p in packets:
-                copy = av.Packet(bytes(p))
-                copy.pts, copy.dts, copy.duration = p.pts + k * step, p.dts + k * step, p.duration
-                copy.is_keyframe, copy.stream, copy.time_base = p.is_keyframe, outs, ins.time_base
-                out.mux(copy)
-
-
 def decode_only(path: str | Path) -> tuple[float, int, float]:
     """The baseline: PyAV sequential decode of every frame, frame threading on, no conversion.
 

@@ -11,7 +11,7 @@ memory  driving_d12 (fast head turns: motion frames and back-fill) letterboxed
         1280, a detector about 4x slower, as a heavier model pack is: analysis
         then falls behind decoding and the read-ahead fills up.
 resume  source_s18 (1280x720, a keyframe every 9.4 s) remuxed back to back
-        (bench/common.loop_video) to --minutes. `curator extract
+        (bench/common.loop_remux) to --minutes. `curator extract
         --checkpoint-every 20` is killed (SIGKILL) once its staged progress
         passes 90% of the frames; then `curator extract` again, timed: wall
         time and frames decoded.
@@ -84,7 +84,7 @@ def resume(repo: Path, minutes: float, cache: Path, work: Path) -> dict:
     loops = max(1, round(minutes * 60 / 9.4))
     long = cache / f"s18_x{loops}.mp4"
     if not long.exists():
-        common.loop_video(src, long.with_name(".building-" + long.name), loops)
+        common.loop_remux(src, long.with_name(".building-" + long.name), loops)
         os.replace(long.with_name(".building-" + long.name), long)
     frames = 282 * loops
     ws = work / "ws_resume"

@@ -41,7 +41,7 @@ def _bench_common():
     return sys.modules["bench_common"]
 
 
-loop_video = _bench_common().loop_video  # a clip remuxed N times back to back: long footage in seconds
+loop_video = _bench_common().loop_remux  # a clip remuxed N times back to back: long footage in seconds
 letterbox = _bench_common().letterbox  # a decoded frame scaled to fit a size, centred on black
 
 
