@@ -602,15 +602,11 @@ def run_gpu(files: list[str], args, models: str) -> dict:
                         continue
                     gpu = sampler.stop()
                     s = ours["summary"]
-                    analysed = s["frames_analysed"]
-                    run[f"ours_b{batch}"] = {
-                        "wall_s": round(ours["wall_s"], 3), "extract_s": s["seconds"],
-                        "fps_wall": round(s["frames_decoded"] / ours["wall_s"], 1),
-                        "fps_extract": round(s["frames_decoded"] / s["seconds"], 1),
-                        "frames_decoded": s["frames_decoded"], "frames_analysed": analysed,
-                        "frames_skipped_static": s["frames_skipped_static"], "faces": s["faces"],
-                        "runtime": s.get("runtime"), "batch": s.get("batch"), "stage_seconds": s.get("stage_seconds"),
-                        "gpu": gpu, "ratio_to_decode_only": round(s["seconds"] / (dec_s * n / dec_n), 3)}
+                    run[f"ours_b{batch}"] = {**ours_figures(ours, dec_s * n / dec_n), "gpu": gpu,
+                                             "fps_wall": round(s["frames_decoded"] / ours["wall_s"], 1),
+                                             "fps_extract": round(s["frames_decoded"] / s["seconds"], 1),
+                                             "frames_decoded": s["frames_decoded"],
+                                             "frames_skipped_static": s["frames_skipped_static"]}
                     log(f"{name} repeat {r + 1}: ours batch {batch}: {run[f'ours_b{batch}']['fps_extract']} fps "
                         f"(wall {run[f'ours_b{batch}']['fps_wall']}), GPU {gpu}")
                 entry["runs"].append(run)
@@ -636,12 +632,7 @@ def run_cpu_runtimes(files: list[str], args, models: str) -> dict:
                 for rt in ("onnxruntime", "torch"):
                     for label, extra in (("every_frame", ["--every", "1", "--no-pose-fill"]), ("default", [])):
                         ours = run_ours(src, models, work, "--device", "cpu", "--runtime", rt, *extra)
-                        s = ours["summary"]
-                        run[f"{rt}_{label}"] = {"wall_s": round(ours["wall_s"], 3), "extract_s": s["seconds"],
-                                                "frames_analysed": s["frames_analysed"], "faces": s["faces"],
-                                                "analysed_per_s": round(s["frames_analysed"] / s["seconds"], 2),
-                                                "ratio_to_decode_only": round(s["seconds"] / dec_s, 2),
-                                                "stage_seconds": s.get("stage_seconds")}
+                        run[f"{rt}_{label}"] = ours_figures(ours, dec_s)
                         log(f"{name} repeat {r + 1}: {rt} {label}: {run[f'{rt}_{label}']['analysed_per_s']} analysed/s")
                 entry["runs"].append(run)
             result["files"][name] = entry
@@ -649,6 +640,15 @@ def run_cpu_runtimes(files: list[str], args, models: str) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def ours_figures(ours: dict, decode_s: float) -> dict:
+    """What both runtime benchmarks keep of one `curator extract` run; decode_s: decode-only time of the same frames."""
+    s = ours["summary"]
+    return {"wall_s": round(ours["wall_s"], 3), "extract_s": s["seconds"], "frames_analysed": s["frames_analysed"],
+            "faces": s["faces"], "analysed_per_s": round(s["frames_analysed"] / s["seconds"], 2),
+            "ratio_to_decode_only": round(s["seconds"] / decode_s, 3), "runtime": s.get("runtime"),
+            "batch": s.get("batch"), "stage_seconds": s.get("stage_seconds")}
 
 
 def common_write(path: str, result: dict) -> None:
