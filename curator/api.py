@@ -30,6 +30,7 @@ follow footage from `run` through `extract`, `identify`, `curate` and
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -259,10 +260,24 @@ def review(workspace: PathLike, *, port: int = 5151, address: str = "127.0.0.1",
 
 
 def train(**options) -> dict:
-    """Train a face swap between two exports; OPTIONS are the fields of `trainer.config.Config` (a, b, out, steps, ...)."""
+    """Train a face swap between two exports; OPTIONS are the fields of `trainer.config.Config` (a, b, out, steps, ...),
+    None meaning "not given" (the default, or with resume=True the run's own value)."""
     from trainer.train import train as train_model
 
     return train_model(options)
+
+
+def _train_signature() -> inspect.Signature:
+    """`train`'s keyword options, one per field of trainer.config.Config (defined there once), for help() and tools."""
+    from dataclasses import fields
+
+    from trainer.config import Config
+
+    return inspect.Signature([inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None)
+                              for f in fields(Config)], return_annotation=dict)
+
+
+train.__signature__ = _train_signature()
 
 
 def convert(video: PathLike, model: PathLike, out: PathLike | None = None, *, frames_out: PathLike | None = None,

@@ -189,6 +189,7 @@ def identify(
     cluster: Optional[int] = typer.Option(None, "--cluster", help="Target = this cluster of `curator identities`."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Same-person cosine similarity [default: per recogniser, see docs/curation.md]."),
     models: Optional[str] = typer.Option(None, "--models", help=MODELS_HELP + " Default: the workspace's."),
+    device: str = typer.Option("auto", "--device", help="Where the recogniser runs for the reference photos: auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Pick the target identity; writes `identity_score`, `is_target`, `identity_cluster` and `track_id`.
@@ -204,7 +205,7 @@ def identify(
     from . import api
 
     with errors_as_lines():
-        summary = api.identify(workspace, ref=ref, cluster=cluster, threshold=threshold, models=models)
+        summary = api.identify(workspace, ref=ref, cluster=cluster, threshold=threshold, models=models, device=device)
     emit(as_json, summary, f"target: {summary['target_faces']} of {summary['faces']} faces "
          f"({summary['method']}, threshold {summary['threshold']:.2f})")
 
@@ -272,9 +273,9 @@ def export(
     workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Export folder."),
     include_all: bool = typer.Option(False, "--all", help="Every face, selected or not (never those rejected in review)."),
-    val_fraction: float = typer.Option(0.1, "--val", help="Share of faces for validation (whole sources)."),
+    val: float = typer.Option(0.1, "--val", help="Share of faces for validation (whole sources)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing export folder."),
-    fmt: str = typer.Option("folder", "--format", help="folder, faceswap, dfl or fiftyone (docs/formats.md)."),
+    format: str = typer.Option("folder", "--format", help="folder, faceswap, dfl or fiftyone (docs/formats.md)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Write the selected faces, a manifest and provenance to OUT (the trainer's input).
@@ -293,7 +294,7 @@ def export(
     from . import api
 
     with errors_as_lines():
-        summary = api.export(workspace, out, include_all=include_all, val=val_fraction, force=force, format=fmt)
+        summary = api.export(workspace, out, include_all=include_all, val=val, force=force, format=format)
     for note in summary.get("notes", []):
         problem("export", note)
     emit(as_json, summary, f"{summary['faces']} faces ({summary['train']} train, {summary['val']} val, "
@@ -342,7 +343,7 @@ def run(
 @app.command()
 def verify(
     workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace folder."),
-    do_repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed without guessing."),
+    repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed without guessing."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Check that table, embeddings, crops and workspace.json agree; exit 1 when they do not.
@@ -359,7 +360,7 @@ def verify(
     from . import api
 
     with errors_as_lines():
-        report = api.verify(workspace, repair=do_repair)
+        report = api.verify(workspace, repair=repair)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -515,7 +516,7 @@ def convert(
     model: Path = typer.Option(..., "--model", "-m", help="Run folder of `curator train` (model.safetensors)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output video (.mp4, .mov, .mkv); with --preview, a folder."),
     frames_out: Optional[Path] = typer.Option(None, "--frames-out", help="Also (or instead) write every frame as PNG into this folder."),
-    preview_n: Optional[int] = typer.Option(None, "--preview", help="Only write N sample frames, original | swapped side by side, into folder OUT."),
+    preview: Optional[int] = typer.Option(None, "--preview", help="Only write N sample frames, original | swapped side by side, into folder OUT."),
     direction: str = typer.Option("a2b", "--direction", help="a2b: replace identity A's face with B's; b2a: the reverse."),
     ref: Optional[List[Path]] = typer.Option(None, "--ref", help="Photo of the person to replace (one face), instead of the run's export. Repeatable."),
     models: Optional[str] = typer.Option(None, "--models", help=MODELS_HELP + " Default: the one the replaced identity's export used."),
@@ -557,7 +558,7 @@ def convert(
     try:
         with errors_as_lines(lambda e: f"{e.filename or out}: {e.strerror or e}; nothing was written"), \
                 progress_bar(not quiet and not as_json, "convert") as (set_total, advance):
-            summary = api.convert(video, model, out, frames_out=frames_out, preview=preview_n, direction=direction,
+            summary = api.convert(video, model, out, frames_out=frames_out, preview=preview, direction=direction,
                                   ref=ref, models=models, device=device, threshold=threshold, mask=mask, erode=erode,
                                   feather=feather, color=color, smooth=smooth, batch=batch, lossless=lossless, crf=crf,
                                   preset=preset, visible_mark=visible_mark, max_frames=max_frames, det_size=det_size,
@@ -566,7 +567,7 @@ def convert(
         fail("interrupted; nothing was written", 130)
     for note in summary.get("notes", []):
         problem(str(video), note)
-    if preview_n is not None:
+    if preview is not None:
         emit(as_json, summary, f"{summary['previews']} previews (original | swapped) -> {summary['out']} "
              f"({summary['frames_with_face']} of {summary['frames_looked_at']} frames looked at had the face)")
         return

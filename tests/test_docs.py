@@ -116,3 +116,21 @@ def test_every_named_project_file_exists():
     assert not missing, f"named but missing: {missing}"
     assert named_paths("see docs/identity.md.") == {"docs/identity.md"} and not named_paths("all of docs/*.md")
     assert not named_paths("bench/common.build_footage builds it")  # a function, not a file
+
+
+def test_every_command_is_the_api_function_of_the_same_name_with_the_same_options():
+    """docs/api.md: `curator COMMAND --option` is `api.COMMAND(option=)`, for every command and every option
+    (--json and --quiet only choose how the command prints; callbacks `on_*` are how the API reports progress)."""
+    import inspect
+
+    from typer.main import get_command
+
+    from curator import api, cli
+
+    printing = {"as_json", "quiet"}
+    for name, command in get_command(cli.app).commands.items():
+        function = getattr(api, name, None)
+        assert callable(function), f"curator {name} has no api.{name}"
+        arguments = {n for n in inspect.signature(function).parameters if not n.startswith("on_")}
+        options = {p.name for p in command.params} - (printing - arguments)  # train's `quiet` is an API option too
+        assert options == arguments, (name, sorted(options ^ arguments))
