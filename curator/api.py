@@ -40,7 +40,6 @@ from . import runtime as runtimes
 from .curate import budget_from
 from .curate import curate as curate_table
 from .errors import NothingFound, UsageError
-from .faces import ModelError
 from .export import export as export_faces
 from .extract import extract as extract_footage
 from .extract import extract_settings
@@ -119,10 +118,7 @@ def extract(footage: PathLike | Sequence[PathLike], workspace: PathLike, *, mode
         if value is not None and value <= 0:
             raise UsageError(f"--{name} must be positive")
     footage = _paths(footage)
-    try:
-        rt = runtimes.choose(runtime, device)
-    except runtimes.RuntimeChoiceError as e:
-        raise ModelError(str(e)) from None
+    rt = runtimes.choose(runtime, device)
     if rt.device == "cuda" and fps is None and every is None:
         every = 1  # a GPU analyses every frame: no pose is missed between sampled frames
     settings, explicit = extract_settings(fps=fps, every=every, size=size, det_size=det_size, det_thresh=det_thresh,

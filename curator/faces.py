@@ -119,10 +119,7 @@ def load_models(pack: str | None = None, *, device: str = "auto", runtime: str |
     from insightface.app import FaceAnalysis
 
     name = resolve_pack(pack)
-    try:
-        rt = runtime if isinstance(runtime, runtimes.Runtime) else runtimes.choose(runtime, device)
-    except runtimes.RuntimeChoiceError as e:
-        raise ModelError(str(e)) from None
+    rt = runtime if isinstance(runtime, runtimes.Runtime) else runtimes.choose(runtime, device)
     ort.set_default_logger_severity(3)
     root = os.environ.get(ENV_ROOT, "~/.insightface")
     direct = Path(name).expanduser()
