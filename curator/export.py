@@ -29,11 +29,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import CuratorError
-from . import __version__
-from . import formats
-from . import outputs
+from . import __version__, formats, outputs
 from .atomic import inside, write_json
+from .errors import CuratorError
 from .workspace import Workspace, WorkspaceError, inputs_of, now, read_embeddings, read_meta, read_table
 
 VAL_FRACTION = 0.1

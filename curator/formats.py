@@ -39,10 +39,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .errors import CuratorError
 from . import media
 from .align import similarity, transform_points
 from .atomic import inside, safe_name
+from .errors import CuratorError
 
 FORMATS = ("folder", "faceswap", "dfl", "fiftyone")
 NEEDS_LMK68 = ("faceswap", "dfl")
