@@ -192,7 +192,8 @@ def curate(workspace: PathLike, *, budget: int | None = None, minutes: float | N
         note = None
         if len(table) and "is_target" not in table:
             found = identify_table(table, emb, threshold=rec.same_person, track_link=rec.track_link)
-            table = update_columns(ws, found.table)
+            update_columns(ws, found.table)
+            table = table.assign(**{c: found.table[c].to_numpy() for c in found.table.columns if c != "face_id"})
             note = "no target chosen: used the largest identity cluster (see `curator identities`)"
         result = curate_table(table, n, seed=seed, emb=emb, same_picture=rec.same_picture)
         update_columns(ws, result.columns)
