@@ -328,9 +328,31 @@ def _runs(features: np.ndarray, appearance: np.ndarray, track: np.ndarray, time_
     return run
 
 
-def _tiebreak(face_ids: pd.Series, seed: int) -> np.ndarray:
+def _tiebreak(face_ids, seed: int) -> np.ndarray:
     return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{f}".encode(), digest_size=8).digest(), "big")
                      for f in face_ids], dtype=np.uint64)
+
+
+def _tiebreak_where_tied(values: np.ndarray, face_ids: np.ndarray, seed: int) -> np.ndarray:
+    """`_tiebreak` for the faces whose value another face shares, 0 for the rest: sorting by (value, this) orders
+    them as (value, _tiebreak) does, and a million candidates do not each hash their id."""
+    tb = np.zeros(len(values), np.uint64)
+    tied = pd.Series(values).duplicated(keep=False).to_numpy()
+    tb[tied] = _tiebreak(face_ids[tied], seed)
+    return tb
+
+
+def _lazy_order(level: np.ndarray, within: np.ndarray, face_ids: np.ndarray, seed: int):
+    """Indices in (level, within, _tiebreak) order, each run of equal (level, within) hashed only when reached:
+    selection usually stops after the budget's first few thousand."""
+    prim = np.lexsort((within, level))
+    lv, wi = level[prim], within[prim]
+    cut = np.flatnonzero(np.r_[True, (lv[1:] != lv[:-1]) | (wi[1:] != wi[:-1]), True])
+    for a, b in zip(cut[:-1].tolist(), cut[1:].tolist()):
+        run = prim[a:b]
+        if b - a > 1:
+            run = run[np.argsort(_tiebreak(face_ids[run], seed), kind="stable")]
+        yield from run.tolist()
 
 
 SELECTED_LABELS = {0: "selected: kept in review", 1: "selected: best face of its pose bin",
@@ -353,8 +375,9 @@ def select_codes(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarra
     n = len(cands)
     if n == 0 or budget <= 0:
         return np.zeros(n, bool), np.zeros(n, np.int64), ["over budget"]
-    tb = _tiebreak(cands["face_id"], seed)
-    by_quality = np.lexsort((tb, -cands["quality"].to_numpy()))
+    face_ids = cands["face_id"].to_numpy(object)
+    by_quality = np.lexsort((_tiebreak_where_tied(cands["quality"].to_numpy(), face_ids, seed),
+                             -cands["quality"].to_numpy()))
     pose = cands["pose_bin"].to_numpy()
     keys = {
         1: pose,
@@ -388,7 +411,7 @@ def select_codes(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarra
     level[rest] = 10 + rank[rest].astype(np.int64)
     _, inverse3, counts3 = np.unique(keys[3], return_inverse=True, return_counts=True)
     within[rest] = counts3[inverse3[rest]]
-    order = np.lexsort((tb, within, level))
+    order = _lazy_order(level, within, face_ids, seed)
     chosen = np.zeros(n, bool)
     chosen[_take_spread(order, cands, budget, level, emb=emb, same_picture=same_picture)] = True
     labels = ["over budget", *SELECTED_LABELS.values()]
@@ -401,10 +424,11 @@ def select_codes(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarra
     return chosen, codes, labels
 
 
-def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.ndarray,
+def _take_spread(order, cands: pd.DataFrame, budget: int, level: np.ndarray,
                  emb: np.ndarray | None = None, gap_s: float = MIN_GAP_S,
                  same_picture: float = DEFAULT.same_picture) -> np.ndarray:
-    """Take `order` up to the budget, deferring faces that would nearly repeat one already taken.
+    """Take `order` (an iterable of indices) up to the budget, deferring faces that would nearly repeat one
+    already taken.
 
     Two kinds of repeat survive dedupe, because the descriptors differ a little
     while the picture does not:
@@ -421,8 +445,8 @@ def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.
     (level 1) is not deferred for time, since a turning head crosses bins
     within a second.
     """
-    if budget >= len(order):
-        return order[:budget]
+    if budget >= len(cands):
+        return np.arange(len(cands))
     track = cands["track_id"].to_numpy() if "track_id" in cands else np.arange(len(cands))
     time_s = cands["time_s"].to_numpy(float) if "time_s" in cands else np.full(len(cands), np.nan)
     yaw, pitch = cands["yaw"].to_numpy(float), cands["pitch"].to_numpy(float)
@@ -435,26 +459,32 @@ def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.
     by_cell: dict = {}
     taken_times: dict = {}
     out: list = []
+    # The embeddings of taken faces, read once each (a memory map is read row by row otherwise).
+    taken_emb = np.zeros((budget, emb.shape[1] if emb is not None else 0), np.float32)
+    slot: dict = {}
     # Three passes over what is left, each with fewer rules: both, then only the same-picture rule (a
     # face near in time still differs more than the same picture does), then none.
     for use_time, use_emb in ((True, True), (False, True), (False, False)):
         deferred = []
-        for i in order.tolist():
+        for i in order:
             if (use_time and level[i] > 1 and any(abs(time_s[i] - t) < gap_s for t in taken_times.get(track[i], ()))) \
                     or (use_emb and level[i] > 0 and emb is not None
-                        and _same_picture(i, emb, rows, yaw, pitch, cell, by_cell, same_picture)):
+                        and _same_picture(i, emb, rows, yaw, pitch, cell, by_cell, same_picture, taken_emb, slot)):
                 deferred.append(i)
                 continue
             taken_times.setdefault(track[i], []).append(time_s[i])
             by_cell.setdefault((cell[i, 0], cell[i, 1]), []).append(i)
+            if emb is not None:
+                slot[i] = len(out)
+                taken_emb[len(out)] = emb[rows[i]]
             out.append(i)
             if len(out) == budget:
                 return np.array(out)
-        order = np.array(deferred, dtype=np.int64)
+        order = deferred
     return np.array(out, dtype=np.int64)
 
 
-def _same_picture(i, emb, rows, yaw, pitch, cell, by_cell, cos) -> bool:
+def _same_picture(i, emb, rows, yaw, pitch, cell, by_cell, cos, taken_emb, slot) -> bool:
     near = [j for dy in (-1, 0, 1) for dp in (-1, 0, 1) for j in by_cell.get((cell[i, 0] + dy, cell[i, 1] + dp), ())]
     if not near:
         return False
@@ -463,7 +493,7 @@ def _same_picture(i, emb, rows, yaw, pitch, cell, by_cell, cos) -> bool:
     if not len(near):
         return False
     e = np.asarray(emb[rows[i]], np.float32)
-    return bool((np.asarray(emb[np.sort(rows[near])], np.float32) @ e >= cos).any())
+    return bool((taken_emb[[slot[j] for j in near.tolist()]] @ e >= cos).any())
 
 
 def _pose_order(cands: pd.DataFrame) -> dict:

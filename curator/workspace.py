@@ -711,7 +711,7 @@ def update_columns(ws: Workspace, columns: pd.DataFrame) -> None:
         raise ValueError("columns must carry face_id")
     ensure_current(ws)
     ids = _face_ids(ws)
-    given = pa.array(columns["face_id"].to_numpy(object), pa.large_string())
+    given = pa.array(columns["face_id"], from_pandas=True).cast(pa.large_string())
     if len(given) != len(ids) or not _same_ids(given, ids):
         raise WorkspaceError("table changed while the command ran; re-run it")
     n = len(ids)
@@ -1003,14 +1003,38 @@ def store_parts(ws: Workspace, parts: list[Path]) -> int:
     return total
 
 
-def _write_shard(ws: Workspace, seq: int, rows: pa.Table) -> None:
-    emb = list_matrix(rows.column("embedding"))
+def _write_shard(ws: Workspace, seq: int, rows: pa.Table, emb: np.ndarray | None = None) -> None:
+    if emb is None:
+        emb = list_matrix(rows.column("embedding"))
+        rows = rows.drop_columns(["embedding"])
     _write_npy(ws.embeddings_dir / f"{seq:06d}.npy", emb)  # first: never fewer embeddings than rows
-    _write_parquet(ws.faces_dir / f"{seq:06d}.parquet", rows.drop_columns(["embedding"]))
+    _write_parquet(ws.faces_dir / f"{seq:06d}.parquet", rows)
     meta = read_meta(ws)
     if not (meta.get("embeddings") or {}).get("dim"):
         meta.setdefault("embeddings", {"folder": EMBEDDINGS, "dtype": "float32"})["dim"] = int(emb.shape[1])
         write_meta(ws, meta)
+
+
+def append_rows(ws: Workspace, rows: pa.Table | pd.DataFrame, emb: np.ndarray) -> int:
+    """Add rows (extract's columns) and their embeddings as new shards after the last; returns the row count.
+
+    For tools that make tables without footage (bench/curate.py's synthetic
+    tables); extract adds rows through staged parts and `commit_staging`.
+    The caller holds the lock and gives new face ids.
+    """
+    ensure_current(ws)
+    if isinstance(rows, pd.DataFrame):
+        rows = _arrow_columns(rows)
+    if len(emb) != rows.num_rows:
+        raise ValueError(f"{rows.num_rows} rows but {len(emb)} embeddings")
+    sh = shards(ws)
+    seq = int(sh[-1].faces.stem) + 1 if sh else 0
+    for k, start in enumerate(range(0, rows.num_rows, SHARD_ROWS)):
+        _write_shard(ws, seq + k, rows.slice(start, SHARD_ROWS), np.asarray(emb[start:start + SHARD_ROWS]))
+    meta = read_meta(ws)
+    meta["rows"] = table_rows(ws)
+    write_meta(ws, meta)
+    return meta["rows"]
 
 
 def staged_crops(ws: Workspace) -> set[str]:
