@@ -48,8 +48,8 @@ from .extract import extract_settings
 from .identify import COLUMNS as IDENTIFY_COLUMNS
 from .identify import contact_sheet, identity_clusters, reference_embeddings, sheet_members
 from .identify import identify as identify_table
-from .workspace import (locked, open_workspace, read_embeddings, read_meta, read_table, read_vectors, table_columns,
-                        table_rows, update_columns)
+from .workspace import (FORMAT_VERSION, locked, open_workspace, read_embeddings, read_meta, read_table, read_vectors,
+                        table_columns, table_rows, update_columns)
 
 PathLike = str | os.PathLike
 Progress = Callable[[int, str], None]
@@ -234,8 +234,12 @@ def verify(workspace: PathLike, *, repair: bool = False) -> dict:
     ws = open_workspace(workspace)
     if not repair:
         return check(ws)
-    with locked(ws, "curator verify --repair"):
-        return repair_workspace(ws)
+    version = read_meta(ws)["format_version"]
+    with locked(ws, "curator verify --repair"):  # the lock upgrades an older format first
+        result = repair_workspace(ws)
+    if version < FORMAT_VERSION:
+        result["repaired"].insert(0, f"upgraded the workspace from format {version} to {FORMAT_VERSION}")
+    return result
 
 
 # --- around the set -------------------------------------------------------------------

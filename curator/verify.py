@@ -29,6 +29,7 @@ import numpy as np
 
 from .media import sha256_file
 from .workspace import (
+    FORMAT_VERSION,
     Workspace,
     column_groups,
     commit_staging,
@@ -102,6 +103,9 @@ def check(ws: Workspace) -> dict:
         unknown = sorted(set(table["source_sha256"]) - set(meta.get("sources", {})))
         if unknown:
             problems.append(_problem("unknown_sources", "table rows from sources workspace.json does not list", unknown))
+    if meta.get("format_version", FORMAT_VERSION) < FORMAT_VERSION:
+        notes.append(_problem("old_format", f"workspace format {meta.get('format_version')}; the next command that "
+                              f"writes (or `curator verify --repair`) upgrades it to {FORMAT_VERSION}"))
     if meta.get("rows") != n:
         problems.append(_problem("row_count", f"workspace.json says {meta.get('rows')} rows, the table has {n}"))
     changed = _changed_models(meta)
