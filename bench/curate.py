@@ -849,8 +849,8 @@ def build_scale_workspace(n_rows: int, root: Path, seed: int = 0, dim: int = 512
 
 
 class TreeRSS:
-    """Samples the resident memory of this process and all its descendants (summed) every `every` seconds;
-    `peak` is the largest sum seen: the memory the whole job held, worker processes included."""
+    """Samples the memory of this process and all its descendants (summed PSS) every `every` seconds; `peak` is
+    the largest sum seen: the memory the whole job held, worker processes included."""
 
     def __init__(self, every: float = 0.1):
         import threading
@@ -886,9 +886,11 @@ def _tree(pid: int) -> list[int]:
 
 
 def _rss_of(pid: int) -> int:
+    """The process's proportional set size: its resident pages, each shared one divided among its sharers (worker
+    processes are forked and share the parent's pages), so the sum over a process tree is the memory it holds."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -936,8 +938,8 @@ def scale_worker(ws_root: str, budget: int, profile: str | None) -> dict:
         "cpu_s": round(cpu_self + cpu_children, 2), "cpu_self_s": round(cpu_self, 2),
         "cpu_workers_s": round(cpu_children, 2), "output_sha": digest,
         "rss_before_curate_mb": round(rss_before / 2**20) if rss_before else None,
-        # ru_maxrss of the main process; the process tree's peak (sampled every 0.1 s, workers included). A
-        # worker's own ru_maxrss is not used: Linux counts the parent's pages it held between fork and exec.
+        # ru_maxrss of the main process; the process tree's peak PSS (sampled every 0.1 s, forked workers
+        # included, pages they share with the main process counted once).
         "peak_rss_mb": round(r1.ru_maxrss / 1024), "peak_tree_rss_mb": round(tree.peak / 2**20),
         "load_avg_before": [round(x, 1) for x in load_before], "load_avg_after": [round(x, 1) for x in load_after],
         "target_faces": s["target_faces"], "candidates": s["candidates"],

@@ -203,7 +203,7 @@ def curate(workspace: PathLike, *, budget: int | None = None, minutes: float | N
         # Only the columns curate reads; the appearance vectors come a shard at a time.
         have = set(table_columns(ws))
         table = read_table(ws, [c for c in CURATE_COLUMNS + CURATE_OPTIONAL if c in have], categories=("source_sha256",))
-        emb = read_embeddings(ws, len(table)) if len(table) else None
+        emb = read_embeddings(ws, len(table), random_access=True) if len(table) else None
         result = curate_table(table, n, seed=seed, emb=emb, same_picture=rec.same_picture,
                               appearance=read_vectors(ws, "appearance") if "appearance" in have and len(table) else None,
                               workers=min(os.cpu_count() or 1, 4))

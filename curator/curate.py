@@ -122,8 +122,8 @@ def groups_by_source(features: np.ndarray, appearance, quality: np.ndarray, trac
     """`near_duplicate_groups` run on each source's faces alone; leader index (into the inputs) of each face.
 
     Near-duplicates are local to a source and its tracks, so this finds what
-    the tracks and the source's own repeats hold while each run stays small
-    (and sources go to `workers` processes). `appearance[rows[i]]` is face
+    the tracks and the source's own repeats hold while each run stays small,
+    and sources can go to `workers` processes. `appearance[rows[i]]` is face
     i's appearance vector (an array, or the workspace's lazy column, read
     source by source in row order so each shard is read once); `source`
     labels each face's source.
@@ -135,36 +135,67 @@ def groups_by_source(features: np.ndarray, appearance, quality: np.ndarray, trac
     order = np.lexsort((rows, source))
     cut = np.flatnonzero(np.r_[True, source[order][1:] != source[order][:-1], True])
     chunks = sorted((order[a:b] for a, b in zip(cut[:-1], cut[1:])), key=lambda c: rows[c[0]])
-    jobs = ((c, (features[c], np.asarray(appearance[rows[c]], np.float32), quality[c], track[c], time_order[c]))
-            for c in chunks)
-    if workers > 1 and len(chunks) > 1 and n >= PARALLEL_MIN_FACES:
-        results = _in_processes(jobs, workers)
-    else:
-        results = ((c, near_duplicate_groups(*args)) for c, args in jobs)
-    for c, local in results:
-        lead[c] = c[local]
+    _SOURCES.update(chunks=chunks, features=features, appearance=appearance, quality=quality, track=track,
+                    time_order=time_order, rows=rows)
+    try:
+        if workers > 1 and len(chunks) > 1 and n >= PARALLEL_MIN_FACES and _can_fork():
+            results = _in_processes(_batches(chunks), workers)
+        else:
+            results = _group_sources(range(len(chunks)))
+        for k, local in results:
+            lead[chunks[k]] = chunks[k][local]
+    finally:
+        _SOURCES.clear()
     return lead
 
 
-def _in_processes(jobs, workers: int):
-    """(chunk, near_duplicate_groups(*args)) for each job, in `workers` fresh processes, a few jobs in flight.
+# What `_group_sources` works on. Set before worker processes are forked, so they inherit the arrays
+# (and the lazy appearance column) instead of receiving copies through a pipe.
+_SOURCES: dict = {}
+BATCH_FACES = 100_000  # sources given to a worker at once: about a shard's rows, so a worker reads a shard at a time
 
-    Fresh (spawned) processes hold only their own job, not a copy of the
-    caller's table; jobs are made as workers free up, so the appearance of
-    only a few sources is in memory at once."""
+
+def _group_sources(keys) -> list:
+    """(k, near_duplicate_groups of source chunk k) for each k."""
+    d, out = _SOURCES, []
+    for k in keys:
+        c = d["chunks"][k]
+        out.append((k, near_duplicate_groups(d["features"][c], np.asarray(d["appearance"][d["rows"][c]], np.float32),
+                                             d["quality"][c], d["track"][c], d["time_order"][c])))
+    return out
+
+
+def _batches(chunks: list) -> list[list[int]]:
+    """Consecutive source chunks grouped into batches of about BATCH_FACES faces."""
+    out, size = [[]], 0
+    for k, c in enumerate(chunks):
+        if size >= BATCH_FACES:
+            out.append([])
+            size = 0
+        out[-1].append(k)
+        size += len(c)
+    return out
+
+
+def _can_fork() -> bool:
     import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        running: dict = {}
-        for c, args in jobs:
-            running[pool.submit(near_duplicate_groups, *args)] = c
-            if len(running) >= 2 * workers:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for f in done:
-                    yield running.pop(f), f.result()
-        for f in list(running):
-            yield running.pop(f), f.result()
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _in_processes(batches: list[list[int]], workers: int):
+    """`_group_sources` of each batch in `workers` forked processes, results as they come.
+
+    Forked, not spawned: a spawned process would import the caller's main
+    script again (a script without a `__main__` guard would run twice), and
+    forked ones share the parent's arrays until they write to them.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        for f in as_completed([pool.submit(_group_sources, b) for b in batches]):
+            yield from f.result()
 
 
 def near_duplicate_groups(features: np.ndarray, appearance: np.ndarray, quality: np.ndarray, track: np.ndarray,

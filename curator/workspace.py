@@ -523,7 +523,57 @@ class RowArray:
             yield self[s:s + size]
 
 
-def _open_embeddings(ws: Workspace, sh: Shard) -> np.ndarray:
+class _RowFile:
+    """A .npy file's rows read with pread, without a memory map: for a few thousand scattered rows, where a map
+    would fault in (and count as resident) 64 KB around each row, most of a large file."""
+
+    def __init__(self, path: Path, rows: int):
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = header(f)
+            self.offset = f.tell()
+        if len(shape) != 2 or fortran:
+            raise ValueError(f"not a 2-D C-ordered array: shape {shape}")
+        self.path, self.dtype, self.dim = path, np.dtype(dtype), int(shape[1])
+        self.rows, self.shape = rows, (rows, int(shape[1]))
+        self.row_bytes = self.dim * self.dtype.itemsize
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __del__(self):
+        try:
+            os.close(self.fd)
+        except (AttributeError, OSError):
+            pass
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        data = os.pread(self.fd, count * self.row_bytes, self.offset + start * self.row_bytes)
+        return np.frombuffer(data, self.dtype).reshape(count, self.dim)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(self.rows)
+            return self._read(start, max(stop - start, 0))
+        idx = np.asarray(key, np.int64).reshape(-1)
+        out = np.empty((len(idx), self.dim), self.dtype)
+        for k, i in enumerate(idx.tolist()):
+            out[k] = self._read(i, 1)[0]
+        return out
+
+
+def _open_embeddings(ws: Workspace, sh: Shard, random_access: bool = False):
+    if random_access:
+        try:
+            part = _RowFile(sh.embeddings, sh.rows)
+        except (OSError, ValueError) as e:
+            raise WorkspaceError(f"{_rel(ws, sh.embeddings)} cannot be read: {e}") from None
+        if (os.path.getsize(sh.embeddings) - part.offset) // part.row_bytes < sh.rows:
+            raise WorkspaceError(f"{_rel(ws, sh.embeddings)} holds fewer rows than {_rel(ws, sh.faces)}; "
+                                 "run `curator verify --repair`")
+        return part
     try:
         emb = np.load(sh.embeddings, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
@@ -539,9 +589,11 @@ def _open_embeddings(ws: Workspace, sh: Shard) -> np.ndarray:
     return emb[: sh.rows]
 
 
-def read_embeddings(ws: Workspace, rows: int | None = None):
+def read_embeddings(ws: Workspace, rows: int | None = None, *, random_access: bool = False):
     """The embeddings of the table's first `rows` rows (default all), read-only: one shard's memory map as it
-    is, several shards as a `RowArray` over their memory maps (only the rows indexed are read)."""
+    is, several shards as a `RowArray` over their memory maps (only the rows indexed are read).
+    `random_access`: the caller reads a few scattered rows (curate): a `RowArray` that reads each row with
+    pread, so the rows not asked for are never mapped into the process."""
     sh = shards(ws)
     if rows is None:
         rows = sh[-1].stop if sh else 0
@@ -554,7 +606,11 @@ def read_embeddings(ws: Workspace, rows: int | None = None):
     for s in sh:
         if s.start >= rows:
             break
-        parts.append(_open_embeddings(ws, s)[: rows - s.start])
+        part = _open_embeddings(ws, s, random_access)
+        parts.append(part[: rows - s.start] if not random_access else part)
+    if random_access:
+        parts[-1].rows = rows - sh[len(parts) - 1].start  # the last shard only up to `rows`
+        return RowArray(parts, parts[0].dim, parts[0].dtype)
     if len(parts) == 1:
         return parts[0]
     return RowArray(parts, parts[0].shape[1], parts[0].dtype)
