@@ -389,7 +389,7 @@ def _read_rows(ws: Workspace, sh: Shard, columns: list[str] | None, groups: dict
             col = g.column(c)
             if c in t.column_names:
                 # A group written over a shard's column: the group's rows win, the shard's fill past its end.
-                t = t.set_column(t.column_names.index(c), c, pc_coalesce(col, t.column(c)))
+                t = t.set_column(t.column_names.index(c), c, _coalesce(col, t.column(c)))
             else:
                 t = t.append_column(c, col)
     if columns is not None:
@@ -397,7 +397,7 @@ def _read_rows(ws: Workspace, sh: Shard, columns: list[str] | None, groups: dict
     return t
 
 
-def pc_coalesce(first: pa.ChunkedArray, second: pa.ChunkedArray) -> pa.ChunkedArray:
+def _coalesce(first: pa.ChunkedArray, second: pa.ChunkedArray) -> pa.ChunkedArray:
     import pyarrow.compute as pc
 
     try:
