@@ -1,8 +1,8 @@
 """Benchmark `curator curate`: selection quality against three baselines, and scale.
 
     eval "$(../shared/ci/mongod.sh start)"        # FiftyOne needs a MongoDB
-    python bench/curate.py [--out bench/results/curate.json] [--scale-rows 1000000]
-                           [--markdown FILE] [--skip-quality] [--skip-scale] [--no-proposed]
+    python bench/curate.py [--out bench/results/curate.json] [--scale-rows 1000000 3000000 10000000]
+                           [--markdown FILE] [--skip-quality] [--skip-scale] [--scale-dir DIR] [--scale-keep]
                            [--cache DIR] [--workspace DIR] [--profile-dir DIR]
 
 A. Quality (real footage, real models), two scenarios, each with its own
@@ -31,11 +31,14 @@ A. Quality (real footage, real models), two scenarios, each with its own
    dfl_best@target, fo_unique@target and ours@target (curator.curate.curate
    on that pool). Metrics: docs/benchmarks.md (## Curate).
 
-B. Scale. `curator.curate.curate(table, budget)` on synthetic face tables
-   (100k, 300k, --scale-rows) whose descriptors follow distributions measured
-   on the shared clips. Each size runs in its own process; wall and CPU time
-   of the curate() call and the peak resident memory during it (VmHWM reset
-   just before, Linux).
+B. Scale. `curator.api.curate(ws, budget)` on format-2 workspaces of
+   synthetic faces (--scale-rows: 1M, 3M, 10M) whose descriptors follow
+   distributions measured on the shared clips, built a million rows at a
+   time (each million is `synth_table`'s sources, tracks and repeats, with
+   its own source names). Each size is built in one process and curated in
+   a fresh one: wall and CPU time of the call (its worker processes
+   included), the process's peak resident memory (ru_maxrss) and its
+   largest worker's, and the load average (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ import common  # noqa: E402
 
 REPO = common.REPO
 BUDGET_SHARES = (0.02, 0.05, 0.10)
-TARGETS = {"purity_min": 0.99, "scale_seconds_max": 60.0, "scale_peak_gb_max": 4.0}
+# Scale (issue 17): 10 million faces on one 2-core machine in under 5 minutes and 12 GB.
+TARGETS = {"purity_min": 0.99, "scale_rows": 10_000_000, "scale_seconds_max": 300.0, "scale_peak_gb_max": 12.0}
 
 # Near-duplicate definition for the metric (independent of curate's feature space).
 ND_COSINE = 0.95
@@ -640,7 +644,8 @@ def _print_scenario(key: str, s: dict) -> None:
 # B. Scale: synthetic tables
 # =============================================================================
 
-def synth_table(n_rows: int, seed: int = 0, with_embeddings: bool = True, emb_out: np.ndarray | None = None) -> pd.DataFrame:
+def synth_table(n_rows: int, seed: int = 0, with_embeddings: bool = True, emb_out: np.ndarray | None = None,
+                source_prefix: str = "", appearance_out: list | None = None) -> pd.DataFrame:
     """A face table of n_rows with identify's and extract's columns that curate reads.
 
     Distributions follow what extract measured on the shared clips (see
@@ -653,6 +658,9 @@ def synth_table(n_rows: int, seed: int = 0, with_embeddings: bool = True, emb_ou
     footage). is_target follows identify's rule (track's 75th-percentile
     cosine to the target >= 0.45) on 512-d embeddings drawn around identity
     centres (made in chunks; written to `emb_out`, e.g. a memory map, when given).
+    `source_prefix` names another set of sources (tables built in chunks);
+    with `appearance_out` (a list) the appearance vectors are appended to it
+    as one [rows, 64] array instead of a column of arrays.
     """
     rng = np.random.default_rng(seed)
     n_base = int(round(n_rows * 0.85))
@@ -754,7 +762,7 @@ def synth_table(n_rows: int, seed: int = 0, with_embeddings: bool = True, emb_ou
     cs = np.cumsum(step)
     frame = cs - cs[np.flatnonzero(new_src)][grp]
 
-    shas = np.array([hashlib.sha256(f"src{s}".encode()).hexdigest() for s in range(n_src)], dtype=object)
+    shas = np.array([hashlib.sha256(f"{source_prefix}src{s}".encode()).hexdigest() for s in range(n_src)], dtype=object)
     sha = shas[src]
 
     # Identity: 80% of base tracks are the target; copies keep their base track's person.
@@ -785,9 +793,11 @@ def synth_table(n_rows: int, seed: int = 0, with_embeddings: bool = True, emb_ou
     table = pd.DataFrame({
         "face_id": face_id, "source_sha256": sha, "source_kind": "video", "frame": frame.astype(np.int64),
         "time_s": frame / 25.0, "face_index": face_index, **{k: out[k].astype(np.float64) for k in out},
-        "appearance": list(A), "identity_score": score, "track_id": track_id.astype(np.int64),
-        "is_target": is_target,
+        **({} if appearance_out is not None else {"appearance": list(A)}),
+        "identity_score": score, "track_id": track_id.astype(np.int64), "is_target": is_target,
     })
+    if appearance_out is not None:
+        appearance_out.append(A)
     return table
 
 
@@ -801,74 +811,137 @@ def _proc_status(field: str) -> int | None:
     return None
 
 
-def scale_worker(n_rows: int, budget: int, seed: int, profile: str | None, proposed: bool = False) -> dict:
-    """Runs in a child process: build the table, then time curate() and measure its peak memory."""
+SCALE_CHUNK = 1_000_000  # synthetic rows made at once; larger tables are several such tables' sources side by side
+
+
+def build_scale_workspace(n_rows: int, root: Path, seed: int = 0, dim: int = 512) -> dict:
+    """A format-2 workspace of `n_rows` synthetic faces (extract's and identify's columns, embeddings per
+    shard), made SCALE_CHUNK rows at a time through curator.workspace so memory stays bounded."""
+    import pyarrow as pa
+
+    from curator.workspace import append_rows, locked, open_workspace, update_columns
+
+    t0 = time.perf_counter()
+    ws = open_workspace(root, create=True)
+    ident, track_offset = [], 0
+    with locked(ws, "bench/curate.py scale"):
+        for k, start in enumerate(range(0, n_rows, SCALE_CHUNK)):
+            m = min(SCALE_CHUNK, n_rows - start)
+            emb = np.empty((m, dim), np.float32)
+            app: list = []
+            # The first chunk is synth_table(n) itself, so 1M rows are the table earlier runs measured.
+            t = synth_table(m, seed + k, emb_out=emb, source_prefix=f"c{k}-" if k else "", appearance_out=app)
+            t["track_id"] += track_offset
+            track_offset = int(t["track_id"].max()) + 1
+            t["crop_path"] = "crops/none.jpg"
+            ident.append(t[["face_id", "identity_score", "track_id", "is_target"]])
+            rows = pa.Table.from_pandas(t.drop(columns=["identity_score", "track_id", "is_target"]), preserve_index=False)
+            flat = pa.array(app[0].reshape(-1))  # float64, as extract stores it
+            rows = rows.append_column("appearance", pa.ListArray.from_arrays(
+                pa.array(np.arange(0, m * 64 + 1, 64, dtype=np.int32)), flat))
+            del t, app, flat
+            append_rows(ws, rows, emb)
+            del rows, emb
+            gc.collect()
+        update_columns(ws, pd.concat(ident, ignore_index=True))
+    return {"build_s": round(time.perf_counter() - t0, 1),
+            "disk_gb": round(sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file()) / 2**30, 2)}
+
+
+class TreeRSS:
+    """Samples the memory of this process and all its descendants (summed PSS) every `every` seconds; `peak` is
+    the largest sum seen: the memory the whole job held, worker processes included."""
+
+    def __init__(self, every: float = 0.1):
+        import threading
+
+        self.peak, self.every, self.stop = 0, every, threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, sum(_rss_of(p) for p in _tree(os.getpid())))
+            self.stop.wait(self.every)
+
+
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _rss_of(pid: int) -> int:
+    """The process's proportional set size: its resident pages, each shared one divided among its sharers (worker
+    processes are forked and share the parent's pages), so the sum over a process tree is the memory it holds."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def scale_worker(ws_root: str, budget: int, profile: str | None) -> dict:
+    """Runs in a child process: `curator.api.curate` on a workspace; wall, CPU and peak memory of the call.
+
+    Peak memory is this process's ru_maxrss (the imports before the call
+    included) and the largest of its worker processes', if it started any.
+    """
+    import resource
+
     import scipy.spatial  # noqa: F401
     import sklearn.neighbors  # noqa: F401  imported before timing: a constant ~2 s, not a cost of the rows
 
-    from curator import curate as cm
-    from curator.curate import curate
+    from curator import api
+    from curator.workspace import open_workspace, read_table
 
-    phases: dict[str, float] = {}
-    original = cm.near_duplicate_groups
-    groups_impl = original
-
-    def timed_groups(*a, **kw):
-        t = time.perf_counter()
-        try:
-            return groups_impl(*a, **kw)
-        finally:
-            phases["near_duplicate_groups_s"] = round(time.perf_counter() - t, 2)
-
-    cm.near_duplicate_groups = timed_groups
-
-    t0 = time.perf_counter()
-    # The embeddings go to a .npy file and come back memory-mapped, as `curator curate` reads a workspace's.
-    emb_dir = tempfile.mkdtemp(prefix="curate-scale-")
-    emb_path = Path(emb_dir) / "embeddings.npy"
-    out = np.lib.format.open_memmap(emb_path, mode="w+", dtype=np.float32, shape=(n_rows, 512))
-    table = synth_table(n_rows, seed, emb_out=out)
-    out.flush()
-    del out
-    emb = np.load(emb_path, mmap_mode="r")
-    build_s = time.perf_counter() - t0
-    gc.collect()
     rss_before = _proc_status("VmRSS")
-    reset = False
-    try:  # Linux: writing 5 resets the peak-RSS high-water mark to the current RSS
-        Path("/proc/self/clear_refs").write_text("5")
-        reset = True
-    except OSError:
-        pass
     prof = None
     if profile:
         import cProfile
 
         prof = cProfile.Profile()
         prof.enable()
-    import resource
-
-    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    load_before = os.getloadavg()
+    r0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     t1 = time.perf_counter()
-    res = curate(table, budget, emb=emb)
+    with TreeRSS() as tree:
+        s = api.curate(ws_root, budget=budget)
     seconds = time.perf_counter() - t1
-    shutil.rmtree(emb_dir, ignore_errors=True)  # 2 GB at 1M rows
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_s = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    r1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_after = os.getloadavg()
     if prof:
         prof.disable()
         prof.dump_stats(profile)
-    peak = _proc_status("VmHWM") if reset else None
-    s = res.summary
-    digest = hashlib.sha256(pd.util.hash_pandas_object(res.columns[["face_id", "dup_group", "selected"]].astype(str),
-                                                       index=False).to_numpy().tobytes()).hexdigest()[:16]
+    cpu_self = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    cpu_children = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+    out = read_table(open_workspace(ws_root), ["face_id", "dup_group", "selected"])
+    digest = hashlib.sha256(pd.util.hash_pandas_object(out.astype(str), index=False).to_numpy().tobytes()).hexdigest()[:16]
     return {
-        "rows": n_rows, "budget": budget, "proposed_dedupe": proposed, "seconds": round(seconds, 2),
-        "cpu_s": round(cpu_s, 2),
-        **phases, "build_s": round(build_s, 1), "output_sha": digest,
+        "rows": s["faces"], "budget": budget, "seconds": round(seconds, 2),
+        "cpu_s": round(cpu_self + cpu_children, 2), "cpu_self_s": round(cpu_self, 2),
+        "cpu_workers_s": round(cpu_children, 2), "output_sha": digest,
         "rss_before_curate_mb": round(rss_before / 2**20) if rss_before else None,
-        "peak_rss_during_curate_mb": round(peak / 2**20) if peak else None,
-        "curate_extra_mb": round((peak - rss_before) / 2**20) if peak and rss_before else None,
+        # ru_maxrss of the main process; the process tree's peak PSS (sampled every 0.1 s, forked workers
+        # included, pages they share with the main process counted once).
+        "peak_rss_mb": round(r1.ru_maxrss / 1024), "peak_tree_rss_mb": round(tree.peak / 2**20),
+        "load_avg_before": [round(x, 1) for x in load_before], "load_avg_after": [round(x, 1) for x in load_after],
         "target_faces": s["target_faces"], "candidates": s["candidates"],
         "near_duplicate_groups": s["near_duplicate_groups"], "near_duplicates_removed": s["near_duplicates_removed"],
         "selected": s["selected"], "pose_coverage_after": s["coverage_after"]["pose_coverage"],
@@ -876,45 +949,61 @@ def scale_worker(n_rows: int, budget: int, seed: int, profile: str | None, propo
 
 
 def run_scale(sizes: list[int], budget: int, seed: int, timeout: float, profile_dir: Path | None,
-              proposed_sizes: tuple[int, ...] = ()) -> list[dict]:
+              work: Path | None = None, keep: bool = False) -> list[dict]:
+    """Each size: build its workspace in one process, then curate it in a fresh one (its own peak memory)."""
     out = []
-    for n, proposed in [(n, False) for n in sizes] + [(n, True) for n in proposed_sizes]:
-        log(f"scale: {n:,} rows{' (proposed dedupe prototype)' if proposed else ''} ...")
-        prof = str(profile_dir / f"curate_{n}{'_proposed' if proposed else ''}.prof") if profile_dir else ""
-        cmd = [sys.executable, __file__, "--_scale-worker", str(n), "--_budget", str(budget), "--_seed", str(seed)]
-        if proposed:
-            cmd += ["--_proposed"]
-        if prof:
-            profile_dir.mkdir(parents=True, exist_ok=True)
-            cmd += ["--_profile", prof]
-        with tempfile.TemporaryFile("w+") as fout:
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=fout, stderr=subprocess.PIPE, text=True, cwd=REPO)
-            try:
-                _, status, ru = _wait4(proc, timeout)
-            except TimeoutError:
-                proc.kill()
-                proc.wait()
-                out.append({"rows": n, "proposed_dedupe": proposed, "error": f"timed out after {timeout:.0f} s"})
-                log(f"scale: {n:,} rows timed out")
-                continue
-            wall = time.perf_counter() - t0
-            err = proc.stderr.read() if proc.stderr else ""
-            fout.seek(0)
-            text = fout.read()
-        if status != 0:
-            out.append({"rows": n, "proposed_dedupe": proposed, "error": f"exit {status}: {err[-2000:]}"})
-            log(f"scale: {n:,} rows failed: {err[-500:]}")
-            continue
-        rec = json.loads(text.strip().splitlines()[-1])
-        rec["child_wall_s"] = round(wall, 1)
-        rec["child_max_rss_mb"] = round(ru.ru_maxrss / 1024)  # KiB on Linux; includes building the table
-        if prof:
-            rec["profile"] = prof
+    for n in sizes:
+        root = Path(tempfile.mkdtemp(prefix=f"curate-scale-{n}-", dir=work))
+        ws = root / "ws"
+        log(f"scale: {n:,} rows: building the workspace in {ws} ...")
+        rec: dict = {"rows": n}
+        try:
+            built = _child([sys.executable, __file__, "--_build-workspace", str(ws), "--_rows", str(n), "--_seed", str(seed)],
+                           timeout)
+            rec.update(built["result"])
+            prof = str(profile_dir / f"curate_{n}.prof") if profile_dir else ""
+            if prof:
+                profile_dir.mkdir(parents=True, exist_ok=True)
+            log(f"scale: {n:,} rows: built in {rec['build_s']} s ({rec['disk_gb']} GB); curating ...")
+            cmd = [sys.executable, __file__, "--_scale-worker", str(ws), "--_budget", str(budget)]
+            cur = _child(cmd + (["--_profile", prof] if prof else []), timeout)
+            rec.update(cur["result"])
+            rec["child_wall_s"], rec["child_max_rss_mb"] = cur["wall_s"], cur["max_rss_mb"]
+            if prof:
+                rec["profile"] = prof
+            log(f"scale: {n:,} rows: curate {rec['seconds']} s wall, {rec['cpu_s']} s CPU, peak {rec['peak_rss_mb']} MB "
+                f"(with workers {rec['peak_tree_rss_mb']} MB), load {rec['load_avg_before']}")
+        except RuntimeError as e:
+            rec["error"] = str(e)
+            log(f"scale: {n:,} rows failed: {str(e)[-500:]}")
+        finally:
+            if keep:
+                rec["workspace"] = str(ws)
+            else:
+                shutil.rmtree(root, ignore_errors=True)
         out.append(rec)
-        log(f"scale: {n:,} rows: curate {rec['seconds']} s (near_duplicate_groups {rec.get('near_duplicate_groups_s')} s), "
-            f"peak {rec['peak_rss_during_curate_mb']} MB")
     return out
+
+
+def _child(cmd: list[str], timeout: float) -> dict:
+    """Run a bench child; its last stdout line is JSON. Returns it with the child's wall time and ru_maxrss."""
+    with tempfile.TemporaryFile("w+") as fout:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=fout, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        try:
+            _, status, ru = _wait4(proc, timeout)
+        except TimeoutError:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"timed out after {timeout:.0f} s") from None
+        wall = time.perf_counter() - t0
+        err = proc.stderr.read() if proc.stderr else ""
+        fout.seek(0)
+        text = fout.read()
+    if status != 0:
+        raise RuntimeError(f"exit {status}: {err[-2000:]}")
+    return {"result": json.loads(text.strip().splitlines()[-1]), "wall_s": round(wall, 1),
+            "max_rss_mb": round(ru.ru_maxrss / 1024)}
 
 
 def _wait4(proc: subprocess.Popen, timeout: float):
@@ -937,9 +1026,12 @@ def _wait4(proc: subprocess.Popen, timeout: float):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "curate.json")
-    ap.add_argument("--scale-rows", type=int, default=1_000_000)
+    ap.add_argument("--scale-rows", type=int, nargs="+", default=[1_000_000, 3_000_000, 10_000_000])
     ap.add_argument("--scale-budget", type=int, default=5000)
-    ap.add_argument("--scale-timeout", type=float, default=600.0)
+    ap.add_argument("--scale-timeout", type=float, default=1800.0)
+    ap.add_argument("--scale-dir", type=Path, default=None, help="where the synthetic workspaces go (default: the temp folder); "
+                    "10M rows take 26 GB")
+    ap.add_argument("--scale-keep", action="store_true", help="keep the synthetic workspaces")
     ap.add_argument("--profile-dir", type=Path, default=None, help="write a cProfile file per scale size here")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
@@ -948,18 +1040,20 @@ def main() -> None:
     ap.add_argument("--workspace", type=Path, default=None,
                     help="work folder to keep and reuse: extract is skipped where it holds a workspace of the same footage")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--_scale-worker", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_scale-worker", type=str, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_build-workspace", type=str, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_rows", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--_budget", type=int, default=5000, help=argparse.SUPPRESS)
     ap.add_argument("--_seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--_profile", type=str, default="", help=argparse.SUPPRESS)
-    ap.add_argument("--_proposed", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--markdown", type=Path, default=None, help="also write the result tables as Markdown here")
-    ap.add_argument("--no-proposed", action="store_true", help="skip the run of the proposed dedupe prototype at --scale-rows")
     args = ap.parse_args()
 
     if args._scale_worker:
-        rec = scale_worker(args._scale_worker, args._budget, args._seed, args._profile or None, args._proposed)
-        print(json.dumps(rec))
+        print(json.dumps(scale_worker(args._scale_worker, args._budget, args._profile or None)))
+        return
+    if args._build_workspace:
+        print(json.dumps(build_scale_workspace(args._rows, Path(args._build_workspace), args._seed)))
         return
 
     t_start = time.perf_counter()
@@ -968,14 +1062,8 @@ def main() -> None:
     if not args.skip_quality:
         result["quality"] = run_quality(args)
     if not args.skip_scale:
-        sizes = sorted({100_000, 300_000, args.scale_rows})
-        sizes = [s for s in sizes if s <= args.scale_rows]
-        runs = run_scale(sizes, args.scale_budget, args.seed, args.scale_timeout, args.profile_dir,
-                         () if args.no_proposed else (args.scale_rows,))
-        for r in runs:  # the prototype must give exactly curate's output
-            if r.get("proposed_dedupe") and "output_sha" in r:
-                same = [x for x in runs if x["rows"] == r["rows"] and not x.get("proposed_dedupe") and "output_sha" in x]
-                r["same_output_as_curate"] = bool(same) and same[0]["output_sha"] == r["output_sha"]
+        runs = run_scale(sorted(args.scale_rows), args.scale_budget, args.seed, args.scale_timeout, args.profile_dir,
+                         args.scale_dir, args.scale_keep)
         result["scale"] = {"budget": args.scale_budget, "runs": runs}
     result["total_s"] = round(time.perf_counter() - t_start, 1)
     result["targets"] = evaluate_targets(result)
@@ -1007,13 +1095,14 @@ def evaluate_targets(result: dict) -> dict:
             out[f"scenario_{key}"] = entry
     sc = result.get("scale")
     if sc:
-        big = max((r for r in sc["runs"] if "seconds" in r and not r.get("proposed_dedupe")), key=lambda r: r["rows"], default=None)
+        big = max((r for r in sc["runs"] if "seconds" in r), key=lambda r: r["rows"], default=None)
         if big:
-            peak = big.get("peak_rss_during_curate_mb")
-            out["scale"] = {"rows": big["rows"], "seconds": big["seconds"],
-                            "peak_rss_gb": round(peak / 1024, 2) if peak else None,
-                            "under_60s": big["seconds"] < TARGETS["scale_seconds_max"],
-                            "under_4gb": bool(peak) and peak / 1024 < TARGETS["scale_peak_gb_max"]}
+            peak_gb = max(big["peak_rss_mb"], big["peak_tree_rss_mb"]) / 1024
+            out["scale"] = {"rows": big["rows"], "seconds": big["seconds"], "cpu_s": big["cpu_s"],
+                            "peak_rss_gb_with_workers": round(peak_gb, 2),
+                            "rows_reach_target": big["rows"] >= TARGETS["scale_rows"],
+                            "under_5_min": big["seconds"] < TARGETS["scale_seconds_max"],
+                            "under_12_gb": peak_gb < TARGETS["scale_peak_gb_max"]}
     return out
 
 
@@ -1059,17 +1148,16 @@ def render_markdown(result: dict) -> str:
                                  f"{c[f'share_ge_{ND_COSINE}']} |")
     sc = result.get("scale")
     if sc:
-        lines += ["", f"#### Scale (budget {sc['budget']})", "",
-                  "| rows | dedupe | target faces | near-dup groups | curate() wall s | CPU s | of which near_duplicate_groups s | "
-                  "RSS before MB | peak RSS during curate MB | same output |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"#### Scale (budget {sc['budget']}; `curator.api.curate` on a format-2 workspace)", "",
+                  "| rows | candidates | near-dup groups | wall s | CPU s (main + workers) | peak RSS MB (main / with workers) | "
+                  "load avg before -> after | build s | workspace GB |", "|---|---|---|---|---|---|---|---|---|"]
         for r in sc["runs"]:
             if "error" in r:
-                lines.append(f"| {r['rows']:,} | {'proposed' if r.get('proposed_dedupe') else 'curator'} | error: {r['error'][:80]} |")
+                lines.append(f"| {r['rows']:,} | error: {r['error'][:80]} |")
                 continue
-            lines.append(f"| {r['rows']:,} | {'proposed prototype' if r['proposed_dedupe'] else 'curator'} | {r['candidates']:,} | "
-                         f"{r['near_duplicate_groups']:,} | {r['seconds']} | {r.get('cpu_s')} | {r.get('near_duplicate_groups_s')} | "
-                         f"{r['rss_before_curate_mb']} | {r['peak_rss_during_curate_mb']} | "
-                         f"{'yes' if r.get('same_output_as_curate') else ('-' if not r['proposed_dedupe'] else 'NO')} |")
+            lines.append(f"| {r['rows']:,} | {r['candidates']:,} | {r['near_duplicate_groups']:,} | {r['seconds']} | "
+                         f"{r['cpu_s']} ({r['cpu_self_s']} + {r['cpu_workers_s']}) | {r['peak_rss_mb']} / {r['peak_tree_rss_mb']} | "
+                         f"{r['load_avg_before'][0]} -> {r['load_avg_after'][0]} | {r['build_s']} | {r['disk_gb']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -37,15 +37,19 @@ from typing import Callable, Iterable, Sequence
 
 from . import faces, outputs, recognisers
 from . import runtime as runtimes
+from .curate import COLUMNS as CURATE_COLUMNS
+from .curate import OPTIONAL_COLUMNS as CURATE_OPTIONAL
 from .curate import budget_from
 from .curate import curate as curate_table
 from .errors import NothingFound, UsageError
 from .export import export as export_faces
 from .extract import extract as extract_footage
 from .extract import extract_settings
+from .identify import COLUMNS as IDENTIFY_COLUMNS
 from .identify import contact_sheet, identity_clusters, reference_embeddings, sheet_members
 from .identify import identify as identify_table
-from .workspace import locked, open_workspace, read_embeddings, read_meta, read_table, update_columns
+from .workspace import (FORMAT_VERSION, locked, open_workspace, read_embeddings, read_meta, read_table, read_vectors,
+                        table_columns, table_rows, update_columns)
 
 PathLike = str | os.PathLike
 Progress = Callable[[int, str], None]
@@ -144,18 +148,23 @@ def identify(workspace: PathLike, *, ref: PathLike | Sequence[PathLike] | None =
     """
     ws = open_workspace(workspace)
     with locked(ws, "curator identify"):
-        meta = read_meta(ws)
-        rec = recognisers.of_workspace(meta)
-        table = read_table(ws)
-        refs = None
-        if ref:
-            fm = faces.load_models(models or (meta.get("models") or {}).get("path"), device=device)
-            recognisers.check_same(meta, fm)  # before any photo is read: their scores would mean nothing
-            refs = reference_embeddings(fm, _paths(ref))
-        emb = read_embeddings(ws, len(table))
-        result = identify_table(table, emb, refs=refs, cluster=cluster, track_link=rec.track_link,
-                                threshold=rec.same_person if threshold is None else threshold)
-        update_columns(ws, result.table)
+        return _identify(ws, ref=ref, cluster=cluster, threshold=threshold, models=models, device=device)
+
+
+def _identify(ws, *, ref=None, cluster=None, threshold=None, models=None, device="auto") -> dict:
+    """`identify` on an open workspace whose lock the caller holds."""
+    meta = read_meta(ws)
+    rec = recognisers.of_workspace(meta)
+    table = read_table(ws, IDENTIFY_COLUMNS)  # not the wide columns: identify reads boxes and embeddings
+    refs = None
+    if ref:
+        fm = faces.load_models(models or (meta.get("models") or {}).get("path"), device=device)
+        recognisers.check_same(meta, fm)  # before any photo is read: their scores would mean nothing
+        refs = reference_embeddings(fm, _paths(ref))
+    emb = read_embeddings(ws, len(table))
+    result = identify_table(table, emb, refs=refs, cluster=cluster, track_link=rec.track_link,
+                            threshold=rec.same_person if threshold is None else threshold)
+    update_columns(ws, result.table)
     return result.summary()
 
 
@@ -184,14 +193,18 @@ def curate(workspace: PathLike, *, budget: int | None = None, minutes: float | N
     ws = open_workspace(workspace)
     with locked(ws, "curator curate"):
         rec = recognisers.of_workspace(read_meta(ws))
-        table = read_table(ws)
-        emb = read_embeddings(ws, len(table)) if len(table) else None
         note = None
-        if len(table) and "is_target" not in table:
-            found = identify_table(table, emb, threshold=rec.same_person, track_link=rec.track_link)
-            table = update_columns(ws, found.table)
+        if "is_target" not in table_columns(ws) and table_rows(ws):
+            _identify(ws)
             note = "no target chosen: used the largest identity cluster (see `curator identities`)"
-        result = curate_table(table, n, seed=seed, emb=emb, same_picture=rec.same_picture)
+        # Only the columns curate reads; the appearance vectors come a shard at a time.
+        have = set(table_columns(ws))
+        table = read_table(ws, [c for c in CURATE_COLUMNS + CURATE_OPTIONAL if c in have], categories=("source_sha256",))
+        emb = read_embeddings(ws, len(table), random_access=True) if len(table) else None
+        result = curate_table(table, n, seed=seed, emb=emb, same_picture=rec.same_picture,
+                              appearance=read_vectors(ws, "appearance") if "appearance" in have and len(table) else None,
+                              workers=min(os.cpu_count() or 1, 4))
+        del table
         update_columns(ws, result.columns)
     if note:
         result.summary["identify"] = note
@@ -218,8 +231,12 @@ def verify(workspace: PathLike, *, repair: bool = False) -> dict:
     ws = open_workspace(workspace)
     if not repair:
         return check(ws)
-    with locked(ws, "curator verify --repair"):
-        return repair_workspace(ws)
+    version = read_meta(ws)["format_version"]
+    with locked(ws, "curator verify --repair"):  # the lock upgrades an older format first
+        result = repair_workspace(ws)
+    if version < FORMAT_VERSION:
+        result["repaired"].insert(0, f"upgraded the workspace from format {version} to {FORMAT_VERSION}")
+    return result
 
 
 # --- around the set -------------------------------------------------------------------

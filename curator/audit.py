@@ -28,7 +28,9 @@ from . import metrics
 from .errors import CuratorError
 from .metrics import PLAUSIBLE_PITCH, PLAUSIBLE_YAW, known_pose, pose_counts
 from .report import check_out, heatmap_png, histograms_png, render_page, thumbnail, write_report
-from .workspace import Workspace, inputs_of, read_table
+from .workspace import Workspace, inputs_of, read_table, table_columns
+
+WIDE_COLUMNS = ("lmk68", "kps", "bbox", "appearance", "align_matrix")
 
 FRONTAL_DEG = 10.0  # a pose component smaller than this is not named ("near frontal")
 FEW_MIN = 3  # a pose bin with fewer faces than max(FEW_MIN, FEW_SHARE * faces) is "thin"
@@ -62,7 +64,9 @@ def _flag(table: pd.DataFrame, column: str) -> np.ndarray:
 def load_faces(ws: Workspace, which: str = "default") -> FaceSet:
     """The faces to report on. which: "default" (the target's faces if identify has run, else all),
     "selected" (only selected), or "source" (selected if curated, else default minus faces rejected in review)."""
-    table = read_table(ws)
+    # Every column but the wide per-face vectors (landmarks, keypoints, appearance), which a report never
+    # shows: they are most of a large table's bytes.
+    table = read_table(ws, [c for c in table_columns(ws) if c not in WIDE_COLUMNS])
     if not len(table):
         raise AuditError(f"{ws.root} has no faces: run `curator extract FOOTAGE -w {ws.root}` on footage with faces first")
     from .curate import MIN_FACE_PX

@@ -142,8 +142,9 @@ def extract(
 ) -> None:
     """Find, align and describe every face in FOOTAGE.
 
-    Writes one row per face to WS/faces.parquet, L2-normalised identity
-    embeddings to WS/embeddings.npy and aligned crops to WS/crops/.
+    Writes one row per face to a new shard WS/faces/NNNNNN.parquet, its
+    L2-normalised identity embeddings to WS/embeddings/NNNNNN.npy and
+    aligned crops to WS/crops/ (docs/workspace.md).
     Re-running adds only new files and resumes an interrupted run.
 
     Examples:

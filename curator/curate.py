@@ -7,11 +7,14 @@
    appearance all match (module `dedupe_features` gives the units) form a
    group around a leader, the best-quality face; groups are bounded (every
    member is within the radius of its leader, no chaining), so a slow head
-   turn is not collapsed into one face. A first pass runs along each track in
-   time order (cheap, and where most duplicates are), a second one across all
-   sources with a KD-tree (repeated segments, looped footage); a face those
-   passes put out of its leader's reach joins the best leader in reach, or
-   is grouped again with the others left over.
+   turn is not collapsed into one face. Groups are built per source (a
+   footage file and its tracks; sources in parallel on large tables): a
+   first pass runs along each track in time order (cheap, and where most
+   duplicates are), a second one across the source's tracks with a KD-tree
+   (repeated segments, looped footage); a face those passes put out of its
+   leader's reach joins the best leader in reach, or is grouped again with
+   the others left over. Repeats across sources are left to selection's
+   same-picture rule below.
 3. Selection, in priority levels, each level taking the best-quality face of
    every cell it has not covered yet:
       L1 each 10-degree yaw x pitch bin (rare poses are kept),
@@ -96,6 +99,103 @@ def appearance_matrix(table: pd.DataFrame) -> np.ndarray:
     if "appearance" not in table:
         return np.zeros((len(table), 1), np.float32)
     return np.stack(table["appearance"].to_numpy()).astype(np.float32)
+
+
+class _AppearanceRows:
+    """The table's `appearance` column indexed by rows, stacked only for the rows asked for."""
+
+    def __init__(self, table: pd.DataFrame):
+        self.values = table["appearance"].to_numpy() if "appearance" in table else None
+        self.n = len(table)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        if self.values is None:
+            return np.zeros((len(rows), 1), np.float32)
+        return np.stack(self.values[rows]).astype(np.float32) if len(rows) else np.zeros((0, 1), np.float32)
+
+
+PARALLEL_MIN_FACES = 200_000  # below this, starting worker processes costs more than it saves
+
+
+def groups_by_source(features: np.ndarray, appearance, quality: np.ndarray, track: np.ndarray,
+                     time_order: np.ndarray, source: np.ndarray, rows: np.ndarray, workers: int = 1) -> np.ndarray:
+    """`near_duplicate_groups` run on each source's faces alone; leader index (into the inputs) of each face.
+
+    Near-duplicates are local to a source and its tracks, so this finds what
+    the tracks and the source's own repeats hold while each run stays small,
+    and sources can go to `workers` processes. `appearance[rows[i]]` is face
+    i's appearance vector (an array, or the workspace's lazy column, read
+    source by source in row order so each shard is read once); `source`
+    labels each face's source.
+    """
+    n = len(features)
+    lead = np.arange(n, dtype=np.int64)
+    if not n:
+        return lead
+    order = np.lexsort((rows, source))
+    cut = np.flatnonzero(np.r_[True, source[order][1:] != source[order][:-1], True])
+    chunks = sorted((order[a:b] for a, b in zip(cut[:-1], cut[1:])), key=lambda c: rows[c[0]])
+    _SOURCES.update(chunks=chunks, features=features, appearance=appearance, quality=quality, track=track,
+                    time_order=time_order, rows=rows)
+    try:
+        if workers > 1 and len(chunks) > 1 and n >= PARALLEL_MIN_FACES and _can_fork():
+            results = _in_processes(_batches(chunks), workers)
+        else:
+            results = _group_sources(range(len(chunks)))
+        for k, local in results:
+            lead[chunks[k]] = chunks[k][local]
+    finally:
+        _SOURCES.clear()
+    return lead
+
+
+# What `_group_sources` works on. Set before worker processes are forked, so they inherit the arrays
+# (and the lazy appearance column) instead of receiving copies through a pipe.
+_SOURCES: dict = {}
+BATCH_FACES = 100_000  # sources given to a worker at once: about a shard's rows, so a worker reads a shard at a time
+
+
+def _group_sources(keys) -> list:
+    """(k, near_duplicate_groups of source chunk k) for each k."""
+    d, out = _SOURCES, []
+    for k in keys:
+        c = d["chunks"][k]
+        out.append((k, near_duplicate_groups(d["features"][c], np.asarray(d["appearance"][d["rows"][c]], np.float32),
+                                             d["quality"][c], d["track"][c], d["time_order"][c])))
+    return out
+
+
+def _batches(chunks: list) -> list[list[int]]:
+    """Consecutive source chunks grouped into batches of about BATCH_FACES faces."""
+    out, size = [[]], 0
+    for k, c in enumerate(chunks):
+        if size >= BATCH_FACES:
+            out.append([])
+            size = 0
+        out[-1].append(k)
+        size += len(c)
+    return out
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _in_processes(batches: list[list[int]], workers: int):
+    """`_group_sources` of each batch in `workers` forked processes, results as they come.
+
+    Forked, not spawned: a spawned process would import the caller's main
+    script again (a script without a `__main__` guard would run twice), and
+    forked ones share the parent's arrays until they write to them.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        for f in as_completed([pool.submit(_group_sources, b) for b in batches]):
+            yield from f.result()
 
 
 def near_duplicate_groups(features: np.ndarray, appearance: np.ndarray, quality: np.ndarray, track: np.ndarray,
@@ -259,9 +359,36 @@ def _runs(features: np.ndarray, appearance: np.ndarray, track: np.ndarray, time_
     return run
 
 
-def _tiebreak(face_ids: pd.Series, seed: int) -> np.ndarray:
+def _tiebreak(face_ids, seed: int) -> np.ndarray:
     return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{f}".encode(), digest_size=8).digest(), "big")
                      for f in face_ids], dtype=np.uint64)
+
+
+def _tiebreak_where_tied(values: np.ndarray, face_ids: np.ndarray, seed: int) -> np.ndarray:
+    """`_tiebreak` for the faces whose value another face shares, 0 for the rest: sorting by (value, this) orders
+    them as (value, _tiebreak) does, and a million candidates do not each hash their id."""
+    tb = np.zeros(len(values), np.uint64)
+    tied = pd.Series(values).duplicated(keep=False).to_numpy()
+    tb[tied] = _tiebreak(face_ids[tied], seed)
+    return tb
+
+
+def _lazy_order(level: np.ndarray, within: np.ndarray, face_ids: np.ndarray, seed: int):
+    """Indices in (level, within, _tiebreak) order, each run of equal (level, within) hashed only when reached:
+    selection usually stops after the budget's first few thousand."""
+    prim = np.lexsort((within, level))
+    lv, wi = level[prim], within[prim]
+    cut = np.flatnonzero(np.r_[True, (lv[1:] != lv[:-1]) | (wi[1:] != wi[:-1]), True])
+    for a, b in zip(cut[:-1].tolist(), cut[1:].tolist()):
+        run = prim[a:b]
+        if b - a > 1:
+            run = run[np.argsort(_tiebreak(face_ids[run], seed), kind="stable")]
+        yield from run.tolist()
+
+
+SELECTED_LABELS = {0: "selected: kept in review", 1: "selected: best face of its pose bin",
+                   2: "selected: best face of its pose x expression cell",
+                   3: "selected: best face of its pose x expression x lighting cell"}
 
 
 def select(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarray | None = None,
@@ -269,11 +396,19 @@ def select(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarray | No
     """Choose `budget` rows of `cands` (needs quality, pose_bin, expr_cluster, light_cluster, yaw, pitch; optional
     track_id, time_s, and row: the row of `emb`, the identity embeddings); returns (mask, reasons).
     `same_picture`: the recogniser's same-picture cosine (curator.recognisers)."""
+    chosen, codes, labels = select_codes(cands, budget, seed, emb, same_picture)
+    return chosen, list(np.asarray(labels, dtype=object)[codes])
+
+
+def select_codes(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarray | None = None,
+                 same_picture: float = DEFAULT.same_picture) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """`select` with the reasons as codes into a list of labels (a million candidates share a few dozen)."""
     n = len(cands)
     if n == 0 or budget <= 0:
-        return np.zeros(n, bool), ["over budget"] * n
-    tb = _tiebreak(cands["face_id"], seed)
-    by_quality = np.lexsort((tb, -cands["quality"].to_numpy()))
+        return np.zeros(n, bool), np.zeros(n, np.int64), ["over budget"]
+    face_ids = cands["face_id"].to_numpy(object)
+    by_quality = np.lexsort((_tiebreak_where_tied(cands["quality"].to_numpy(), face_ids, seed),
+                             -cands["quality"].to_numpy()))
     pose = cands["pose_bin"].to_numpy()
     keys = {
         1: pose,
@@ -285,44 +420,46 @@ def select(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarray | No
     # Faces a person kept in review come first, always, and the levels build on what they cover.
     taken = cands["kept"].to_numpy(bool, copy=True) if "kept" in cands else np.zeros(n, bool)
     level[taken] = 0
-    reasons = ["selected: kept in review" if k else "" for k in taken]
     budget = max(budget, int(taken.sum()))
-    labels = {1: "best face of its pose bin", 2: "best face of its pose x expression cell",
-              3: "best face of its pose x expression x lighting cell"}
     pose_order = _pose_order(cands)
     for lvl in (1, 2, 3):
         key = keys[lvl]
-        counts = pd.Series(key).map(pd.Series(key).value_counts()).to_numpy()
-        seen: set = set(key[taken])
-        for i in by_quality:
-            if taken[i] or key[i] in seen:
-                continue
-            seen.add(key[i])
-            taken[i] = True
-            level[i] = lvl
-            within[i] = pose_order.get(pose[i], 0) if lvl == 1 else counts[i]  # rarest cells first
-            reasons[i] = "selected: " + labels[lvl]
+        _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+        # Each cell that holds no taken face yet gives its best face (the first in quality order).
+        free = by_quality[~taken[by_quality]]
+        _, first = np.unique(key[free], return_index=True)
+        best = free[first]
+        best = best[~np.isin(key[best], key[taken])]
+        taken[best] = True
+        level[best] = lvl
+        if lvl == 1:
+            within[best] = pd.Series(pose[best]).map(pose_order).fillna(0).to_numpy()
+        else:
+            within[best] = counts[inverse[best]]  # rarest cells first
     # Round-robin fill: quality rank inside the L3 cell, rarest cells first at each rank.
     rest = ~taken
     rank = pd.Series(-cands["quality"].to_numpy()).groupby(keys[3]).rank(method="first").to_numpy()
     level[rest] = 10 + rank[rest].astype(np.int64)
-    counts3 = pd.Series(keys[3]).map(pd.Series(keys[3]).value_counts()).to_numpy()
-    within[rest] = counts3[rest]
-    order = np.lexsort((tb, within, level))
+    _, inverse3, counts3 = np.unique(keys[3], return_inverse=True, return_counts=True)
+    within[rest] = counts3[inverse3[rest]]
+    order = _lazy_order(level, within, face_ids, seed)
     chosen = np.zeros(n, bool)
     chosen[_take_spread(order, cands, budget, level, emb=emb, same_picture=same_picture)] = True
-    for i in range(n):
-        if not chosen[i]:
-            reasons[i] = "over budget"
-        elif level[i] >= 10:
-            reasons[i] = f"selected: quality rank {int(rank[i])} in its pose x expression x lighting cell"
-    return chosen, reasons
+    labels = ["over budget", *SELECTED_LABELS.values()]
+    codes = np.where(chosen & (level < 10), np.minimum(level, 3) + 1, 0)
+    ranked = np.flatnonzero(chosen & (level >= 10))
+    if len(ranked):
+        ranks, where = np.unique(rank[ranked].astype(np.int64), return_inverse=True)
+        codes[ranked] = len(labels) + where
+        labels += [f"selected: quality rank {r} in its pose x expression x lighting cell" for r in ranks.tolist()]
+    return chosen, codes, labels
 
 
-def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.ndarray,
+def _take_spread(order, cands: pd.DataFrame, budget: int, level: np.ndarray,
                  emb: np.ndarray | None = None, gap_s: float = MIN_GAP_S,
                  same_picture: float = DEFAULT.same_picture) -> np.ndarray:
-    """Take `order` up to the budget, deferring faces that would nearly repeat one already taken.
+    """Take `order` (an iterable of indices) up to the budget, deferring faces that would nearly repeat one
+    already taken.
 
     Two kinds of repeat survive dedupe, because the descriptors differ a little
     while the picture does not:
@@ -339,8 +476,8 @@ def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.
     (level 1) is not deferred for time, since a turning head crosses bins
     within a second.
     """
-    if budget >= len(order):
-        return order[:budget]
+    if budget >= len(cands):
+        return np.arange(len(cands))
     track = cands["track_id"].to_numpy() if "track_id" in cands else np.arange(len(cands))
     time_s = cands["time_s"].to_numpy(float) if "time_s" in cands else np.full(len(cands), np.nan)
     yaw, pitch = cands["yaw"].to_numpy(float), cands["pitch"].to_numpy(float)
@@ -353,26 +490,32 @@ def _take_spread(order: np.ndarray, cands: pd.DataFrame, budget: int, level: np.
     by_cell: dict = {}
     taken_times: dict = {}
     out: list = []
+    # The embeddings of taken faces, read once each (a memory map is read row by row otherwise).
+    taken_emb = np.zeros((budget, emb.shape[1] if emb is not None else 0), np.float32)
+    slot: dict = {}
     # Three passes over what is left, each with fewer rules: both, then only the same-picture rule (a
     # face near in time still differs more than the same picture does), then none.
     for use_time, use_emb in ((True, True), (False, True), (False, False)):
         deferred = []
-        for i in order.tolist():
+        for i in order:
             if (use_time and level[i] > 1 and any(abs(time_s[i] - t) < gap_s for t in taken_times.get(track[i], ()))) \
                     or (use_emb and level[i] > 0 and emb is not None
-                        and _same_picture(i, emb, rows, yaw, pitch, cell, by_cell, same_picture)):
+                        and _same_picture(i, emb, rows, yaw, pitch, cell, by_cell, same_picture, taken_emb, slot)):
                 deferred.append(i)
                 continue
             taken_times.setdefault(track[i], []).append(time_s[i])
             by_cell.setdefault((cell[i, 0], cell[i, 1]), []).append(i)
+            if emb is not None:
+                slot[i] = len(out)
+                taken_emb[len(out)] = emb[rows[i]]
             out.append(i)
             if len(out) == budget:
                 return np.array(out)
-        order = np.array(deferred, dtype=np.int64)
+        order = deferred
     return np.array(out, dtype=np.int64)
 
 
-def _same_picture(i, emb, rows, yaw, pitch, cell, by_cell, cos) -> bool:
+def _same_picture(i, emb, rows, yaw, pitch, cell, by_cell, cos, taken_emb, slot) -> bool:
     near = [j for dy in (-1, 0, 1) for dp in (-1, 0, 1) for j in by_cell.get((cell[i, 0] + dy, cell[i, 1] + dp), ())]
     if not near:
         return False
@@ -381,7 +524,7 @@ def _same_picture(i, emb, rows, yaw, pitch, cell, by_cell, cos) -> bool:
     if not len(near):
         return False
     e = np.asarray(emb[rows[i]], np.float32)
-    return bool((np.asarray(emb[np.sort(rows[near])], np.float32) @ e >= cos).any())
+    return bool((taken_emb[[slot[j] for j in near.tolist()]] @ e >= cos).any())
 
 
 def _pose_order(cands: pd.DataFrame) -> dict:
@@ -399,8 +542,16 @@ def _pose_order(cands: pd.DataFrame) -> dict:
     return {b: i for i, b in enumerate(order)}
 
 
+# The columns `curate` reads (besides what review and verify may have added); `curator.api.curate` reads
+# only these, and the appearance vectors shard by shard.
+COLUMNS = ["face_id", "source_sha256", "frame", "time_s", "face_px", "sharpness", "det_score", "yaw", "pitch", "roll",
+           *metrics.EXPRESSION_COLUMNS, *LIGHT_UNITS, "track_id", "is_target"]
+OPTIONAL_COLUMNS = ["rejected", "kept", "crop_missing"]
+
+
 def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: float = MIN_FACE_PX,
-           emb: np.ndarray | None = None, same_picture: float = DEFAULT.same_picture) -> CurateResult:
+           emb: np.ndarray | None = None, same_picture: float = DEFAULT.same_picture, appearance=None,
+           workers: int = 1) -> CurateResult:
     """Dedupe and select on a face table that has identify's columns. Pure: reads nothing, writes nothing.
 
     `emb`: the identity embeddings aligned with the table's rows (a memory map
@@ -408,86 +559,120 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
     tell faces the recogniser sees as the same picture. `same_picture`: the
     cosine at which that recogniser sees two faces as one picture
     (curator.recognisers; `curator.api.curate` passes the workspace's).
+    `appearance`: the 8x8 appearance vectors by row (`appearance[rows]` gives
+    a [len(rows), 64] array), when the table does not carry the column; read
+    a source at a time. `workers`: processes for the per-source groups (same
+    result for any number).
     """
     if not len(table):
         raise WorkspaceError("the workspace has no faces")
     if "is_target" not in table:
         raise WorkspaceError("no target identity chosen yet: run `curator identify` first")
     t = table.reset_index(drop=True)
+    n = len(t)
     quality = quality_score(t)
-    rejected = t["rejected"].fillna(False).to_numpy(bool) if "rejected" in t else np.zeros(len(t), bool)
+    rejected = _flag(t, "rejected")
     # Set by `curator verify --repair`: a face whose crop is gone has nothing to train on.
-    gone = t["crop_missing"].fillna(False).to_numpy(bool) if "crop_missing" in t else np.zeros(len(t), bool)
+    gone = _flag(t, "crop_missing")
     # Set by `curator review`: a person's "keep" overrides identity and size (never a rejection).
-    kept = (t["kept"].fillna(False).to_numpy(bool) if "kept" in t else np.zeros(len(t), bool)) & ~rejected & ~gone
-    target = t["is_target"].to_numpy(bool)
+    kept = _flag(t, "kept") & ~rejected & ~gone
+    target = t["is_target"].fillna(False).to_numpy(bool)
     big = t["face_px"].to_numpy(float) >= min_face_px
     pool = (target & ~rejected & ~gone & big) | kept
 
-    reasons = np.where(~target, "not the target identity",
-                       np.where(rejected, "rejected in review",
-                                np.where(gone, "crop file missing",
-                                         np.where(~big, f"face too small (< {min_face_px:g} px)", "")))).astype(object)
-    dup_group = np.array([None] * len(t), dtype=object)
+    # Reasons as codes into LABELS (and labels made per group below): ten million rows share a few strings.
+    labels = ["", "not the target identity", "rejected in review", "crop file missing",
+              f"face too small (< {min_face_px:g} px)"]
+    reason = np.select([~target, rejected, gone, ~big], [1, 2, 3, 4], 0).astype(np.int64)
     idx = np.flatnonzero(pool)
     if not len(idx):
         raise WorkspaceError("no faces of the target identity to curate (see `curator identities`)")
-    sub = t.iloc[idx]
+    sub = t[[c for c in COLUMNS if c in t]].iloc[idx]
     track = sub["track_id"].to_numpy() if "track_id" in sub else np.arange(len(sub))
+    source = pd.factorize(sub["source_sha256"])[0] if "source_sha256" in sub else np.zeros(len(sub), np.int64)
     # Kept faces lead their groups (a group's leader is its best-quality face).
-    lead = near_duplicate_groups(dedupe_features(sub), appearance_matrix(sub), quality[idx] + 1e6 * kept[idx], track,
-                                 sub["frame"].to_numpy())
-    dup_group[idx] = sub["face_id"].to_numpy()[lead]
+    lead = groups_by_source(dedupe_features(sub), appearance if appearance is not None else _AppearanceRows(t),
+                            quality[idx] + 1e6 * kept[idx], track, sub["frame"].to_numpy(), source, idx, workers)
     is_leader = lead == np.arange(len(idx))
-    for j in np.flatnonzero(~is_leader):
-        reasons[idx[j]] = f"near-duplicate of {dup_group[idx[j]]}"
+    leaders = idx[is_leader]
+    # dup_group: the leader's face_id, as a code into the leaders (-1, null: not a candidate).
+    group_code = np.full(n, -1, np.int64)
+    group_code[idx] = np.searchsorted(leaders, idx[lead])
+    face_ids = t["face_id"]
+    leader_ids = pd.Index(face_ids.iloc[leaders].to_numpy())
+    members = np.flatnonzero(~is_leader)
+    led = np.unique(group_code[idx[members]])  # leaders with members: one "near-duplicate of" label each
+    dup_label = np.full(len(leaders), -1, np.int64)
+    dup_label[led] = len(labels) + np.arange(len(led))
+    labels += ("near-duplicate of " + pd.Series(leader_ids[led])).tolist()
+    reason[idx[members]] = dup_label[group_code[idx[members]]]
 
     # Clusters are defined over the whole pool, so cell membership does not depend on dedupe.
     exp_edges = metrics.tertile_edges(sub, metrics.EXPRESSION_COLUMNS)
     light_edges = metrics.tertile_edges(sub, metrics.LIGHT_COLUMNS)
-    pose_bin = np.full(len(t), -1)
+    pose_bin = np.full(n, -1)
     pose_bin[idx] = metrics.pose_bins(sub).to_numpy()
-    expr = np.full(len(t), -1)
+    expr = np.full(n, -1)
     expr[idx] = metrics.tertile_cells(sub, exp_edges).to_numpy()
-    light = np.full(len(t), -1)
+    light = np.full(n, -1)
     light[idx] = metrics.tertile_cells(sub, light_edges).to_numpy()
 
-    leaders = idx[is_leader]
-    cands = pd.DataFrame({"face_id": t["face_id"].to_numpy()[leaders], "quality": quality[leaders],
+    cands = pd.DataFrame({"face_id": leader_ids.to_numpy(), "quality": quality[leaders],
                           "pose_bin": pose_bin[leaders], "expr_cluster": expr[leaders], "light_cluster": light[leaders],
                           "track_id": t["track_id"].to_numpy()[leaders] if "track_id" in t else leaders,
                           "time_s": t["time_s"].to_numpy()[leaders],
                           "yaw": t["yaw"].to_numpy(float)[leaders], "pitch": t["pitch"].to_numpy(float)[leaders],
                           "row": leaders, "kept": kept[leaders]})
-    if emb is not None and len(emb) != len(t):
-        raise WorkspaceError(f"{len(emb)} embeddings for {len(t)} faces")
-    chosen, why = select(cands, budget, seed, emb, same_picture)
-    selected = np.zeros(len(t), bool)
+    if emb is not None and len(emb) != n:
+        raise WorkspaceError(f"{len(emb)} embeddings for {n} faces")
+    chosen, codes, select_labels = select_codes(cands, budget, seed, emb, same_picture)
+    del cands
+    selected = np.zeros(n, bool)
     selected[leaders] = chosen
-    reasons[leaders] = why
+    reason[leaders] = len(labels) + codes
+    labels += select_labels
     extra = np.flatnonzero(kept & ~selected)  # a kept face inside another kept face's group
     selected[extra] = True
     for j in extra:
-        reasons[j] = f"selected: kept in review (near-duplicate of {dup_group[j]})"
+        reason[j] = len(labels)
+        labels.append(f"selected: kept in review (near-duplicate of {leader_ids[group_code[j]]})")
 
-    pose_cluster = metrics.pose_labels(t)
     columns = pd.DataFrame({
-        "face_id": t["face_id"], "quality": quality.astype(np.float32), "dup_group": dup_group,
-        "pose_cluster": pose_cluster, "expr_cluster": expr, "light_cluster": light,
-        "selected": selected, "reason": reasons.astype(str),
+        "face_id": face_ids, "quality": quality.astype(np.float32),
+        "dup_group": pd.Categorical.from_codes(group_code, categories=leader_ids),
+        "pose_cluster": _pose_clusters(t), "expr_cluster": expr, "light_cluster": light,
+        "selected": selected, "reason": _categorical(reason, labels),
     })
-    ref = t.iloc[idx]
+    ref = sub[[c for c in ("yaw", "pitch", *metrics.EXPRESSION_COLUMNS, *metrics.LIGHT_COLUMNS) if c in sub]]
     summary = {
-        "faces": len(t), "target_faces": int(target.sum()), "rejected": int(rejected.sum()),
+        "faces": n, "target_faces": int(target.sum()), "rejected": int(rejected.sum()),
         "too_small": int((target & ~rejected & ~big).sum()), "kept": int(kept.sum()), "candidates": len(idx),
         "near_duplicate_groups": int(is_leader.sum()), "near_duplicates_removed": int((~is_leader).sum()),
         "budget": int(budget), "selected": int(selected.sum()),
         "coverage_before": metrics.coverage(ref, ref),
-        "coverage_after": metrics.coverage(t[selected], ref),
+        "coverage_after": metrics.coverage(t.loc[selected, ref.columns], ref),
     }
     if budget > is_leader.sum():
         summary["note"] = f"budget {budget} is more than the {int(is_leader.sum())} distinct target faces; all are selected"
     return CurateResult(columns, summary)
+
+
+def _flag(table: pd.DataFrame, column: str) -> np.ndarray:
+    return table[column].fillna(False).to_numpy(bool) if column in table else np.zeros(len(table), bool)
+
+
+def _categorical(codes: np.ndarray, labels: list[str]) -> pd.Categorical:
+    """Strings as codes into labels; labels may repeat (two reasons can read alike), codes are remapped."""
+    inverse, uniq = pd.factorize(pd.Index(labels, dtype=object))
+    return pd.Categorical.from_codes(inverse[codes], categories=pd.Index(uniq, dtype=object))
+
+
+def _pose_clusters(table: pd.DataFrame) -> pd.Categorical:
+    """metrics.pose_labels as a categorical: one label per distinct bin, a code per row."""
+    codes = metrics.pose_bins(table).to_numpy()
+    bins, inverse = np.unique(codes, return_inverse=True)
+    names = [metrics.pose_label(*metrics.pose_bin_centre(c)) if c >= 0 else "unknown" for c in bins.tolist()]
+    return _categorical(inverse, names)
 
 
 def budget_from(budget: int | None, minutes: float | None, fps: float) -> int:

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from . import __version__, formats, outputs
 from .atomic import inside, write_json
 from .errors import CuratorError
-from .workspace import Workspace, WorkspaceError, inputs_of, now, read_embeddings, read_meta, read_table
+from .workspace import Workspace, WorkspaceError, inputs_of, now, read_embeddings, read_meta, read_table, table_columns
 
 VAL_FRACTION = 0.1
 
@@ -78,11 +78,14 @@ def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, 
     meta = read_meta(ws)
     out = outputs.check_folder(out, "export", force=force, keep=inputs_of(ws),
                                not_inside={ws.root: f"the workspace {ws.root}"})
-    table = read_table(ws)
-    if not len(table):
+    # The flags first, then every column of only the rows exported: the table may have millions of rows.
+    have = table_columns(ws)
+    flags = read_table(ws, ["face_id"] + [c for c in ("selected", "rejected", "crop_missing") if c in have])
+    if not len(flags):
         raise WorkspaceError(f"workspace {ws.root} has no faces")
-    emb = read_embeddings(ws, len(table))
-    rows = faces_to_export(table, include_all)
+    emb = read_embeddings(ws, len(flags))
+    keep = faces_to_export(flags, include_all).index.to_numpy()
+    rows = read_table(ws, rows=keep) if len(keep) else flags.iloc[:0]
     if not len(rows):
         raise ExportError("no faces to export (none selected, or all rejected in review)")
     try:

@@ -2,7 +2,7 @@
 
     footage -> sampled frames -> detect (5 keypoints) -> align -> crop
             -> identity embedding, head pose, expression, lighting, quality
-            -> staged parts -> merged into faces.parquet + embeddings.npy
+            -> staged parts -> merged as new shards: faces/NNNNNN.parquet + embeddings/NNNNNN.npy
 
 Work is checkpointed in `staging/` every few hundred analysed frames, each
 part naming how far into which source it got, so a killed run resumes inside

@@ -37,6 +37,8 @@ from .errors import CuratorError
 from .recognisers import DEFAULT
 from .workspace import WorkspaceError
 
+# The columns identify reads (`curator.api.identify` reads only these, not the wide landmark columns).
+COLUMNS = ["face_id", "source_sha256", "source_kind", "frame", "face_index", "time_s", "bbox"]
 CLUSTER_SAMPLE = 4000  # agglomerative clustering is O(n^2); the rest are assigned to centres
 # A reference must be a clear face: SCRFD scores clear photos of people at
 # 0.75-0.9, while animal faces and faint background faces reach 0.6-0.65.

@@ -121,11 +121,12 @@ def coverage(subset: pd.DataFrame, reference: pd.DataFrame) -> dict:
     """Shares of the reference's occupied pose bins, expression cells and lighting cells that `subset` occupies."""
     if not len(reference):
         return {"pose_bins": 0, "pose_coverage": 0.0, "expression_coverage": 0.0, "light_coverage": 0.0}
-    ref_pose = set(pose_bins(reference))
-    sub_pose = set(pose_bins(subset)) & ref_pose
+    distinct = lambda cells: set(np.unique(cells.to_numpy()).tolist())  # noqa: E731  (fast on millions of rows)
+    ref_pose = distinct(pose_bins(reference))
+    sub_pose = distinct(pose_bins(subset)) & ref_pose
     ee, le = tertile_edges(reference, EXPRESSION_COLUMNS), tertile_edges(reference, LIGHT_COLUMNS)
-    ref_e, sub_e = set(tertile_cells(reference, ee)), set(tertile_cells(subset, ee))
-    ref_l, sub_l = set(tertile_cells(reference, le)), set(tertile_cells(subset, le))
+    ref_e, sub_e = distinct(tertile_cells(reference, ee)), distinct(tertile_cells(subset, ee))
+    ref_l, sub_l = distinct(tertile_cells(reference, le)), distinct(tertile_cells(subset, le))
     return {
         "pose_bins": len(ref_pose),
         "pose_bins_covered": len(sub_pose),

@@ -85,9 +85,20 @@ def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
 
 
 def table(ws: Path):
-    import pandas as pd
+    from curator.workspace import open_workspace, read_table
 
-    return pd.read_parquet(ws / "faces.parquet")
+    return read_table(open_workspace(ws))
+
+
+def table_files(ws: Path) -> dict[str, bytes]:
+    """Every file of a workspace's table (shards, their embeddings, column groups) with its bytes."""
+    return {p.relative_to(ws).as_posix(): p.read_bytes() for folder in ("faces", "embeddings", "columns")
+            if (ws / folder).is_dir() for p in sorted((ws / folder).iterdir())}
+
+
+def has_table(ws: Path) -> bool:
+    """Whether any row was committed to the workspace's table."""
+    return any((Path(ws) / "faces").glob("*.parquet")) or (Path(ws) / "faces.parquet").exists()
 
 
 def lmk68_in_box(row, margin: float):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import IMAGES, PACK, clip, curator, curator_json, loop_video, one_line_error
+from conftest import IMAGES, PACK, clip, curator, curator_json, loop_video, one_line_error, table_files
 from curator import faces, identify, media, recognisers
 from curator.curate import curate as do_curate
 from curator.workspace import open_workspace, read_embeddings, read_table, update_columns
@@ -100,11 +100,11 @@ def test_stage_clip_second_person_excluded(tmp_path):
 @pytest.mark.parametrize("bad, why", [("dlib/dogs.jpg", "no face found"), ("dlib/bald_guys.jpg", "faces found")])
 def test_bad_reference_photo_named_and_nothing_modified(two_people, bad, why):
     ws, _ = two_people
-    before = (ws / "faces.parquet").read_bytes()
+    before = table_files(ws)
     proc = curator("identify", "-w", ws, "--ref", IMAGES / bad)
     assert proc.returncode == 2
     assert Path(bad).name in proc.stderr and why in proc.stderr
-    assert (ws / "faces.parquet").read_bytes() == before
+    assert table_files(ws) == before
 
 
 def stand_in_pack(folder: Path, dim: int | None = None) -> Path:
@@ -149,12 +149,12 @@ def test_reference_read_with_another_recogniser_is_refused_in_one_line(two_peopl
     if dim is None:  # ...and sees the same face differently
         assert float(identify.reference_embeddings(fm, [ref])[0] @ identify.reference_embeddings(shared, [ref])[0]) < 0.9
     assert len(faces.detect(fm, img)[0]) == 1
-    before = (ws / "faces.parquet").read_bytes()
+    before = table_files(ws)
     proc = curator("identify", "-w", ws, "--ref", ref, "--models", pack)
     mine = fm.files[f"stand_in_{dim}.onnx" if dim else "mobilefacenet_128.onnx"][:12]
     line = one_line_error(proc, "recogniser", mine, shared.files["mobilefacenet_128.onnx"][:12], f"--models {PACK}")
     assert pack.name in line
-    assert (ws / "faces.parquet").read_bytes() == before
+    assert table_files(ws) == before
 
 
 def test_reference_read_with_a_copy_of_the_workspace_pack_is_accepted(two_people, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TESTDATA, clip, curator, lmk68_in_box, one_line_error
+from conftest import TESTDATA, clip, curator, has_table, lmk68_in_box, one_line_error
 from curator import dlib68, faces, media
 from curator.workspace import open_workspace, read_table
 
@@ -161,7 +161,7 @@ def test_auto_without_a_3d68_model_records_none(mouth, tmp_path):
 def test_unknown_method_is_a_usage_error(tmp_path):
     one_line_error(curator("extract", clip(MOUTH_CLIP), "-w", tmp_path / "ws", "--landmarks", "3ddfa"),
                    "--landmarks", "auto, dlib, none")
-    assert not (tmp_path / "ws" / "faces.parquet").exists()
+    assert not has_table(tmp_path / "ws")
 
 
 def test_without_dlib_one_line_names_the_install(tmp_path):
@@ -170,4 +170,4 @@ def test_without_dlib_one_line_names_the_install(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, "extract", str(clip(MOUTH_CLIP)), "-w", str(tmp_path / "ws"),
                            "--landmarks", "dlib", "-q"], capture_output=True, text=True)
     one_line_error(proc, "--landmarks dlib", "pip install 'curator-faces[dlib]'")
-    assert not (tmp_path / "ws" / "faces.parquet").exists()
+    assert not has_table(tmp_path / "ws")

@@ -22,7 +22,7 @@ def test_ci_runs_the_readme_test_command():
 
 def documented_columns() -> set[str]:
     text = (ROOT / "docs" / "workspace.md").read_text()
-    section = text.split("## Columns of `faces.parquet`", 1)[1]
+    section = text.split("## Columns of the table", 1)[1]
     names = set()
     for first_cell in re.findall(r"^\| (`[^|]+`) \|", section, flags=re.M):
         names.update(re.findall(r"`([a-z0-9_]+)`", first_cell))
@@ -38,6 +38,35 @@ def test_every_column_written_is_documented(tmp_path):
     assert columns - documented == set(), f"undocumented columns: {sorted(columns - documented)}"
     # written only with a 3D-68 pack, by review, by verify --repair:
     assert documented - columns <= {"lmk68", "rejected", "kept", "review_tags", "crop_missing"}
+
+
+def test_workspace_format_snippet_reads_the_table(tmp_path):
+    """docs/workspace.md's plain pandas/NumPy reader gives what curator reads, on a workspace of two shards
+    and two column groups, one of them shorter than the table."""
+    import os
+
+    import numpy as np
+    import pandas as pd
+
+    from curator.workspace import read_embeddings
+
+    ws = tmp_path / "ws"
+    curator("extract", clip("face_1.mp4"), "-w", ws, "-q", check=True)
+    curator("curate", "-w", ws, "--budget", "5", check=True)
+    curator("extract", clip("driving_d6.mp4"), "-w", ws, "-q", check=True)
+    (block,) = [b for b in python_blocks("workspace.md") if "glob" in b]
+    namespace: dict = {}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(block, "docs/workspace.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    w = open_workspace(ws)
+    ours = read_table(w)
+    assert len(list((ws / "faces").glob("*.parquet"))) == 2 and ours["selected"].isna().any()
+    pd.testing.assert_frame_equal(namespace["faces"][list(ours.columns)], ours, check_dtype=False)
+    np.testing.assert_array_equal(namespace["emb"], np.asarray(read_embeddings(w)))
 
 
 def test_every_command_has_help_with_examples():

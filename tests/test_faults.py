@@ -136,14 +136,14 @@ def test_kill_during_export_leaves_old_or_new(reference, tmp_path):
 def test_damaged_table_is_a_clear_error(reference, tmp_path, kind):
     ws = tmp_path / "ws"
     shutil.copytree(reference, ws)
-    table = ws / "faces.parquet"
+    table = ws / "faces" / "000000.parquet"
     data = table.read_bytes()
     table.write_bytes(os.urandom(len(data)) if kind == "random" else data[: len(data) // 2])
     FIGURES["inputs_tried"] += 1
     for args in (["curate", "-w", ws, "--budget", "5"], ["verify", "-w", ws], ["export", "-w", ws, "--out", tmp_path / "o"]):
         proc = curator(*args)
         assert proc.returncode == 2, (args, proc.stderr)
-        assert "faces.parquet cannot be read" in proc.stderr and "Traceback" not in proc.stderr
+        assert "faces/000000.parquet cannot be read" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("kind", ["random", "truncated"])

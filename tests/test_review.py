@@ -33,7 +33,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from conftest import ROOT, chromium_screenshot, clip, ctrl_c_enabled, curator, curator_json, one_line_error, table
+from conftest import ROOT, chromium_screenshot, clip, ctrl_c_enabled, curator, curator_json, one_line_error, table, table_files
 from curator import metrics, review, review_dataset, review_db, review_tags
 from curator.workspace import WorkspaceLocked, locked, open_workspace, read_embeddings
 
@@ -281,13 +281,13 @@ def test_pull_waits_for_another_commands_lock_and_holds_it_only_to_write(curated
     ds = fo.load_dataset(name)
     face = table(ws).face_id.iloc[0]
     ds.select(by_face_ids(ds, [face])).tag_samples("reject")
-    before = (ws / "faces.parquet").read_bytes()
+    before = table_files(ws)
     with locked(w, "curator curate"):  # another command is writing: refused after the wait, table untouched
         t0 = time.monotonic()
         with pytest.raises(WorkspaceLocked, match="curator curate"):
             review_tags.pull_tags(w, ds, wait_s=1.5)
         assert time.monotonic() - t0 >= 1.5
-    assert (ws / "faces.parquet").read_bytes() == before
+    assert table_files(ws) == before
     # released while the pull waits: the pull goes through
     holder = threading.Thread(target=hold_lock, args=(w, 1.0))
     holder.start()
