@@ -364,21 +364,26 @@ def sample_video(
     uninterrupted run would choose.
 
     `segment` (from `segments`): only that stretch of the file, sampled as if
-    it were a file of its own (the clock and the last analysed thumbnail start
-    afresh at its first frame, and back-fill never reaches before it), with
-    frames numbered as in the whole file. It starts by seeking to its keyframe.
+    it were a file of its own (the clock starts at its first frame as it
+    starts at 0 s for a whole file, the last analysed thumbnail is forgotten,
+    and back-fill never reaches before it), with frames numbered as in the
+    whole file. It starts by seeking to its keyframe.
     """
     stats = stats if stats is not None else SampleStats()
     container, stream = open_video(path)
     info = video_info(stream, container)
     period = 1.0 / fps if (fps and not every) else None
     stop = segment.stop if segment is not None else None
+    # A later segment's clock runs from its first frame (the offset `_tick` adds to presentation times is set
+    # there); a run resumed inside it by seeking starts after that frame, with the offset its timestamp gives.
+    restart = segment.start if segment is not None and segment.start > 0 else None
+    offset = -float(segment.pts * stream.time_base) if restart is not None else 0.0
     pending: list[PendingFrame] = []
     state, frames = None, None
     try:
         point = ResumePoint.read(resume_at) if resume_after >= 0 else None
         if point is not None and point.index == resume_after:
-            state, frames = _seek_to(container, stream, point, info.fps, stats)
+            state, frames = _seek_to(container, stream, point, info.fps, stats, offset)
             if frames is None:  # not found by seeking: read from the start
                 container.close()
                 container, stream = open_video(path)
@@ -396,6 +401,8 @@ def sample_video(
                 break
             stats.frames = index + 1
             t = frame_time(frame, index, info.fps)
+            if index == restart:
+                state.offset = -t
             clock = _tick(state, t, 1.0 / info.fps if info.fps else 0.0)
             if every:
                 due = index % every == 0
@@ -457,7 +464,7 @@ def _tick(state: SamplerState, t: float, default_step: float) -> float:
     return t + state.offset
 
 
-def _seek_to(container, stream, point: ResumePoint, fps: float, stats: SampleStats):
+def _seek_to(container, stream, point: ResumePoint, fps: float, stats: SampleStats, offset: float = 0.0):
     """(sampler state, (index, frame) pairs after the resume point), decoding from the keyframe before it.
 
     (None, None) when the frame is not found that way: a file without an
@@ -482,7 +489,7 @@ def _seek_to(container, stream, point: ResumePoint, fps: float, stats: SampleSta
         stats.seeked = True
         stats.frames = point.index + 1
         state = SamplerState(next_due=point.next_due, last_thumb=thumb, last_index=point.index, step=point.step,
-                             last_t=frame_time(frame, point.index, fps))
+                             last_t=frame_time(frame, point.index, fps), offset=offset)
         return state, enumerate(frames, start=point.index + 1)
     stats.error = None
     return None, None
