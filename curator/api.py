@@ -131,6 +131,10 @@ def extract(footage: PathLike | Sequence[PathLike], workspace: PathLike, *, mode
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if ray_address and engine != "ray":
         raise UsageError("--ray-address is for --engine ray")
+    if engine == "ray":
+        from .ray_engine import import_ray
+
+        import_ray()  # before any work: without Ray, one line naming the extra to install
     footage = _paths(footage)
     try:
         if engine == "ray":  # the workers choose where their models run; here only the names are checked

@@ -29,9 +29,11 @@ extract again commits what was staged and resumes every unfinished unit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -64,6 +66,15 @@ def run(ws: Workspace, work: list, *, settings, models: str, model_files: dict, 
     """Run the units in `work` as Ray tasks and hand each result to `on_result(result, remote=True)` as it
     comes; returns where the models ran ("onnxruntime/cpu" ...). Staged parts are committed along the way."""
     ray = import_ray()
+    # Ray prints what its nodes report (a worker that died, a task it will run again) on stdout, from a thread of
+    # its own; here that is stderr's, where curator's problems go: stdout is for --json.
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run(ray, ws, work, settings=settings, models=models, model_files=model_files, runtime=runtime,
+                    device=device, workers=workers, batch=batch, address=address, staged=staged, on_result=on_result)
+
+
+def _run(ray, ws, work, *, settings, models, model_files, runtime, device, workers, batch, address, staged,
+         on_result) -> set[str]:
     connect(ray, address)
     try:
         resources = ray.cluster_resources()
