@@ -13,7 +13,7 @@ A unit of work is a video segment (`media.segments`: a video longer than
 `segment_seconds` is split at keyframes, and each segment is sampled on its
 own) or a run of photos. The local engine works through a file's segments in
 order in this process; `engine="ray"` hands one unit to each Ray task
-(curator/ray_engine.py). Both run `process_unit` on the same units, so they
+(curator/ray_engine.py). Both run `run_unit` on the same units, so they
 give the same table.
 """
 
@@ -40,11 +40,11 @@ from .workspace import (
     PartWriter,
     Workspace,
     WorkspaceError,
+    UNIT_FIELDS,
     commit_staging,
     crop_path,
     face_id,
     now,
-    UNIT_FIELDS,
     progress_by_source,
     read_meta,
     source_sha256,
@@ -114,16 +114,16 @@ class ExtractSummary:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def add(self, other: dict) -> None:
-        """Add the counts of a unit's summary (`as_dict` of one made by `process_unit`, here or on a worker)."""
-        for name in ("frames_decoded", "frames_analysed", "frames_skipped_static", "frames_motion",
-                     "frames_backfilled", "faces", "units", "units_resumed"):
-            setattr(self, name, getattr(self, name) + other.get(name, 0))
-        self.frames_held_peak_mb = max(self.frames_held_peak_mb, other.get("frames_held_peak_mb", 0.0))
+    def add(self, unit: dict) -> None:
+        """Add a unit's counts (`run_unit`'s "summary", made here or on a worker): sums, and the highest peak."""
+        for name in UNIT_SUMMARY:
+            setattr(self, name, getattr(self, name) + unit.get(name, 0))
+        self.frames_held_peak_mb = max(self.frames_held_peak_mb, unit.get("frames_held_peak_mb", 0.0))
 
 
+# The counts a unit of work reports back (besides frames_held_peak_mb).
 UNIT_SUMMARY = ("frames_decoded", "frames_analysed", "frames_skipped_static", "frames_motion", "frames_backfilled",
-                "faces", "frames_held_peak_mb", "units", "units_resumed")
+                "faces", "units", "units_resumed")
 
 Reporter = Callable[[str, str], None]  # (path, reason)
 
@@ -233,10 +233,12 @@ def extract(
             return {"path": str(item.path), "kind": item.kind, "consent": consent, "added": now(), **stat,
                     "settings": {"fps": settings.fps, "every": settings.every}, "runtime": summary.runtime}
 
+        def unreadable(path, sha, record, reason):
+            _problem(summary, report, path, reason)
+            writer.fail(sha, record, reason)
+
         work = plan_units([(item, sha, source_record(item, stat)) for item, sha, stat in todo], settings, staged,
-                          photos_per_unit=PHOTOS_PER_RAY_UNIT if engine == "ray" else None,
-                          on_problem=lambda path, sha, record, reason: (_problem(summary, report, path, reason),
-                                                                        writer.fail(sha, record, reason)))
+                          photos_per_unit=PHOTOS_PER_RAY_UNIT if engine == "ray" else None, on_problem=unreadable)
         summary.resumed_files = len({unit_source(k) for k, r in staged.items()
                                      if r.get("last_frame", -1) >= 0 and r.get("status") != "failed"}
                                     & {sha for item, sha, _ in todo if item.kind == "video"})
@@ -370,7 +372,7 @@ def run_unit(unit, fm, settings: ExtractSettings, ws: Workspace, writer: PartWri
             result["files_done"] = 1
             if record.get("warning"):
                 result["warnings"].append((unit.path, record["warning"] + "; kept the faces found before it"))
-    result["summary"] = {name: getattr(counts, name) for name in UNIT_SUMMARY}
+    result["summary"] = {name: getattr(counts, name) for name in (*UNIT_SUMMARY, "frames_held_peak_mb")}
     result["stage_seconds"] = times.as_dict()
     return result
 

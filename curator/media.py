@@ -387,7 +387,7 @@ def sample_video(
             if frames is None:  # not found by seeking: read from the start
                 container.close()
                 container, stream = open_video(path)
-        if frames is None and segment is not None and segment.start > 0:
+        if frames is None and restart is not None:
             frames = _seek_segment(container, stream, segment, stats)
             if frames is None:  # the keyframe was not found by seeking: decode from the start up to it
                 container.close()

@@ -441,14 +441,15 @@ def source_progress(sha: str, units: dict[str, dict]) -> dict:
     count = max(int(r.get("segments", 1)) for r in segmented.values())
     recs = [segmented.get(unit_key(sha, k, count)) for k in range(count)]
     merged = {k: v for r in recs if r for k, v in r.items() if k != UNIT_FIELDS}
-    last, reached = -1, True
-    for rec in recs:
-        if rec is None or not reached:
+    last = -1
+    for rec in recs:  # the segments done one after another from the start, then how far the next one got
+        if rec is None:
             break
-        done = rec.get("complete")
+        if not rec.get("complete"):
+            last = max(last, rec.get("last_frame", -1))
+            break
         stop = (rec.get(UNIT_FIELDS) or {}).get("stop")
-        last = (stop - 1 if stop is not None else rec.get("frames", 0) - 1) if done else max(last, rec.get("last_frame", -1))
-        reached = bool(done)
+        last = stop - 1 if stop is not None else rec.get("frames", 0) - 1
     complete = all(r is not None and r.get("complete") for r in recs)
     failed = [r for r in recs if r is not None and r.get("status") == "failed"]
     merged.update(last_frame=last, resume=None, complete=complete,
@@ -520,11 +521,12 @@ def staged_rows(ws: Workspace, sha: str, frame: int, key: str | None = None) -> 
     columns = ["face_id", "source_sha256", "frame", "bbox", "yaw", "pitch"]
     tables = [read_table(ws, columns=columns)]
     if key and ws.staging_dir.is_dir():
-        tables += [pq.read_table(part, columns=columns).to_pandas() for part in sorted(ws.staging_dir.glob(f"part-{key}-*.parquet"))
-                   if "frame" in pq.read_schema(part).names]
-    t = pd.concat([t for t in tables if len(t)], ignore_index=True) if any(len(t) for t in tables) else pd.DataFrame()
-    if not len(t):
+        parts = sorted(ws.staging_dir.glob(f"part-{key}-*.parquet"))
+        tables += [pq.read_table(p, columns=columns).to_pandas() for p in parts if "frame" in pq.read_schema(p).names]
+    tables = [t for t in tables if len(t)]
+    if not tables:
         return []
+    t = pd.concat(tables, ignore_index=True)
     rows = t[(t["source_sha256"] == sha) & (t["frame"] == frame)]
     return rows.drop_duplicates("face_id").sort_values("face_id").to_dict("records")
 
