@@ -294,6 +294,10 @@ class VideoUnit:
     segments: int
     record: dict  # the source's record, staged with the unit's progress
 
+    @property
+    def keys(self) -> tuple[str, ...]:  # the progress keys it stages under
+        return (self.key,)
+
 
 @dataclass(frozen=True)
 class PhotoUnit:
@@ -301,6 +305,10 @@ class PhotoUnit:
 
     key: str  # names its parts when a Ray task stages them
     entries: tuple  # (path, sha, record) per photo
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(sha for _, sha, _ in self.entries)
 
 
 def plan_units(todo: list[tuple[media.Footage, str, dict]], settings: ExtractSettings, staged: dict[str, dict], *,
@@ -343,7 +351,7 @@ def run_unit(unit, fm, settings: ExtractSettings, ws: Workspace, writer: PartWri
     """Do one unit of work, staging its rows through `writer`; what the driver needs to know comes back as a
     plain dict (it may cross machines): the unit's counts (`UNIT_SUMMARY`), problems and warnings by file."""
     counts = ExtractSummary(workspace=str(ws.root), units=1)
-    result = {"key": unit.key, "problems": [], "warnings": [], "files_done": 0, "runtime": fm.runtime.describe()}
+    result = _unit_result(unit, fm.runtime.describe())
     if isinstance(unit, PhotoUnit):
         todo = [e for e in unit.entries if not staged.get(e[1], {}).get("complete")]
         counts.units_resumed = int(len(todo) < len(unit.entries))
@@ -353,7 +361,6 @@ def run_unit(unit, fm, settings: ExtractSettings, ws: Workspace, writer: PartWri
         result["files_done"] = counts.new_files
         result["frames_done"] = len(todo)
     else:
-        result.update(path=unit.path, sha=unit.sha, segment=unit.segment.number, segments=unit.segments)
         rec = staged.get(unit.key) or {}
         resume_after = rec.get("last_frame", -1) if rec.get("status") != "failed" else -1
         counts.units_resumed = int(resume_after >= 0)
@@ -365,7 +372,6 @@ def run_unit(unit, fm, settings: ExtractSettings, ws: Workspace, writer: PartWri
                                              ws, writer, counts, on_progress, workers, batch=batch, times=times,
                                              resume_at=rec.get("resume"), segment=unit.segment)
         except media.MediaError as e:
-            result["frames_done"] = 0
             writer.fail(unit.key, record, str(e))
             result["problems"].append((unit.path, str(e)))
         else:
@@ -374,6 +380,23 @@ def run_unit(unit, fm, settings: ExtractSettings, ws: Workspace, writer: PartWri
                 result["warnings"].append((unit.path, record["warning"] + "; kept the faces found before it"))
     result["summary"] = {name: getattr(counts, name) for name in (*UNIT_SUMMARY, "frames_held_peak_mb")}
     result["stage_seconds"] = times.as_dict()
+    return result
+
+
+def failed_unit(unit, reason: str) -> dict:
+    """`run_unit`'s result for a unit that did not run to its end (a Ray task lost too often): a problem for its
+    file, or for each of its photos."""
+    result = _unit_result(unit, "")
+    result["problems"] = [(path, reason) for path in ([unit.path] if isinstance(unit, VideoUnit)
+                                                      else [p for p, _, _ in unit.entries])]
+    return result
+
+
+def _unit_result(unit, runtime: str) -> dict:
+    result = {"key": unit.key, "problems": [], "warnings": [], "files_done": 0, "frames_done": 0, "runtime": runtime,
+              "summary": {}, "stage_seconds": {}}
+    if isinstance(unit, VideoUnit):
+        result.update(path=unit.path, sha=unit.sha)
     return result
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from . import faces
 from . import runtime as runtimes
 from .errors import CuratorError
+from .extract import GPU_BATCH, StageTimes, analysis_workers, failed_unit, run_unit
 from .workspace import PartWriter, Workspace, commit_staging, further, staged_units
 
 RAY_MISSING = "--engine ray needs Ray, which is not installed: pip install 'curator-faces[ray]'"
@@ -114,10 +115,10 @@ def _stream(ray, task, work: list, args: dict, staged: dict, *, window: int, ws:
         try:
             result = ray.get(done[0])
         except ray.exceptions.RayTaskError as e:  # a bug: the task raised; Ray does not run it again
-            result = failed(unit, f"failed on a Ray worker: {e.cause!r}")
+            result = failed_unit(unit, f"failed on a Ray worker: {e.cause!r}")
         except ray.exceptions.RayError as e:  # its worker or node died more often than MAX_RETRIES, or Ray failed
-            result = failed(unit, f"lost on the Ray cluster after {MAX_RETRIES + 1} attempts ({type(e).__name__}); "
-                                  "run extract again to resume")
+            result = failed_unit(unit, f"lost on the Ray cluster after {MAX_RETRIES + 1} attempts "
+                                       f"({type(e).__name__}); run extract again to resume")
         used.add(result["runtime"])
         on_result(result, remote=True)
         if time.monotonic() - last_commit > COMMIT_SECONDS:
@@ -128,18 +129,7 @@ def _stream(ray, task, work: list, args: dict, staged: dict, *, window: int, ws:
 
 def _staged_for(unit, staged: dict) -> dict:
     """What earlier runs staged for this unit (a photo run: per photo), so the task need not read every part."""
-    keys = [sha for _, sha, _ in unit.entries] if hasattr(unit, "entries") else [unit.key]
-    return {k: staged[k] for k in keys if k in staged}
-
-
-def failed(unit, reason: str) -> dict:
-    """The result of a unit that did not run to its end: a problem for its file (or each of its photos)."""
-    paths = [p for p, _, _ in unit.entries] if hasattr(unit, "entries") else [unit.path]
-    result = {"key": unit.key, "problems": [(p, reason) for p in paths], "warnings": [], "files_done": 0,
-              "frames_done": 0, "runtime": "", "stage_seconds": {}, "summary": {}}
-    if not hasattr(unit, "entries"):
-        result.update(path=unit.path, sha=unit.sha, segment=unit.segment.number, segments=unit.segments)
-    return result
+    return {k: staged[k] for k in unit.keys if k in staged}
 
 
 # --- on the workers ---------------------------------------------------------
@@ -157,29 +147,27 @@ def unit_task(*, unit, staged: dict, ws_root: str, settings, models: str, model_
     """
     try:
         return _unit_task(unit, staged, ws_root, settings, models, model_files, runtime, device, workers, batch)
-    except CuratorError as e:  # a node without the footage, the models or a GPU it was asked for: one line
-        return failed(unit, f"on {socket.gethostname()}: {e}")
+    except CuratorError as e:  # a node without the models or a GPU it was asked for: one line
+        return failed_unit(unit, f"on {socket.gethostname()}: {e}")
 
 
 def _unit_task(unit, staged, ws_root, settings, models, model_files, runtime, device, workers, batch) -> dict:
     import ray
-
-    from . import extract as ex
 
     ws = Workspace(Path(ws_root))
     own = staged_units(ws, unit.key)
     staged = {k: further(staged.get(k), own.get(k)) for k in set(staged) | set(own)}
     cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", CPUS_PER_UNIT)) or 1
     rt = runtimes.choose(runtime, device)
-    n_workers, threads = ex.analysis_workers(workers, rt, cores=cpus)
+    n_workers, threads = analysis_workers(workers, rt, cores=cpus)
     fm = _models_for(models, rt, settings, threads)
     if fm.files != model_files:
         raise faces.ModelError(f"the model files at {models} differ from the driver's; every node needs the same "
                                "pack at the same path (docs/cluster.md)")
     writer = PartWriter(ws, every_frames=settings.checkpoint_frames, every_seconds=settings.checkpoint_seconds,
                         unit=unit.key)
-    result = ex.run_unit(unit, fm, settings, ws, writer, staged=staged, workers=n_workers,
-                         batch=batch or (ex.GPU_BATCH if rt.device == "cuda" else 1), times=ex.StageTimes())
+    result = run_unit(unit, fm, settings, ws, writer, staged=staged, workers=n_workers,
+                      batch=batch or (GPU_BATCH if rt.device == "cuda" else 1), times=StageTimes())
     writer.flush(force=True)
     return result
 
