@@ -35,4 +35,12 @@ if ! command -v chromium >/dev/null; then
     echo "note: install Chromium for tests/test_audit.py (e.g. sudo apt-get install chromium)" >&2
   fi
 fi
+# `ip` (iproute2) and `unshare` (util-linux): tests/test_ray.py brings up loopback in a network namespace of its own.
+if ! command -v ip >/dev/null || ! command -v unshare >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq iproute2 util-linux
+  else
+    echo "note: install iproute2 and util-linux for tests/test_ray.py (e.g. sudo apt-get install iproute2)" >&2
+  fi
+fi
 python -c "import cv2, av, insightface, onnxruntime, fiftyone, torch, sklearn, pyarrow, dlib, ray; from curator import dlib68, runtime; dlib68.model_path(); runtime.import_onnx2torch(); print('curator install ok: cv2', cv2.__version__, '| torch', torch.__version__, 'CUDA', torch.version.cuda)"
