@@ -121,8 +121,8 @@ def extract(footage: PathLike | Sequence[PathLike], workspace: PathLike, *, mode
     this is read in segments that start at keyframes (default 300).
     `engine`: "local" (this process) or "ray": each segment (or run of
     photos) a Ray task, on the cluster at `ray_address` (else RAY_ADDRESS,
-    else a Ray started on this machine; docs/cluster.md). The table is the
-    same for both engines.
+    else the cluster `ray start` made on this machine, else a new Ray here;
+    docs/cluster.md). The table is the same for both engines.
     """
     for name, value in (("workers", workers), ("batch", batch)):
         if value is not None and value <= 0:
