@@ -12,7 +12,8 @@ pip_q --upgrade pip wheel setuptools
 # `torch` to the multi-GB CUDA build. 2.13.0 is the CPU wheel on these machines.
 python -c "import torch" 2>/dev/null || pip_q "torch==${CURATOR_TORCH_VERSION:-2.13.0}"
 # [dlib]: the 68-point landmarks the faceswap/DFL export tests run on (docs/dependencies.md).
-pip_q -e '.[test,dlib]'
+# [ray]: the Ray engine, which tests/test_ray.py runs on a two-node Ray cluster on this machine.
+pip_q -e '.[test,dlib,ray]'
 # [torch-runtime] without its dependencies: onnx2torch declares torchvision, and
 # pip would answer it with a CUDA build of torch; the torch installed above is enough
 # (curator/runtime.py imports onnx2torch without torchvision).
@@ -34,4 +35,12 @@ if ! command -v chromium >/dev/null; then
     echo "note: install Chromium for tests/test_audit.py (e.g. sudo apt-get install chromium)" >&2
   fi
 fi
-python -c "import cv2, av, insightface, onnxruntime, fiftyone, torch, sklearn, pyarrow, dlib; from curator import dlib68, runtime; dlib68.model_path(); runtime.import_onnx2torch(); print('curator install ok: cv2', cv2.__version__, '| torch', torch.__version__, 'CUDA', torch.version.cuda)"
+# `ip` (iproute2) and `unshare` (util-linux): tests/test_ray.py brings up loopback in a network namespace of its own.
+if ! command -v ip >/dev/null || ! command -v unshare >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq iproute2 util-linux
+  else
+    echo "note: install iproute2 and util-linux for tests/test_ray.py (e.g. sudo apt-get install iproute2)" >&2
+  fi
+fi
+python -c "import cv2, av, insightface, onnxruntime, fiftyone, torch, sklearn, pyarrow, dlib, ray; from curator import dlib68, runtime; dlib68.model_path(); runtime.import_onnx2torch(); print('curator install ok: cv2', cv2.__version__, '| torch', torch.__version__, 'CUDA', torch.version.cuda)"

@@ -51,6 +51,7 @@ from .identify import identify as identify_table
 from .workspace import (FORMAT_VERSION, locked, open_workspace, read_embeddings, read_meta, read_table, read_vectors,
                         table_columns, table_rows, update_columns)
 
+ENGINES = ("local", "ray")
 PathLike = str | os.PathLike
 Progress = Callable[[int, str], None]
 Total = Callable[[int], None]
@@ -63,11 +64,13 @@ Note = Callable[[str], None]
 def run(footage: PathLike | Sequence[PathLike], out: PathLike, *, ref: PathLike | Sequence[PathLike] | None = None, budget: int = 2000,
         workspace: PathLike | None = None, models: str | None = None, fps: float | None = None,
         size: int | None = None, landmarks: str | None = None, consent: str | None = None, force: bool = False,
+        engine: str = "local", ray_address: str | None = None, segment_seconds: float | None = None,
         on_problem: Problem | None = None, on_progress: Progress | None = None, on_total: Total | None = None) -> dict:
     """The whole job: extract FOOTAGE, identify the target, curate BUDGET faces, export them to OUT.
 
     The workspace defaults to OUT.workspace beside OUT. Raises NothingFound
-    when the footage holds no faces at all.
+    when the footage holds no faces at all. ENGINE, RAY_ADDRESS and
+    SEGMENT_SECONDS are extract's (`extract`).
     """
     ws = Path(workspace) if workspace is not None else default_workspace(out)
     footage = _paths(footage)
@@ -79,8 +82,9 @@ def run(footage: PathLike | Sequence[PathLike], out: PathLike, *, ref: PathLike 
     outputs.check_folder(out, "export", force=force, keep=keep,
                          not_inside={f: f"the footage folder {f} (its faces would be read as footage next time)"
                                      for f in folders})
-    ex = extract(footage, ws, models=models, fps=fps, size=size, landmarks=landmarks, consent=consent,
-                 on_problem=on_problem, on_progress=on_progress, on_total=on_total)
+    ex = extract(footage, ws, models=models, fps=fps, size=size, landmarks=landmarks, consent=consent, engine=engine,
+                 ray_address=ray_address, segment_seconds=segment_seconds, on_problem=on_problem,
+                 on_progress=on_progress, on_total=on_total)
     if ex["rows_total"] == 0:
         raise NothingFound("no faces found in the footage")
     ident = identify(ws, ref=ref, models=models)
@@ -102,7 +106,8 @@ def extract(footage: PathLike | Sequence[PathLike], workspace: PathLike, *, mode
             det_size: int | None = None, det_thresh: float | None = None, checkpoint_every: int | None = None,
             pose_fill: bool | None = None, landmarks: str | None = None, consent: str | None = None,
             runtime: str = "auto", device: str = "auto", batch: int | None = None, workers: int | None = None,
-            frame_memory: int | None = None, on_problem: Problem | None = None, on_progress: Progress | None = None,
+            frame_memory: int | None = None, segment_seconds: float | None = None, engine: str = "local",
+            ray_address: str | None = None, on_problem: Problem | None = None, on_progress: Progress | None = None,
             on_total: Total | None = None) -> dict:
     """Find, align and describe every face in FOOTAGE (videos, photos, folders) into WORKSPACE (created if needed).
 
@@ -116,23 +121,40 @@ def extract(footage: PathLike | Sequence[PathLike], workspace: PathLike, *, mode
     `runtime`, `device`: where the face models run ("auto", "onnxruntime" or
     "torch"; "auto", "cpu" or "cuda"; docs/benchmarks.md). `batch`: frames
     per detector call; `workers`: model calls at once. Neither changes the
-    table beyond float tolerances.
+    table beyond float tolerances. `segment_seconds`: a video longer than
+    this is read in segments that start at keyframes (default 300).
+    `engine`: "local" (this process) or "ray": each segment (or run of
+    photos) a Ray task, on the cluster at `ray_address` (else RAY_ADDRESS,
+    else the cluster `ray start` made on this machine, else a new Ray here;
+    docs/cluster.md). The table is the same for both engines.
     """
     for name, value in (("workers", workers), ("batch", batch)):
         if value is not None and value <= 0:
             raise UsageError(f"--{name} must be positive")
+    if engine not in ENGINES:
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if ray_address and engine != "ray":
+        raise UsageError("--ray-address is for --engine ray")
+    if engine == "ray":
+        from .ray_engine import import_ray
+
+        import_ray()  # before any work: without Ray, one line naming the extra to install
     footage = _paths(footage)
-    rt = runtimes.choose(runtime, device)
+    if engine == "ray":  # the workers choose where their models run; here only the names are checked
+        rt = runtimes.Runtime(runtimes.check_names(runtime, device), device)
+    else:
+        rt = runtimes.choose(runtime, device)
     if rt.device == "cuda" and fps is None and every is None:
         every = 1  # a GPU analyses every frame: no pose is missed between sampled frames
     settings, explicit = extract_settings(fps=fps, every=every, size=size, det_size=det_size, det_thresh=det_thresh,
                                           checkpoint_every=checkpoint_every, pose_fill=pose_fill, landmarks=landmarks,
-                                          frame_memory=frame_memory)
+                                          frame_memory=frame_memory, segment_seconds=segment_seconds)
     ws = open_workspace(workspace, create=True)
     with locked(ws, "curator extract"):
         summary = extract_footage(ws, footage, settings=settings, explicit=explicit, models=models, consent=consent,
-                                  runtime=rt.name, device=rt.device, workers=workers, batch=batch,
-                                  on_problem=on_problem, on_progress=on_progress, on_total=on_total)
+                                  runtime=rt.name, device=rt.device, workers=workers, batch=batch, engine=engine,
+                                  ray_address=ray_address, on_problem=on_problem, on_progress=on_progress,
+                                  on_total=on_total)
     return summary.as_dict()
 
 

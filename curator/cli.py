@@ -33,6 +33,12 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 MODELS_HELP = "InsightFace model pack: a name InsightFace downloads (default buffalo_l) or a directory of ONNX files. Env: CURATOR_MODELS."
+ENGINE_HELP = ("Where the work runs: local (this process) or ray (each video segment a Ray task, on a cluster or on "
+               "this machine; pip install 'curator-faces[ray]'; docs/cluster.md). The table is the same [default: local].")
+RAY_ADDRESS_HELP = ("Ray cluster to run on with --engine ray, e.g. 10.0.0.5:6379 [default: RAY_ADDRESS, else the cluster "
+                    "`ray start` made on this machine, else a new Ray on this machine].")
+SEGMENT_HELP = ("Read a video longer than this many seconds in segments, split at keyframes, each sampled on its own: "
+                "the units that Ray workers share [default: 300].")
 LANDMARKS_HELP = ("68-point landmarks: auto (the pack's 3D-68 model when it has one, else none), dlib (dlib's predictor, "
                   "pip install 'curator-faces[dlib]'; non-commercial model) or none. One method per workspace [default: auto].")
 
@@ -137,6 +143,9 @@ def extract(
     batch: Optional[int] = typer.Option(None, "--batch", help="Frames per detector call; speed only, the table is the same within float tolerances [default: 1 on a CPU, 32 on a GPU]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Model calls at once; speed only, the table is the same [default: one per core, at most 4]."),
     frame_memory: Optional[int] = typer.Option(None, "--frame-memory", help="MiB of decoded frames held at once for pose fill and read-ahead; 4K keeps fewer frames for pose fill [default: 1024]."),
+    segment_seconds: Optional[float] = typer.Option(None, "--segment-seconds", help=SEGMENT_HELP),
+    engine: str = typer.Option("local", "--engine", help=ENGINE_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -160,6 +169,8 @@ def extract(
         curator extract films/ -w ws --device cuda --batch 64 --json    # every frame, on a GPU
 
         curator extract clips/ -w ws --landmarks dlib    # 68 points for faceswap/DFL export without buffalo_l
+
+        curator extract /shared/films/ -w /shared/ws --engine ray --ray-address 10.0.0.5:6379    # a Ray cluster
     """
     from . import api
 
@@ -172,7 +183,8 @@ def extract(
             s = api.extract(footage, workspace, models=models, fps=fps, every=every, size=size, det_size=det_size,
                             det_thresh=det_thresh, checkpoint_every=checkpoint_every, pose_fill=pose_fill,
                             landmarks=landmarks, consent=consent, runtime=runtime, device=device, batch=batch,
-                            workers=workers, frame_memory=frame_memory, on_problem=problem, on_progress=advance,
+                            workers=workers, frame_memory=frame_memory, segment_seconds=segment_seconds,
+                            engine=engine, ray_address=ray_address, on_problem=problem, on_progress=advance,
                             on_total=set_total)
     emit(as_json, s,
          f"{s['new_files']} new file(s), {s['already_in_workspace']} already in workspace, {s['failed']} problem(s); "
@@ -315,6 +327,9 @@ def run(
     landmarks: Optional[str] = typer.Option(None, "--landmarks", help=LANDMARKS_HELP),
     consent: Optional[str] = typer.Option(None, "--consent", help="Who agreed to what, recorded with these sources."),
     force: bool = typer.Option(False, "--force", help="Replace an existing export folder."),
+    segment_seconds: Optional[float] = typer.Option(None, "--segment-seconds", help=SEGMENT_HELP),
+    engine: str = typer.Option("local", "--engine", help=ENGINE_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -325,14 +340,17 @@ def run(
         curator run interviews/ --out faceset --ref jane.jpg --budget 3000
 
         curator run clip.mp4 --out faceset --models ~/models/buffalo_l --consent "Jane Doe, signed 2026-03-01"
+
+        curator run /shared/films/ --out /shared/faceset --ref jane.jpg --engine ray    # extract on Ray (RAY_ADDRESS)
     """
     from . import api
 
     with errors_as_lines():
         with progress_bar(not quiet and not as_json, "extract") as (set_total, advance):
             payload = api.run(footage, out, ref=ref, budget=budget, workspace=workspace, models=models, fps=fps,
-                              size=size, landmarks=landmarks, consent=consent, force=force, on_problem=problem, on_progress=advance,
-                              on_total=set_total)
+                              size=size, landmarks=landmarks, consent=consent, force=force, engine=engine,
+                              ray_address=ray_address, segment_seconds=segment_seconds, on_problem=problem,
+                              on_progress=advance, on_total=set_total)
     ex, ident, cur, exp = (payload[k] for k in ("extract", "identify", "curate", "export"))
     emit(as_json, payload,
          f"extract: {ex['faces']} new faces from {ex['new_files']} file(s), {ex['rows_total']} in workspace {payload['workspace']}\n"

@@ -5,9 +5,16 @@
             -> staged parts -> merged as new shards: faces/NNNNNN.parquet + embeddings/NNNNNN.npy
 
 Work is checkpointed in `staging/` every few hundred analysed frames, each
-part naming how far into which source it got, so a killed run resumes inside
-a long video instead of starting it over. Face ids are deterministic
+part naming how far into which unit of work it got, so a killed run resumes
+inside a long video instead of starting it over. Face ids are deterministic
 (source hash, frame, face number), which makes the final merge idempotent.
+
+A unit of work is a video segment (`media.segments`: a video longer than
+`segment_seconds` is split at keyframes, and each segment is sampled on its
+own) or a run of photos. The local engine works through a file's segments in
+order in this process; `engine="ray"` hands one unit to each Ray task
+(curator/ray_engine.py). Both run `run_unit` on the same units, so they
+give the same table.
 """
 
 from __future__ import annotations
@@ -33,14 +40,18 @@ from .workspace import (
     PartWriter,
     Workspace,
     WorkspaceError,
+    UNIT_FIELDS,
     commit_staging,
     crop_path,
     face_id,
     now,
+    progress_by_source,
     read_meta,
-    read_table,
     source_sha256,
-    staged_progress,
+    staged_rows,
+    staged_units,
+    unit_key,
+    unit_source,
     write_crop,
     write_meta,
 )
@@ -64,6 +75,9 @@ class ExtractSettings:
     # Decoded frames held at once for pose back-fill and read-ahead, in MiB (media.hold_plan): below 4K all 16 frames
     # a stretch are kept under the default; 4K keeps 7 (12 MB a frame), 10-bit 4K 3.
     frame_memory_mb: int = 1024
+    # A video longer than this is read in segments split at the keyframes nearest to every segment_seconds, each
+    # sampled afresh (media.segments): the units of work that several workers can share (--engine ray).
+    segment_seconds: float = 300.0
     jpeg_quality: int = 95
     checkpoint_frames: int = 200
     checkpoint_seconds: float = 60.0
@@ -91,12 +105,25 @@ class ExtractSummary:
     seconds: float = 0.0
     runtime: str = ""  # where the face models ran (curator/runtime.py), e.g. "onnxruntime/cpu" or "torch/cuda/fp16"
     batch: int = 1  # frames per detector call
+    engine: str = "local"  # "local" or "ray" (curator/ray_engine.py)
+    units: int = 0  # units of work done by this run (video segments and runs of photos)
+    units_resumed: int = 0  # of those: started by an earlier run or an earlier attempt (a lost worker), resumed
     stage_seconds: dict = field(default_factory=dict)  # seconds per stage, summed over threads (StageTimes)
     problems: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def add(self, unit: dict) -> None:
+        """Add a unit's counts (`run_unit`'s "summary", made here or on a worker): sums, and the highest peak."""
+        for name in UNIT_SUMMARY:
+            setattr(self, name, getattr(self, name) + unit.get(name, 0))
+        self.frames_held_peak_mb = max(self.frames_held_peak_mb, unit.get("frames_held_peak_mb", 0.0))
+
+
+# The counts a unit of work reports back (besides frames_held_peak_mb).
+UNIT_SUMMARY = ("frames_decoded", "frames_analysed", "frames_skipped_static", "frames_motion", "frames_backfilled",
+                "faces", "units", "units_resumed")
 
 Reporter = Callable[[str, str], None]  # (path, reason)
 
@@ -104,14 +131,16 @@ Reporter = Callable[[str, str], None]  # (path, reason)
 def extract_settings(*, fps: float | None = None, every: int | None = None, size: int | None = None,
                      det_size: int | None = None, det_thresh: float | None = None,
                      checkpoint_every: int | None = None, pose_fill: bool | None = None,
-                     landmarks: str | None = None, frame_memory: int | None = None) -> tuple[ExtractSettings, set[str]]:
+                     landmarks: str | None = None, frame_memory: int | None = None,
+                     segment_seconds: float | None = None) -> tuple[ExtractSettings, set[str]]:
     """The settings for the options a user gave (None: not given), and the names of those given on purpose.
 
     Options not given are taken from the workspace when it has them (see
     `extract`), so re-running with fewer options continues the same way.
     """
     given = {"fps": fps, "every": every, "size": size, "det_size": det_size, "det_thresh": det_thresh,
-             "checkpoint_frames": checkpoint_every, "frame_memory_mb": frame_memory}
+             "checkpoint_frames": checkpoint_every, "frame_memory_mb": frame_memory,
+             "segment_seconds": segment_seconds}
     options = {"checkpoint_frames": "checkpoint-every", "frame_memory_mb": "frame-memory"}
     for name, value in given.items():
         if value is not None and value <= 0:
@@ -140,6 +169,8 @@ def extract(
     runtime: str = "auto",
     workers: int | None = None,
     batch: int | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
     on_problem: Reporter | None = None,
     on_progress: Callable[[int, str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
@@ -152,10 +183,13 @@ def extract(
     (None: see `analysis_workers`); `batch`: frames per detector call
     (None: 1 on a CPU, GPU_BATCH on a GPU). Both change speed only: the
     table is the same within float tolerances (docs/benchmarks.md).
+    `engine`: "local" (this process) or "ray" (a Ray cluster at
+    `ray_address`, or RAY_ADDRESS, or one started on this machine;
+    curator/ray_engine.py); the table is the same.
     """
     t0 = time.monotonic()
     report = on_problem or (lambda path, reason: None)
-    summary = ExtractSummary(workspace=str(ws.root))
+    summary = ExtractSummary(workspace=str(ws.root), engine=engine)
     found, problems = media.discover(footage)
     for path, reason in problems:
         _problem(summary, report, path, reason)
@@ -163,7 +197,8 @@ def extract(
     commit_staging(ws)  # an interrupted run's finished parts come first
     meta = read_meta(ws)
     settings = _effective_settings(meta, settings or ExtractSettings(), set(explicit))
-    progress = staged_progress(ws)
+    staged = staged_units(ws)
+    progress = progress_by_source(staged)
 
     todo: list[tuple[media.Footage, str, dict]] = []
     for item in found:
@@ -179,8 +214,11 @@ def extract(
 
     times = StageTimes()
     if todo:
-        rt = runtimes.choose(runtime, device)
-        n_workers, threads = analysis_workers(workers, rt)
+        if engine == "ray":  # the models run on the workers; here they are loaded only to be checked and recorded
+            rt, n_workers, threads = runtimes.Runtime("onnxruntime", "cpu"), 1, 1
+        else:
+            rt = runtimes.choose(runtime, device)
+            n_workers, threads = analysis_workers(workers, rt)
         fm = faces.load_models(models, runtime=rt.name, device=rt.device, det_thresh=settings.det_thresh,
                                threads=threads, landmarks=settings.landmarks)
         summary.runtime = rt.describe()
@@ -195,27 +233,31 @@ def extract(
             return {"path": str(item.path), "kind": item.kind, "consent": consent, "added": now(), **stat,
                     "settings": {"fps": settings.fps, "every": settings.every}, "runtime": summary.runtime}
 
-        # Runs of photos go through the worker pool together; a video spreads its own frames over it.
-        for is_image, run in itertools.groupby(todo, key=lambda t: t[0].kind == "image"):
-            if is_image:
-                _process_images([(item, sha, source_record(item, stat)) for item, sha, stat in run],
-                                fm, settings, ws, writer, summary, report, on_progress, n_workers, times)
-                continue
-            for item, sha, stat in run:
-                record = source_record(item, stat)
-                resume_after = progress.get(sha, {}).get("last_frame", -1)
-                if resume_after >= 0:
-                    summary.resumed_files += 1
-                try:
-                    _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, n_workers,
-                             batch=summary.batch, times=times, resume_at=progress.get(sha, {}).get("resume"))
-                except media.MediaError as e:
-                    _problem(summary, report, str(item.path), str(e))
-                    writer.fail(sha, record, str(e))
-                    continue
-                summary.new_files += 1
-                if record.get("warning"):
-                    report(str(item.path), record["warning"] + "; kept the faces found before it")
+        def unreadable(path, sha, record, reason):
+            _problem(summary, report, path, reason)
+            writer.fail(sha, record, reason)
+
+        work = plan_units([(item, sha, source_record(item, stat)) for item, sha, stat in todo], settings, staged,
+                          photos_per_unit=PHOTOS_PER_RAY_UNIT if engine == "ray" else None, on_problem=unreadable)
+        summary.resumed_files = len({unit_source(k) for k, r in staged.items()
+                                     if r.get("last_frame", -1) >= 0 and r.get("status") != "failed"}
+                                    & {sha for item, sha, _ in todo if item.kind == "video"})
+        tally = Tally(summary, report, on_progress)
+        if engine == "ray":
+            from . import ray_engine
+
+            writer.flush(force=True)
+            runtimes_used = ray_engine.run(ws, work, settings=settings, models=str(fm.path), model_files=fm.files,
+                                           runtime=runtime, device=device, workers=workers, batch=batch,
+                                           address=ray_address, staged=staged, on_result=tally.add)
+            summary.runtime = ", ".join(sorted(runtimes_used)) or summary.runtime
+        else:
+            for unit in work:
+                if isinstance(unit, VideoUnit) and unit.sha in tally.failed:
+                    continue  # an earlier segment showed the file cannot be read
+                tally.add(run_unit(unit, fm, settings, ws, writer, staged=staged, workers=n_workers,
+                                   batch=summary.batch, times=times, on_progress=on_progress))
+        tally.finish()
         writer.flush(force=True)
         meta = read_meta(ws)
         if meta.get("models") is None:
@@ -223,10 +265,12 @@ def extract(
             meta["embeddings"]["dim"] = fm.embedding_dim
         meta["settings"] = {k: getattr(settings, k) for k in ("size", "margin", "det_size", "det_thresh", "static_threshold",
                                                               "motion_threshold", "backfill_bins", "landmarks",
-                                                              "frame_memory_mb")}
+                                                              "frame_memory_mb", "segment_seconds")}
         if consent:
             meta["consent"].append({"text": consent, "recorded": now(), "sources": [s for _, s, _ in todo]})
         write_meta(ws, meta)
+        for stage, seconds in tally.stage_seconds.items():
+            times.add(stage, seconds)
     with times("write"):
         summary.rows_total = commit_staging(ws)
     summary.stage_seconds = times.as_dict()
@@ -234,7 +278,164 @@ def extract(
     return summary
 
 
-def analysis_workers(requested: int | None, rt: runtimes.Runtime) -> tuple[int, int | None]:
+# --- units of work ----------------------------------------------------------
+
+PHOTOS_PER_RAY_UNIT = 64  # photos per Ray task: each is one frame, too little work to be a task of its own
+
+
+@dataclass(frozen=True)
+class VideoUnit:
+    """One segment of a video (a video no longer than segment_seconds is one segment)."""
+
+    key: str  # its progress key (workspace.unit_key)
+    path: str
+    sha: str
+    segment: media.Segment
+    segments: int
+    record: dict  # the source's record, staged with the unit's progress
+
+    @property
+    def keys(self) -> tuple[str, ...]:  # the progress keys it stages under
+        return (self.key,)
+
+
+@dataclass(frozen=True)
+class PhotoUnit:
+    """A run of photos, each its own source with its own progress key (its SHA-256)."""
+
+    key: str  # names its parts when a Ray task stages them
+    entries: tuple  # (path, sha, record) per photo
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(sha for _, sha, _ in self.entries)
+
+
+def plan_units(todo: list[tuple[media.Footage, str, dict]], settings: ExtractSettings, staged: dict[str, dict], *,
+               photos_per_unit: int | None, on_problem: Callable) -> list:
+    """The units of work for `todo` ((footage, sha, record) per file), in file order, less those staged as complete.
+
+    A file that earlier runs began in segments keeps the segment length it
+    began with, so its staged units still match. Runs of photos make one
+    unit (or units of `photos_per_unit`).
+    """
+    work: list = []
+    for is_image, run in itertools.groupby(todo, key=lambda t: t[0].kind == "image"):
+        run = list(run)
+        if is_image:
+            entries = [(str(item.path), sha, record) for item, sha, record in run]
+            size = photos_per_unit or len(entries)
+            for i in range(0, len(entries), size):
+                chunk = tuple(entries[i:i + size])
+                work.append(PhotoUnit(f"photos-{chunk[0][1][:16]}-{len(chunk)}", chunk))
+            continue
+        for item, sha, record in run:
+            seconds = next((r["segment_seconds"] for k, r in staged.items()
+                            if unit_source(k) == sha and r.get("segment_seconds")), settings.segment_seconds)
+            try:
+                parts = media.segments(item.path, seconds)
+            except media.MediaError as e:
+                on_problem(str(item.path), sha, record, str(e))
+                continue
+            if len(parts) > 1:
+                record = {**record, "segments": len(parts), "segment_seconds": seconds}
+            for seg in parts:
+                key = unit_key(sha, seg.number, len(parts))
+                if not staged.get(key, {}).get("complete"):
+                    work.append(VideoUnit(key, str(item.path), sha, seg, len(parts), record))
+    return work
+
+
+def run_unit(unit, fm, settings: ExtractSettings, ws: Workspace, writer: PartWriter, *, staged: dict[str, dict],
+             workers: int, batch: int, times: StageTimes, on_progress=None) -> dict:
+    """Do one unit of work, staging its rows through `writer`; what the driver needs to know comes back as a
+    plain dict (it may cross machines): the unit's counts (`UNIT_SUMMARY`), problems and warnings by file."""
+    counts = ExtractSummary(workspace=str(ws.root), units=1)
+    result = _unit_result(unit, fm.runtime.describe())
+    if isinstance(unit, PhotoUnit):
+        todo = [e for e in unit.entries if not staged.get(e[1], {}).get("complete")]
+        counts.units_resumed = int(len(todo) < len(unit.entries))
+        result["problems"] = _process_images([(media.Footage(Path(p), "image"), sha, dict(record))
+                                              for p, sha, record in todo], fm, settings, ws, writer, counts,
+                                             on_progress, workers, times)
+        result["files_done"] = counts.new_files
+        result["frames_done"] = len(todo)
+    else:
+        rec = staged.get(unit.key) or {}
+        resume_after = rec.get("last_frame", -1) if rec.get("status") != "failed" else -1
+        counts.units_resumed = int(resume_after >= 0)
+        record = dict(unit.record)
+        if unit.segments > 1:
+            record[UNIT_FIELDS] = unit.segment.as_dict()
+        try:
+            result["frames_done"] = _process(Path(unit.path), unit.key, unit.sha, record, resume_after, fm, settings,
+                                             ws, writer, counts, on_progress, workers, batch=batch, times=times,
+                                             resume_at=rec.get("resume"), segment=unit.segment)
+        except media.MediaError as e:
+            writer.fail(unit.key, record, str(e))
+            result["problems"].append((unit.path, str(e)))
+        else:
+            result["files_done"] = 1
+            if record.get("warning"):
+                result["warnings"].append((unit.path, record["warning"] + "; kept the faces found before it"))
+    result["summary"] = {name: getattr(counts, name) for name in (*UNIT_SUMMARY, "frames_held_peak_mb")}
+    result["stage_seconds"] = times.as_dict()
+    return result
+
+
+def failed_unit(unit, reason: str) -> dict:
+    """`run_unit`'s result for a unit that did not run to its end (a Ray task lost too often): a problem for its
+    file, or for each of its photos."""
+    result = _unit_result(unit, "")
+    result["problems"] = [(path, reason) for path in ([unit.path] if isinstance(unit, VideoUnit)
+                                                      else [p for p, _, _ in unit.entries])]
+    return result
+
+
+def _unit_result(unit, runtime: str) -> dict:
+    result = {"key": unit.key, "problems": [], "warnings": [], "files_done": 0, "frames_done": 0, "runtime": runtime,
+              "summary": {}, "stage_seconds": {}}
+    if isinstance(unit, VideoUnit):
+        result.update(path=unit.path, sha=unit.sha)
+    return result
+
+
+class Tally:
+    """Adds up units' results as they come (from this process or from Ray workers) into the run's summary: a
+    file is new once its units ran without a problem, and a problem or warning is reported once per file."""
+
+    def __init__(self, summary: ExtractSummary, report: Reporter, on_progress=None):
+        self.summary, self.report, self.on_progress = summary, report, on_progress
+        self.failed: set[str] = set()  # shas and paths of files with a problem
+        self.videos: set[str] = set()
+        self.warned: set[str] = set()
+        self.stage_seconds: dict[str, float] = {}
+
+    def add(self, result: dict, remote: bool = False) -> None:
+        self.summary.add(result["summary"])
+        if remote:  # a worker's; a local unit reports progress and stage times as it goes
+            for stage, seconds in result["stage_seconds"].items():
+                self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+            if self.on_progress:
+                self.on_progress(result["frames_done"], Path(result.get("path", "photos")).name)
+        for path, reason in result["problems"]:
+            if path not in self.failed:
+                self.failed.update((path, result.get("sha", path)))
+                _problem(self.summary, self.report, path, reason)
+        for path, text in result["warnings"]:
+            if path not in self.warned:
+                self.warned.add(path)
+                self.report(path, text)
+        if "sha" in result:
+            self.videos.add(result["sha"])
+        else:
+            self.summary.new_files += result["files_done"]
+
+    def finish(self) -> None:
+        self.summary.new_files += len(self.videos - self.failed)
+
+
+def analysis_workers(requested: int | None, rt: runtimes.Runtime, cores: int | None = None) -> tuple[int, int | None]:
     """(model calls at once, CPU threads per onnxruntime call).
 
     On a CPU, several single-threaded model calls side by side keep the cores
@@ -246,7 +447,8 @@ def analysis_workers(requested: int | None, rt: runtimes.Runtime) -> tuple[int, 
     (alignment, descriptors, JPEG crops) of one batch while the next batch is
     on the GPU.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores is None:  # a Ray task passes the CPUs Ray gave it
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if rt.device == "cuda":
         return max(1, requested or min(8, max(2, cores // 2))), None
     n = max(1, requested or min(4, cores))
@@ -334,8 +536,9 @@ def _frame_estimate(item: media.Footage) -> int:
 
 # --- per source -------------------------------------------------------------
 
-def _process_images(entries, fm, settings, ws, writer, summary, report, on_progress, workers, times=None) -> None:
-    """Photos, `workers` at a time; one that cannot be read is reported and the rest go on."""
+def _process_images(entries, fm, settings, ws, writer, summary, on_progress, workers, times=None) -> list[tuple]:
+    """Photos, `workers` at a time; one that cannot be read is returned as (path, reason) and the rest go on."""
+    problems = []
     advance = on_progress or (lambda n, desc: None)
 
     def analyse(entry):
@@ -350,7 +553,7 @@ def _process_images(entries, fm, settings, ws, writer, summary, report, on_progr
     for (item, sha, record), result in _in_order(entries, analyse, workers):
         advance(1, item.path.name)
         if isinstance(result, media.MediaError):
-            _problem(summary, report, str(item.path), str(result))
+            problems.append((str(item.path), str(result)))
             writer.fail(sha, record, str(result))
             continue
         rows, emb = result
@@ -359,22 +562,26 @@ def _process_images(entries, fm, settings, ws, writer, summary, report, on_progr
         summary.frames_decoded += 1
         summary.frames_analysed += 1
         summary.faces += len(rows)
+    return problems
 
 
-def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, workers=1, *,
-             batch: int = 1, times: StageTimes | None = None, resume_at: dict | None = None) -> None:
-    """One video: sample, analyse (`batch` frames per model call, `workers` calls at a time), back-fill, stage.
+def _process(path: Path, key, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, workers=1, *,
+             batch: int = 1, times: StageTimes | None = None, resume_at: dict | None = None,
+             segment: media.Segment | None = None) -> int:
+    """One video segment (or a whole video): sample, analyse (`batch` frames per model call, `workers` calls at a
+    time), back-fill, stage under the unit's progress `key`; returns the frames it went through.
 
     A resumed run (`resume_after` >= 0) starts after frame `resume_after`;
     `resume_at`, staged with it, lets the sampler seek there instead of
-    decoding the file from its start.
+    decoding the segment from its start.
     """
     times = times or StageTimes()
     advance = on_progress or (lambda n, desc: None)
-    name = item.path.name
+    name = path.name
     stats = media.SampleStats()
     backfilled_before = summary.frames_backfilled
-    container, stream = media.open_video(item.path)  # fail early with a clear reason
+    start = segment.start if segment else 0
+    container, stream = media.open_video(path)  # fail early with a clear reason
     info = media.video_info(stream, container)
     container.close()
     record.update({"width": info.width, "height": info.height, "fps": info.fps, "codec": info.codec,
@@ -382,19 +589,21 @@ def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary,
     backfills = settings.backfill_bins > 0 and settings.every != 1  # analysing every frame leaves none between
     plan = media.hold_plan(settings.frame_memory_mb << 20, info, workers=workers, batch=batch,
                            keep_max=BACKFILL_KEEP if backfills else 0)
-    frames = media.sample_video(item.path, fps=settings.fps, every=settings.every,
+    frames = media.sample_video(path, fps=settings.fps, every=settings.every,
                                 static_threshold=settings.static_threshold, motion_threshold=settings.motion_threshold,
-                                keep_between=plan.keep, resume_after=resume_after, resume_at=resume_at, stats=stats)
+                                keep_between=plan.keep, resume_after=resume_after, resume_at=resume_at,
+                                segment=segment, stats=stats)
     # The last analysed frame's faces: a resumed run reads them back, so its back-fill matches an uninterrupted one.
-    prev = _rows_at(ws, sha, resume_after) if resume_after >= 0 and settings.backfill_bins > 0 else []
-    reported = 0
+    prev = staged_rows(ws, sha, resume_after, key) if resume_after >= 0 and settings.backfill_bins > 0 else []
+    first = max(start, resume_after + 1)  # the first frame this call goes through
+    reported = first
     last = resume_after
 
     def analyse(index, time_s, image, sampled="backfill"):
-        return analyse_frame(fm, image, sha, str(item.path), "video", index, time_s, settings, ws, sampled, times)
+        return analyse_frame(fm, image, sha, str(path), "video", index, time_s, settings, ws, sampled, times)
 
     def analyse_batch(group):
-        return analyse_frames(fm, [(sf.image, sf.index, sf.time_s, sf.reason) for sf in group], sha, str(item.path),
+        return analyse_frames(fm, [(sf.image, sf.index, sf.time_s, sf.reason) for sf in group], sha, str(path),
                               "video", settings, ws, times)
 
     # Sampled frames are analysed `workers` at a time, and their results taken
@@ -411,13 +620,15 @@ def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary,
             emb = np.concatenate([e for _, e in parts])
         summary.faces += len(rows)
         last = sf.index
-        writer.add(rows, emb, sha, record, last_frame=last, complete=False,
+        writer.add(rows, emb, key, record, last_frame=last, complete=False,
                    resume=sf.resume.as_dict() if sf.resume else None)
         advance(stats.frames - reported, name)
         reported = stats.frames
     advance(max(0, stats.frames - reported), name)
-    if stats.decoded == 0 and resume_after < 0:
-        raise media.MediaError(stats.error or "no decodable video frames")
+    if stats.frames <= start and resume_after < 0:
+        if start == 0:
+            raise media.MediaError(stats.error or "no decodable video frames")
+        stats.error = stats.error or f"no decodable frames from frame {start} on"
     record["frames"] = max(stats.frames, resume_after + 1)
     if stats.error:
         record["warning"] = stats.error
@@ -426,7 +637,8 @@ def _process(item, sha, record, resume_after, fm, settings, ws, writer, summary,
     summary.frames_motion += stats.extra.get("motion", 0)
     summary.frames_skipped_static += stats.skipped_static
     summary.frames_held_peak_mb = max(summary.frames_held_peak_mb, round(stats.held.peak / 2**20, 1))
-    writer.add([], None, sha, record, last_frame=max(last, record["frames"] - 1), complete=True)
+    writer.add([], None, key, record, last_frame=max(last, record["frames"] - 1), complete=True)
+    return max(0, stats.frames - first)
 
 
 def _in_order(items: Iterable, fn: Callable, workers: int, depth: int = 2) -> Iterator[tuple]:
@@ -531,13 +743,6 @@ def _pose_jump(a_rows: list[dict], b_rows: list[dict], bins: int) -> bool:
 
 def _frame_of(part: tuple[list, np.ndarray]) -> int:
     return part[0][0]["frame"] if part[0] else -1
-
-
-def _rows_at(ws: Workspace, sha: str, frame: int) -> list[dict]:
-    t = read_table(ws, columns=["source_sha256", "frame", "bbox", "yaw", "pitch"])
-    if not len(t):
-        return []
-    return t[(t["source_sha256"] == sha) & (t["frame"] == frame)].to_dict("records")
 
 
 def analyse_frame(fm, image, sha, source, kind, frame, time_s, settings, ws, sampled: str = "due",

@@ -5,7 +5,10 @@ sampling never seeks, because seeking in long-GOP footage decodes the same
 frames again and some files (e.g. variable-frame-rate phone video) seek badly.
 Only a resumed run seeks, once, to the keyframe before where it stopped, and
 checks that it found the very frame (`ResumePoint`); otherwise it decodes from
-the start. Choosing which frames to analyse happens on a small greyscale
+the start. A long file is read in segments (`segments`): stretches that start
+at keyframes found by reading packets, never by decoding, and are sampled each
+on its own, so that several workers can share one file and every engine
+chooses the same frames. Choosing which frames to analyse happens on a small greyscale
 thumbnail taken straight from the decoded luma plane (any bit depth), so
 frames that are skipped are never converted to RGB and never reach a neural
 network.
@@ -14,6 +17,7 @@ network.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import queue
@@ -329,6 +333,7 @@ def sample_video(
     keep_between: int = 0,
     resume_after: int = -1,
     resume_at: dict | None = None,
+    segment: Segment | None = None,
     stats: SampleStats | None = None,
 ) -> Iterator[SampledFrame]:
     """Decode `path` front to back and yield the frames worth analysing.
@@ -357,25 +362,47 @@ def sample_video(
     and those frames run through the same selection without being yielded.
     Either way the frames chosen after a resume are exactly those an
     uninterrupted run would choose.
+
+    `segment` (from `segments`): only that stretch of the file, sampled as if
+    it were a file of its own (the clock starts at its first frame as it
+    starts at 0 s for a whole file, the last analysed thumbnail is forgotten,
+    and back-fill never reaches before it), with frames numbered as in the
+    whole file. It starts by seeking to its keyframe.
     """
     stats = stats if stats is not None else SampleStats()
     container, stream = open_video(path)
     info = video_info(stream, container)
     period = 1.0 / fps if (fps and not every) else None
+    stop = segment.stop if segment is not None else None
+    # A later segment's clock runs from its first frame (the offset `_tick` adds to presentation times is set
+    # there); a run resumed inside it by seeking starts after that frame, with the offset its timestamp gives.
+    restart = segment.start if segment is not None and segment.start > 0 else None
+    offset = -float(segment.pts * stream.time_base) if restart is not None else 0.0
     pending: list[PendingFrame] = []
     state, frames = None, None
     try:
         point = ResumePoint.read(resume_at) if resume_after >= 0 else None
         if point is not None and point.index == resume_after:
-            state, frames = _seek_to(container, stream, point, info.fps, stats)
+            state, frames = _seek_to(container, stream, point, info.fps, stats, offset)
             if frames is None:  # not found by seeking: read from the start
                 container.close()
                 container, stream = open_video(path)
+        if frames is None and restart is not None:
+            frames = _seek_segment(container, stream, segment, stats)
+            if frames is None:  # the keyframe was not found by seeking: decode from the start up to it
+                container.close()
+                container, stream = open_video(path)
+                frames = _skip_to(enumerate(_decode(container, stream, stats)), segment.start)
+            state = SamplerState()
         if frames is None:
             state, frames = SamplerState(), enumerate(_decode(container, stream, stats))
         for index, frame in frames:
+            if stop is not None and index >= stop:
+                break
             stats.frames = index + 1
             t = frame_time(frame, index, info.fps)
+            if index == restart:
+                state.offset = -t
             clock = _tick(state, t, 1.0 / info.fps if info.fps else 0.0)
             if every:
                 due = index % every == 0
@@ -437,7 +464,7 @@ def _tick(state: SamplerState, t: float, default_step: float) -> float:
     return t + state.offset
 
 
-def _seek_to(container, stream, point: ResumePoint, fps: float, stats: SampleStats):
+def _seek_to(container, stream, point: ResumePoint, fps: float, stats: SampleStats, offset: float = 0.0):
     """(sampler state, (index, frame) pairs after the resume point), decoding from the keyframe before it.
 
     (None, None) when the frame is not found that way: a file without an
@@ -462,10 +489,125 @@ def _seek_to(container, stream, point: ResumePoint, fps: float, stats: SampleSta
         stats.seeked = True
         stats.frames = point.index + 1
         state = SamplerState(next_due=point.next_due, last_thumb=thumb, last_index=point.index, step=point.step,
-                             last_t=frame_time(frame, point.index, fps))
+                             last_t=frame_time(frame, point.index, fps), offset=offset)
         return state, enumerate(frames, start=point.index + 1)
     stats.error = None
     return None, None
+
+
+# --- segments: a long file in stretches that start at keyframes ---------------
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of a video that is sampled on its own: frames `start` to `stop` (exclusive; None: to the end).
+
+    `start` is a keyframe's decode-order index in the whole file and `pts`
+    its presentation timestamp (None for the file's first segment), so a
+    worker can seek straight to it and number frames as the whole file does.
+    """
+
+    number: int  # 0-based, in file order
+    start: int = 0
+    pts: int | None = None
+    stop: int | None = None
+    time_s: float = 0.0  # the start's presentation time
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    index: int  # decode-order index of its frame in the whole file
+    pts: int
+    time_s: float
+
+
+def segments(path: Path, seconds: float) -> list[Segment]:
+    """The file split at the keyframes nearest to every `seconds` of presentation time (one segment when it is
+    shorter, or when its packets cannot be trusted to number frames: see `split_keyframes`)."""
+    container, stream = open_video(path)
+    try:
+        info = video_info(stream, container)
+        if 0 < info.duration_s <= seconds:
+            return [Segment(0)]
+        keys, first, last = split_keyframes(container, stream)
+    finally:
+        container.close()
+    chosen: list[Keyframe] = []
+    target = first + seconds
+    while keys and target < last:
+        best = min(keys, key=lambda k: (abs(k.time_s - target), k.index))
+        if best.index > 0 and (not chosen or best.index > chosen[-1].index):
+            chosen.append(best)
+        target += seconds
+    stops = [k.index for k in chosen] + [None]
+    return [Segment(0, stop=stops[0])] + [Segment(i + 1, k.index, k.pts, stops[i + 1], round(k.time_s, 6))
+                                          for i, k in enumerate(chosen)]
+
+
+def split_keyframes(container, stream) -> tuple[list[Keyframe], float, float]:
+    """(keyframes a segment may start at, first and last presentation time), from the packets alone.
+
+    A keyframe qualifies when every packet before it (in decode order) is
+    shown before it and every packet after it is shown after it: then
+    decoding from it gives it first, and its index in the whole file is the
+    number of packets before it. That rules out open GOPs (pictures after a
+    keyframe that are shown before it and need the frames before it: HEVC's
+    CRA with leading pictures, MPEG-2's open GOPs) and timestamps that jump
+    back (spliced streams). None qualifies, and the file is read as one
+    segment, when any packet lacks a timestamp, two share one, a packet is
+    flagged to be discarded (edit lists: its frame is decoded but not shown,
+    so frames and packets no longer pair up), or the first packet is not a
+    keyframe (a decoder drops the frames before the first one it can decode).
+    """
+    pts: list[int] = []
+    key: list[bool] = []
+    for packet in container.demux(stream):
+        if not packet.size:
+            continue  # the demuxer's end-of-stream marker
+        if packet.pts is None or packet.dts is None or packet.is_discard or packet.is_corrupt:
+            return [], 0.0, 0.0
+        pts.append(packet.pts)
+        key.append(packet.is_keyframe)
+    if not pts or not key[0] or len(set(pts)) != len(pts):
+        return [], 0.0, 0.0
+    tb = float(stream.time_base)
+    after = np.minimum.accumulate(np.asarray(pts[::-1], np.int64))[::-1]  # the earliest shown from here on
+    before = -np.inf
+    found = []
+    for i, (p, k) in enumerate(zip(pts, key)):
+        if k and before < p and (i + 1 == len(pts) or p < after[i + 1]):
+            found.append(Keyframe(i, p, p * tb))
+        before = max(before, p)
+    return found, min(pts) * tb, max(pts) * tb
+
+
+def _seek_segment(container, stream, segment: Segment, stats: SampleStats):
+    """(index, frame) pairs from the segment's keyframe on, found by seeking; None when seeking does not lead to
+    a frame with its timestamp (the caller then decodes from the start)."""
+    import av
+
+    try:
+        container.seek(segment.pts, stream=stream, backward=True, any_frame=False)
+    except (av.error.FFmpegError, OverflowError, ValueError):
+        return None
+    frames = _decode(container, stream, stats)
+    for frame in frames:
+        if frame.pts is None or frame.pts > segment.pts:
+            break
+        if frame.pts == segment.pts:
+            return itertools.chain([(segment.start, frame)], enumerate(frames, start=segment.start + 1))
+    stats.error = None
+    return None
+
+
+def _skip_to(frames: Iterator, start: int) -> Iterator:
+    """`frames` from index `start` on; the ones before are decoded and dropped (a segment starts the sampler
+    afresh, so they need not run through it)."""
+    for index, frame in frames:
+        if index >= start:
+            yield index, frame
 
 
 def _pending(index: int, t: float, frame, held: HeldBytes) -> PendingFrame:

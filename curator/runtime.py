@@ -72,12 +72,19 @@ def torch_has_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def choose(runtime: str = "auto", device: str = "auto") -> Runtime:
-    """The runtime for `--runtime` and `--device`, or RuntimeChoiceError saying why it cannot run here."""
+def check_names(runtime: str, device: str) -> str:
+    """`runtime`, once it and `device` are names `choose` knows (RuntimeChoiceError otherwise): what a Ray driver
+    checks before its workers choose on their own machines."""
     if runtime not in RUNTIMES:
         raise RuntimeChoiceError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     if device not in DEVICES:
         raise RuntimeChoiceError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+    return runtime
+
+
+def choose(runtime: str = "auto", device: str = "auto") -> Runtime:
+    """The runtime for `--runtime` and `--device`, or RuntimeChoiceError saying why it cannot run here."""
+    check_names(runtime, device)
     if runtime == "auto":
         if device != "cpu" and ort_has_cuda():
             return Runtime("onnxruntime", "cuda")

@@ -39,6 +39,7 @@ import datetime as _dt
 import fcntl
 import json
 import os
+import secrets
 import socket
 import time
 from contextlib import contextmanager
@@ -890,17 +891,41 @@ def source_sha256(meta: dict, path: Path) -> tuple[str, os.stat_result]:
 
 # --- staging: checkpoints and the merge ---------------------------------------
 # A writer (extract) stages rows in parts: Parquet files holding rows, their
-# embeddings and, in the file's metadata, how far into each source they go.
-# `commit_staging` merges finished parts into the table; a partial source
+# embeddings and, in the file's metadata, how far into each unit of work they
+# go. A unit is a whole source, keyed by its SHA-256, or one segment of a long
+# video (`unit_key`), so that several workers can stage parts of one file at
+# once. `commit_staging` merges finished parts into the table; a partial source
 # keeps its parts so a resumed run knows where to start.
 
 PART_META_KEY = b"curator.progress"
+UNIT_FIELDS = "unit"  # a segment's own part of its progress record (`media.Segment.as_dict()`)
+
+
+def unit_key(sha: str, segment: int = 0, segments: int = 1) -> str:
+    """The progress key of a unit of work: the source's SHA-256 when it is read whole, else that plus the segment."""
+    return sha if segments <= 1 else f"{sha}-s{segment:05d}"
+
+
+def unit_source(key: str) -> str:
+    """The source SHA-256 of a progress key (`unit_key`)."""
+    return key[:64]
 
 
 class PartWriter:
-    """Buffers rows and writes them as staged parts with the progress they stand for."""
+    """Buffers rows and writes them as staged parts with the progress they stand for.
 
-    def __init__(self, ws: Workspace, *, every_frames: int = 200, every_seconds: float = 60.0):
+    One writer per process. Without `unit`, parts are numbered in sequence
+    (`part-000012.parquet`): the one local run that holds the workspace's
+    lock writes them. With `unit` (a `unit_key`), parts are named after the
+    unit and this writer (`part-<unit>-<writer>-000003.parquet`), so workers
+    on several machines stage at once without taking each other's names, and
+    a unit run again after its worker was lost (or while a lost worker still
+    runs) adds parts beside the ones before; rows staged twice have the same
+    face ids, and the merge keeps one.
+    """
+
+    def __init__(self, ws: Workspace, *, every_frames: int = 200, every_seconds: float = 60.0,
+                 unit: str | None = None):
         self.ws = ws
         self.every_frames = every_frames
         self.every_seconds = every_seconds
@@ -909,22 +934,23 @@ class PartWriter:
         self.progress: dict[str, dict] = {}
         self.frames = 0
         self.last_flush = time.monotonic()
-        existing = staged_parts(ws)
-        self.seq = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        self.prefix = f"{unit}-{secrets.token_hex(4)}-" if unit else ""
+        numbered = [int(p.stem[5:]) for p in ws.staging_dir.glob("part-*.parquet") if p.stem[5:].isdigit()]
+        self.seq = 0 if unit else max(numbered, default=-1) + 1
 
-    def add(self, rows, emb, sha, record, *, last_frame: int, complete: bool, resume: dict | None = None) -> None:
-        """Stage `rows` of source `sha`, analysed up to `last_frame`; `resume` is what a resumed run needs to seek
-        there (`curator.media.ResumePoint`), None when it must decode the source from its start."""
+    def add(self, rows, emb, key, record, *, last_frame: int, complete: bool, resume: dict | None = None) -> None:
+        """Stage `rows` of unit `key` (`unit_key`), analysed up to `last_frame`; `resume` is what a resumed run
+        needs to seek there (`curator.media.ResumePoint`), None when it must decode the unit from its start."""
         self.rows.extend(rows)
         if emb is not None and len(emb):
             self.embs.append(emb)
-        self.progress[sha] = {**record, "last_frame": int(last_frame), "resume": None if complete else resume,
+        self.progress[key] = {**record, "last_frame": int(last_frame), "resume": None if complete else resume,
                               "complete": complete, "status": "complete" if complete else "partial"}
         self.frames += 1
         self.flush()
 
-    def fail(self, sha, record, reason) -> None:
-        self.progress[sha] = {**record, "last_frame": -1, "resume": None, "complete": False, "status": "failed",
+    def fail(self, key, record, reason) -> None:
+        self.progress[key] = {**record, "last_frame": -1, "resume": None, "complete": False, "status": "failed",
                               "error": reason}
         self.flush(force=True)
 
@@ -932,19 +958,22 @@ class PartWriter:
         due = self.frames >= self.every_frames or time.monotonic() - self.last_flush > self.every_seconds
         if not (force or due) or not self.progress:
             return
-        write_part(self.ws, self.seq, self.rows, np.concatenate(self.embs) if self.embs else None, self.progress)
+        write_part(self.ws, f"{self.prefix}{self.seq:06d}", self.rows,
+                   np.concatenate(self.embs) if self.embs else None, self.progress)
         self.seq += 1
         self.rows, self.embs, self.progress, self.frames = [], [], {}, 0
         self.last_flush = time.monotonic()
 
 
-def write_part(ws: Workspace, seq: int, rows: list[dict], emb: np.ndarray | None, progress: dict) -> None:
+def write_part(ws: Workspace, name: str, rows: list[dict], emb: np.ndarray | None, progress: dict) -> None:
+    """Stage `rows` and `progress` ({unit key: record}) as `staging/part-NAME.parquet`, written whole or not at all."""
     df = pd.DataFrame(rows)
     if len(df):
         df["embedding"] = list(np.asarray(emb, np.float32))
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), PART_META_KEY: json.dumps(progress).encode()})
-    with atomic_path(ws.staging_dir / f"part-{seq:06d}.parquet") as tmp:
+    ws.staging_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(ws.staging_dir / f"part-{name}.parquet") as tmp:
         pq.write_table(table, tmp)
 
 
@@ -953,15 +982,70 @@ def part_progress(path: Path) -> dict:
     return json.loads(meta.get(PART_META_KEY, b"{}"))
 
 
+def staged_units(ws: Workspace, key: str | None = None) -> dict[str, dict]:
+    """Per unit key: the furthest frame staged (`last_frame`, and `resume`: where to seek to go on after it) and
+    whether the unit is finished. With `key`, only the parts a `PartWriter(unit=key)` wrote (a worker's own
+    unit, without reading every part's metadata; a run of photos stages one key per photo)."""
+    pattern = f"part-{key}-*.parquet" if key else "part-*.parquet"
+    merged: dict[str, dict] = {}
+    for part in sorted(ws.staging_dir.glob(pattern)):
+        for k, rec in part_progress(part).items():
+            merged[k] = further(merged.get(k), rec)
+    return merged
+
+
+def further(prev: dict | None, rec: dict | None) -> dict | None:
+    """Of two staged records of one unit, the one that got further (a complete one, else the later frame)."""
+    if prev is None or rec is None:
+        return rec or prev
+    if rec.get("complete") or rec.get("last_frame", -1) >= prev.get("last_frame", -1):
+        return {**prev, **rec, "complete": bool(rec.get("complete") or prev.get("complete"))}
+    return prev
+
+
 def staged_progress(ws: Workspace) -> dict[str, dict]:
     """Per source sha: the furthest frame staged (`last_frame`, and `resume`: where to seek to go on after it)
-    and whether the source is finished."""
-    merged: dict[str, dict] = {}
-    for part in staged_parts(ws):
-        for sha, rec in part_progress(part).items():
-            prev = merged.get(sha)
-            if prev is None or rec.get("complete") or rec.get("last_frame", -1) >= prev.get("last_frame", -1):
-                merged[sha] = {**(prev or {}), **rec, "complete": bool(rec.get("complete") or (prev or {}).get("complete"))}
+    and whether the source is finished; for a source read in segments, see `source_progress`."""
+    return progress_by_source(staged_units(ws))
+
+
+def progress_by_source(units: dict[str, dict]) -> dict[str, dict]:
+    """`staged_progress` from `staged_units`' answer."""
+    by_source: dict[str, dict[str, dict]] = {}
+    for key, rec in units.items():
+        by_source.setdefault(unit_source(key), {})[key] = rec
+    return {sha: source_progress(sha, recs) for sha, recs in by_source.items()}
+
+
+def source_progress(sha: str, units: dict[str, dict]) -> dict:
+    """One source's progress from its units' records. A source read in segments is complete when every segment
+    is; `last_frame` is then how far from its start every frame is done (later segments may be done too), and
+    there is no `resume` (each segment has its own)."""
+    segmented = {k: r for k, r in units.items() if k != sha}
+    if not segmented:
+        return units[sha]
+    count = max(int(r.get("segments", 1)) for r in segmented.values())
+    recs = [segmented.get(unit_key(sha, k, count)) for k in range(count)]
+    merged = {k: v for r in recs if r for k, v in r.items() if k != UNIT_FIELDS}
+    last = -1
+    for rec in recs:  # the segments done one after another from the start, then how far the next one got
+        if rec is None:
+            break
+        if not rec.get("complete"):
+            last = max(last, rec.get("last_frame", -1))
+            break
+        stop = (rec.get(UNIT_FIELDS) or {}).get("stop")
+        last = stop - 1 if stop is not None else rec.get("frames", 0) - 1
+    complete = all(r is not None and r.get("complete") for r in recs)
+    failed = [r for r in recs if r is not None and r.get("status") == "failed"]
+    merged.update(last_frame=last, resume=None, complete=complete,
+                  frames=max((r.get("frames", 0) for r in recs if r), default=0),
+                  status="complete" if complete else "failed" if failed else "partial")
+    warnings = sorted({r["warning"] for r in recs if r and r.get("warning")})
+    if warnings:
+        merged["warning"] = "; ".join(warnings)
+    if failed:
+        merged["error"] = failed[0].get("error")
     return merged
 
 
@@ -998,8 +1082,8 @@ def commit_staging(ws: Workspace) -> int:
     write_meta(ws, meta)
     # Partial sources keep their parts until they complete, so resume still knows where they stopped.
     for part in parts:
-        if all(progress.get(sha, {}).get("complete") or progress.get(sha, {}).get("status") == "failed"
-               for sha in part_progress(part)):
+        if all(progress.get(unit_source(key), {}).get("complete")
+               or progress.get(unit_source(key), {}).get("status") == "failed" for key in part_progress(part)):
             part.unlink()
     return meta["rows"]
 
@@ -1091,6 +1175,22 @@ def append_rows(ws: Workspace, rows: pa.Table | pd.DataFrame, emb: np.ndarray) -
     meta["rows"] = table_rows(ws)
     write_meta(ws, meta)
     return meta["rows"]
+
+
+def staged_rows(ws: Workspace, sha: str, frame: int, key: str | None = None) -> list[dict]:
+    """Box and pose of the faces of `frame` of source `sha`, from the table and from the parts of unit `key` not
+    merged yet (a unit run again after its worker was lost finds its own rows there)."""
+    columns = ["face_id", "source_sha256", "frame", "bbox", "yaw", "pitch"]
+    tables = [read_table(ws, columns=columns)]
+    if key and ws.staging_dir.is_dir():
+        parts = sorted(ws.staging_dir.glob(f"part-{key}-*.parquet"))
+        tables += [pq.read_table(p, columns=columns).to_pandas() for p in parts if "frame" in pq.read_schema(p).names]
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return []
+    t = pd.concat(tables, ignore_index=True)
+    rows = t[(t["source_sha256"] == sha) & (t["frame"] == frame)]
+    return rows.drop_duplicates("face_id").sort_values("face_id").to_dict("records")
 
 
 def staged_crops(ws: Workspace) -> set[str]:

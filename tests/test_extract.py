@@ -354,3 +354,31 @@ def test_unwritable_workspace_is_one_clear_error(tmp_path):
     proc = curator("extract", clip("face_1.mp4"), "-w", blocker / "ws", "-q")
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "cannot create workspace" in proc.stderr
+
+
+def test_a_source_in_segments_is_complete_when_every_segment_is():
+    """The staged progress of a file read in three segments (workspace.source_progress): complete only once all
+    three are, `last_frame` is how far from the start every frame is done, a failed segment fails the file."""
+    from curator.workspace import source_progress, unit_key
+
+    sha = "a" * 64
+
+    def rec(segment, last, complete, status=None, stop=None):
+        return {"path": "film.mp4", "segments": 3, "segment_seconds": 300, "frames": (stop or 900),
+                "unit": {"number": segment, "start": 300 * segment, "stop": stop}, "last_frame": last,
+                "complete": complete, "status": status or ("complete" if complete else "partial"), "resume": {"index": last}}
+
+    units = {unit_key(sha, 0, 3): rec(0, 299, True, stop=300), unit_key(sha, 2, 3): rec(2, 899, True)}
+    state = source_progress(sha, units)
+    assert not state["complete"] and state["status"] == "partial" and state["last_frame"] == 299
+    assert state["resume"] is None and "unit" not in state and state["segments"] == 3
+    units[unit_key(sha, 1, 3)] = rec(1, 450, False, stop=600)
+    assert source_progress(sha, units)["last_frame"] == 450
+    units[unit_key(sha, 1, 3)] = rec(1, 599, True, stop=600)
+    done = source_progress(sha, units)
+    assert done["complete"] and done["status"] == "complete" and done["last_frame"] == 899 and done["frames"] == 900
+    units[unit_key(sha, 1, 3)] = {**rec(1, -1, False, status="failed", stop=600), "error": "broken"}
+    failed = source_progress(sha, units)
+    assert failed["status"] == "failed" and failed["error"] == "broken" and not failed["complete"]
+    whole = {sha: {"path": "clip.mp4", "last_frame": 10, "complete": False, "status": "partial", "resume": None}}
+    assert source_progress(sha, whole) == whole[sha]  # a file read whole: its own record

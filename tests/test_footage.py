@@ -24,7 +24,7 @@ import pandas as pd
 from conftest import clip, curator_json, letterbox, loop_video
 from curator import media
 from curator.extract import BACKFILL_KEEP
-from curator.workspace import open_workspace, read_embeddings, read_table, staged_progress
+from curator.workspace import open_workspace, read_embeddings, read_table, staged_progress, staged_units
 
 
 def reencode(src: Path, dst: Path, codec: str, pix_fmt: str, options: dict | None = None, *,
@@ -340,3 +340,159 @@ def test_resume_on_a_long_file_seeks_instead_of_decoding_from_the_start(tmp_path
     pd.testing.assert_frame_equal(a.drop(columns=["source"]), b.drop(columns=["source"]), check_exact=False, rtol=1e-6)
     np.testing.assert_allclose(ea, eb, atol=1e-6)
     assert (a["sampled"] == "backfill").any() or (a["sampled"] == "motion").any()
+
+
+# --- long files: segments split at keyframes ---------------------------------------
+
+def decoded_pts(path: Path) -> list:
+    with av.open(str(path)) as c:
+        return [f.pts for f in c.decode(video=0)]
+
+
+def qualified_keyframes(path: Path) -> list:
+    container, stream = media.open_video(path)
+    try:
+        return media.split_keyframes(container, stream)[0]
+    finally:
+        container.close()
+
+
+def test_split_keyframes_number_frames_as_decoding_does(tmp_path):
+    """On every shared clip (and a looped one), each keyframe the packet scan lets a segment start at is the frame
+    of that index in a full decode, and seeking to it gives the full decode's frames from there on. The two clips
+    whose MP4 edit lists mark packets to be discarded (obama.mp4, RD_Radio10_0_clip_0.mp4: frames decoded but not
+    shown, so packets and frames no longer pair up) give none: they are read as one segment."""
+    long = tmp_path / "long.mp4"
+    loop_video(clip("driving_d5.mp4"), long, 8)
+    checked = 0
+    for path in sorted(media.discover([clip("driving_d5.mp4").parents[1]])[0], key=lambda f: f.path) + [
+            media.Footage(long, "video")]:
+        keys = qualified_keyframes(path.path)
+        if path.path.name in ("obama.mp4", "RD_Radio10_0_clip_0.mp4"):
+            assert keys == [], path.path.name
+            continue
+        assert keys and keys[0].index == 0, path.path.name
+        full = decoded_pts(path.path)
+        for key in keys:
+            assert full[key.index] == key.pts, (path.path.name, key)
+            container, stream = media.open_video(path.path)
+            segment = media.Segment(1, key.index, key.pts, None, key.time_s)
+            found = media._seek_segment(container, stream, segment, media.SampleStats())
+            after = [(i, f.pts) for (i, f), _ in zip(found, range(12))]
+            container.close()
+            assert after == list(enumerate(full[key.index:key.index + 12], start=key.index)), (path.path.name, key)
+            checked += 1
+    assert checked >= 70
+
+
+def encode(src: Path, dst: Path, x264: str, frames: int = 300) -> None:
+    """The first `frames` frames of `src` encoded by libx264 with `x264` parameters, timestamps kept."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        ins = inp.streams.video[0]
+        stream = out.add_stream("libx264", rate=ins.average_rate)
+        stream.width, stream.height, stream.pix_fmt = ins.codec_context.width, ins.codec_context.height, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = ins.time_base
+        stream.options = {"preset": "ultrafast", "x264-params": x264}
+        for frame, _ in zip(inp.decode(ins), range(frames)):
+            new = frame.reformat(format="yuv420p")
+            new.pts, new.time_base = frame.pts, ins.time_base
+            for packet in stream.encode(new):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def test_open_gop_keyframes_are_not_split_points(tmp_path):
+    """In an open GOP the pictures after a keyframe in decode order include some shown before it, which need the
+    frames before it: counting packets before such a keyframe does not give its frame's index (57 packets before
+    the keyframe shown as frame 60 here). The scan lets segments start only at closed-GOP keyframes (x264's IDR
+    frames), so a file encoded with open GOPs is read as one segment, and the same file with closed GOPs splits
+    at every keyframe."""
+    gop = "keyint=60:min-keyint=60:bframes=3:scenecut=0"
+    opened, closed = tmp_path / "open.mp4", tmp_path / "closed.mp4"
+    encode(clip("driving_d6.mp4"), opened, gop + ":open-gop=1")
+    encode(clip("driving_d6.mp4"), closed, gop)
+    with av.open(str(opened)) as c:
+        packets = [(p.pts, p.is_keyframe) for p in c.demux(video=0) if p.size]
+    keyframes = [i for i, (_, key) in enumerate(packets) if key]
+    shown_at = {i: sum(pts < packets[i][0] for pts, _ in packets) for i in keyframes}
+    assert len(keyframes) == 5 and any(shown_at[i] != i for i in keyframes[1:])  # open: the count is off
+    assert [k.index for k in qualified_keyframes(opened)] == [0]
+    assert media.segments(opened, 2.0) == [media.Segment(0)]
+    with av.open(str(closed)) as c:
+        closed_keyframes = [i for i, p in enumerate(p for p in c.demux(video=0) if p.size) if p.is_keyframe]
+    assert [k.index for k in qualified_keyframes(closed)] == closed_keyframes
+    assert [s.start for s in media.segments(closed, 2.0)] == [0, 60, 120, 180, 240]  # the nearest to 2, 4, 6, 8 s
+
+
+def cut(src: Path, dst: Path, start: int, stop: int | None) -> None:
+    """Packets `start` to `stop` of `src` (decode order), copied into a file of their own whose first frame is
+    shown at 0 s."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        ins = inp.streams.video[0]
+        outs = out.add_stream_from_template(ins)
+        packets = [p for p in inp.demux(ins) if p.size][start:stop]
+        shift = packets[0].pts
+        for packet in packets:
+            packet.pts, packet.dts = packet.pts - shift, packet.dts - shift
+            packet.stream = outs
+            out.mux(packet)
+
+
+def test_segments_are_sampled_as_files_of_their_own(tmp_path):
+    """A 39 s file in segments of 8 s starts a segment at the keyframe nearest to every 8 s, and each segment is
+    sampled exactly as the same packets cut into a file of their own would be (clock and near-duplicate skip
+    start afresh, back-fill candidates stay inside it), with frames numbered as in the whole file. When seeking
+    does not find the keyframe (here a wrong timestamp), the file is decoded up to it instead, with the same
+    result."""
+    long = tmp_path / "long.mp4"
+    loop_video(clip("driving_d5.mp4"), long, 8)
+    parts = media.segments(long, 8.0)
+    assert [s.start for s in parts] == [0, 296, 444, 740, 888]  # keyframes every 148 frames (4.93 s)
+    assert [s.stop for s in parts] == [296, 444, 740, 888, None] and parts[1].pts is not None
+    assert media.segments(long, 60.0) == [media.Segment(0)]  # shorter than a segment: one
+    for seg in parts:
+        own = tmp_path / f"cut{seg.number}.mp4"
+        cut(long, own, seg.start, seg.stop)
+        alone = [(sf.index + seg.start, sf.reason, [pf.index + seg.start for pf in sf.between])
+                 for sf in media.sample_video(own, **POSE_FILL)]
+        stats = media.SampleStats()
+        assert chosen(long, segment=seg, stats=stats) == alone, seg
+        assert stats.frames == (seg.stop or 1184)
+        assert stats.decoded <= (seg.stop or 1184) - seg.start + 4  # from its keyframe on, not from the start
+    wrong = media.Segment(2, parts[2].start, parts[2].pts + 1, parts[2].stop)
+    stats = media.SampleStats()
+    assert chosen(long, segment=wrong, stats=stats) == chosen(long, segment=parts[2])
+    assert stats.decoded >= parts[2].stop
+
+
+def test_a_killed_run_resumes_inside_segments(tmp_path):
+    """The local engine on a file in segments, killed with one segment done and the next part-way, resumes: the
+    done segment is not read again, the other resumes after its last staged frame, and the table is an
+    uninterrupted run's."""
+    long = tmp_path / "long.mp4"
+    loop_video(clip("driving_d5.mp4"), long, 8)
+    options = ["--segment-seconds", "8", "--checkpoint-every", "2"]
+    reference = curator_json("extract", long, "-w", tmp_path / "reference", "-q", *options)
+    assert reference["units"] == 5
+    ws = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "curator", "extract", str(long), "-w", str(ws), "-q", *options]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, done = time.monotonic() + 120, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ws.joinpath("workspace.json").exists():
+            units = staged_units(open_workspace(ws))
+            finished = [k for k, u in units.items() if u["complete"]]
+            if len(finished) >= 2 and any(not u["complete"] and u["last_frame"] > u["unit"]["start"] for u in units.values()):
+                os.killpg(proc.pid, signal.SIGKILL)
+                done = finished
+                break
+        time.sleep(0.02)
+    proc.wait()
+    assert done is not None, "the run finished before it could be killed inside a segment"
+    resumed = curator_json("extract", long, "-w", ws, "-q", *options)
+    assert resumed["resumed_files"] == 1 and resumed["units"] <= 5 - len(done) and resumed["units_resumed"] >= 1
+    a, ea = _table(tmp_path / "reference")
+    b, eb = _table(ws)
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6)
+    np.testing.assert_allclose(ea, eb, atol=1e-6)
