@@ -43,6 +43,7 @@ FiftyOne needs MongoDB: `eval "$(../shared/ci/mongod.sh start)"` first.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -244,6 +245,9 @@ def prepare(args, work: Path) -> dict:
         "footage_bins": pd.Series(bins).value_counts().to_dict(),
         "pool_bins": pd.Series(bins[pool]).value_counts().to_dict(),
         "evaluation_bins": pd.Series(bins[evaluation]).value_counts().to_dict(),
+        "digest": hashlib.sha256(json.dumps({name: sorted(table["face_id"].iloc[rows])
+                                             for name, rows in {**sets, "evaluation": np.flatnonzero(evaluation)}.items()},
+                                            sort_keys=True).encode()).hexdigest()[:10],
         "sets": {name: {"faces": int(len(rows)), "bins": pd.Series(bins[rows]).value_counts().to_dict(),
                         "pose_bins": int(pd.Series(bins[rows]).nunique())} for name, rows in sets.items()},
         "paths": {"sets": str(sets_dir), "b": str(b), "pack": str(pack)},
@@ -295,7 +299,7 @@ def train_all(args, info: dict, runs_dir: Path) -> dict[tuple[str, int], dict]:
                    "--device", args.device, "--save-every", str(args.steps), "--preview-every", str(args.steps),
                    "--quiet"]
             todo.append(((method, seed), run, cmd))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     running: list = []
@@ -467,7 +471,7 @@ def main() -> None:
             sys.exit(f"bench/thesis.py: no prepared sets in {sets_dir}; run --stage prepare first (on a CPU machine)")
         info = json.loads((sets_dir / "prepared.json").read_text())
         info["paths"] = {"sets": str(sets_dir), "b": str(work / "thesis" / "B_driving_d12"), "pack": str(work / "pack")}
-    runs_dir = work / f"runs_n{args.budget}_{run_tag(args)}"
+    runs_dir = work / f"runs_n{args.budget}_{info['digest']}_{run_tag(args)}"  # other sets: other runs
     records = train_all(args, info, runs_dir)
     evals = evaluate_all(args, info, runs_dir)
     result = {
