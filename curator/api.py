@@ -277,6 +277,23 @@ def compare(source: PathLike, target: PathLike, *, out: PathLike | None = None) 
     return compare_report(open_workspace(source), open_workspace(target), out=out)
 
 
+def evaluate(model: PathLike, faces: PathLike, *, side: str | None = None, out: PathLike | None = None,
+             models: str | None = None, device: str = "auto", on_total: Total | None = None,
+             on_progress: Progress | None = None) -> dict:
+    """How well the `train` run MODEL draws the face set FACES (an export, or a workspace's target faces).
+
+    Reconstruction (its own side) and swap figures per face, per 10° pose bin,
+    expression and lighting cell, the worst poses in words, and an offline
+    HTML report (OUT, default MODEL/evaluate.html). SIDE (a or b) says which
+    identity of the run FACES is; by default the closer one by identity.
+    """
+    from .evaluate import evaluate as evaluate_model
+    from .report import public
+
+    return public(evaluate_model(model, faces, side=side, out=out, models=models, device=device,
+                                 on_total=on_total, on_progress=on_progress))
+
+
 def review(workspace: PathLike, *, port: int = 5151, address: str = "127.0.0.1", pull: bool = False,
            no_app: bool = False, timeout: float | None = None, dataset: str | None = None,
            on_ready: Callable[[str], None] = lambda url: None, on_note: Note = lambda note: None) -> dict:

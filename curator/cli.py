@@ -486,6 +486,42 @@ def compare(
 
 
 @app.command()
+def evaluate(
+    model: Path = typer.Option(..., "--model", "-m", help="Run folder of `curator train` (model.safetensors)."),
+    faces: Path = typer.Option(..., "--faces", "-f", help="Face set: an export folder, or a workspace (its target faces)."),
+    side: Optional[str] = typer.Option(None, "--side", help="Which identity of the run the faces are, a or b [default: the closer one by identity]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report file [default: MODEL/evaluate.html]."),
+    models: Optional[str] = typer.Option(None, "--models", help=MODELS_HELP + " Default: the one the face set was made with."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (the model)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """How well a trained model draws a face set: per head pose, expression and lighting, worst poses in words.
+
+    Reconstruction on the set's own side (masked L1, masked SSIM, identity
+    kept) and the swap (likeness to the other identity, head pose and
+    expression kept), per face, per 10° pose bin and per expression and
+    lighting cell, with an offline HTML report. The faces must be aligned as
+    the training crops were (docs/evaluate.md).
+
+    Examples:
+
+        curator evaluate --model run --faces faces_jane_val
+
+        curator evaluate --model run --faces jane_ws --side a --out jane.html
+
+        curator evaluate -m run -f faces_jane --json | jq '.worst[].words'
+    """
+    from . import api
+    from .evaluate import evaluate_line
+
+    with errors_as_lines(), progress_bar(not quiet and not as_json, "evaluate") as (set_total, advance):
+        summary = api.evaluate(model, faces, side=side, out=out, models=models, device=device,
+                               on_total=set_total, on_progress=advance)
+    emit(as_json, summary, evaluate_line(summary))
+
+
+@app.command()
 def review(
     workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace folder."),
     port: int = typer.Option(5151, "--port", help="Port of the App's web server."),
