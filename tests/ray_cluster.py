@@ -88,9 +88,11 @@ def unit_workers() -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def wait_for(condition, timeout: float = 120.0):
+def wait_for(condition, timeout: float = 120.0, proc: subprocess.Popen | None = None):
+    """condition()'s first true answer, or None after `timeout` seconds or once `proc` has ended. Generous: on a
+    loaded machine, Ray's workers take minutes to start and load the models."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
         found = condition()
         if found:
             return found
@@ -101,11 +103,12 @@ def wait_for(condition, timeout: float = 120.0):
 def worker_killed(ws: Path, inputs: list[str], extra: list[str]) -> dict:
     """SIGKILL one worker process while both nodes' units have staged rows; Ray runs its unit again."""
     proc = subprocess.Popen(extract_args(ws, inputs, extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    both = wait_for(lambda: (len(partial_units(ws)) >= 2 and len(unit_workers()) >= 2) and partial_units(ws))
+    both = wait_for(lambda: (len(partial_units(ws)) >= 2 and len(unit_workers()) >= 2) and partial_units(ws),
+                    timeout=900, proc=proc)
     victim = unit_workers()[0] if both else None
     if victim:
         os.kill(victim, signal.SIGKILL)
-    out, err = proc.communicate(timeout=600)
+    out, err = proc.communicate(timeout=1200)
     return {**outcome(proc.returncode, out, err), "killed_pid": victim, "partial_at_kill": both}
 
 
@@ -113,7 +116,7 @@ def driver_killed(ws: Path, inputs: list[str], extra: list[str]) -> dict:
     """SIGKILL the driver once a unit is done and another has staged rows; then extract again."""
     proc = subprocess.Popen(extract_args(ws, inputs, extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     moment = wait_for(lambda: complete_units(ws) and partial_units(ws) and
-                      {"complete": complete_units(ws), "partial": partial_units(ws)})
+                      {"complete": complete_units(ws), "partial": partial_units(ws)}, timeout=900, proc=proc)
     if moment:
         proc.send_signal(signal.SIGKILL)
     proc.wait()

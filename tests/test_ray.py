@@ -72,7 +72,7 @@ def cluster(footage, tmp_path_factory) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     try:
         proc = subprocess.run([*namespaces, sys.executable, str(ROOT / "tests" / "ray_cluster.py"), str(plan)],
-                              capture_output=True, text=True, env=env, timeout=1200)
+                              capture_output=True, text=True, env=env, timeout=2400)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
