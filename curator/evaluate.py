@@ -233,7 +233,9 @@ def identity_embeddings(fm, crops_bgr: np.ndarray, margin: float) -> np.ndarray:
     m = recognition_matrix(crops_bgr.shape[1], margin, side)
     rec = [cv2.warpAffine(c, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
            for c in crops_bgr]
-    feats = np.asarray(fm.recognizer.get_feat(rec), np.float32).reshape(len(rec), -1)
+    from .faces import recognise
+
+    feats = recognise(fm, rec)  # in batch, on the runtime the models were loaded for
     return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
 
