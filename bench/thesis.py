@@ -1,6 +1,6 @@
 """Does curation make better models? The same trainer on training sets chosen four ways, judged by `curator evaluate`.
 
-    python bench/thesis.py                                   # CPU, 64 px (about an hour on 2 cores)
+    python bench/thesis.py                                   # CPU, 64 px (about 45 min on 2 quiet cores)
     python bench/thesis.py --resolution 128 --device cuda    # the same question at 128 px on a GPU
     python bench/thesis.py --stage prepare                   # only footage, faces, sets (CPU; see below)
 
