@@ -65,7 +65,14 @@ def test_workspace_format_snippet_reads_the_table(tmp_path):
     w = open_workspace(ws)
     ours = read_table(w)
     assert len(list((ws / "faces").glob("*.parquet"))) == 2 and ours["selected"].isna().any()
-    pd.testing.assert_frame_equal(namespace["faces"][list(ours.columns)], ours, check_dtype=False)
+    def missing_as_none(frame: pd.DataFrame) -> pd.DataFrame:  # the join writes NaN past a group's end, curator None
+        out = frame.copy()
+        for c in out.columns[out.dtypes == object]:
+            out[c] = [None if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in out[c]]
+        return out
+
+    pd.testing.assert_frame_equal(missing_as_none(namespace["faces"][list(ours.columns)]), missing_as_none(ours),
+                                  check_dtype=False)
     np.testing.assert_array_equal(namespace["emb"], np.asarray(read_embeddings(w)))
 
 

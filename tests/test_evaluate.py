@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 
 from conftest import PACK, chromium_screenshot, clip, curator, curator_json, find_chromium, one_line_error, CHROMIUM_FLAGS
+from curator.workspace import open_workspace, read_table
 
 STEPS = 300
 
@@ -102,7 +103,7 @@ def test_a_face_it_trained_on_scores_better_than_one_it_never_saw(trained, repor
 def test_a_workspace_is_evaluated_on_its_target_faces(trained):
     s = curator_json("evaluate", "--model", trained["run"], "--faces", trained["ws_A"], "--out",
                      trained["root"] / "ws.html")
-    table = pd.read_parquet(trained["ws_A"] / "faces.parquet")
+    table = read_table(open_workspace(trained["ws_A"]))
     assert s["set_kind"] == "workspace" and s["side"] == "a"
     assert s["n_faces"] == int(table["is_target"].sum()) == sum(b["faces"] for b in s["pose_bins"])
 
@@ -137,7 +138,7 @@ def test_the_recogniser_crop_is_the_training_template_mapped_onto_arcface(traine
     from curator import evaluate, faces
 
     fm = faces.load_models(str(PACK))
-    table = pd.read_parquet(trained["ws_A"] / "faces.parquet")
+    table = read_table(open_workspace(trained["ws_A"]))
     emb = np.load(trained["ws_A"] / "embeddings.npy")[: len(table)]
     crops = np.stack([cv2.imread(str(trained["ws_A"] / p)) for p in table["crop_path"]])
     mine = evaluate.identity_embeddings(fm, crops, 0.3)
@@ -153,7 +154,7 @@ def test_pose_is_read_from_the_crops_as_extract_reads_it_from_frames(trained):
     from curator import evaluate, faces
 
     fm = faces.load_models(str(PACK))
-    table = pd.read_parquet(trained["ws_A"] / "faces.parquet")
+    table = read_table(open_workspace(trained["ws_A"]))
     where = evaluate.frame_geometry(table, 64, 64)
     est = []
     for k, path in enumerate(table["crop_path"]):
