@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 
 from conftest import PACK, chromium_screenshot, clip, curator, curator_json, find_chromium, one_line_error, CHROMIUM_FLAGS
-from curator.workspace import open_workspace, read_table
+from curator.workspace import open_workspace, read_embeddings, read_table
 
 STEPS = 300
 
@@ -138,8 +138,9 @@ def test_the_recogniser_crop_is_the_training_template_mapped_onto_arcface(traine
     from curator import evaluate, faces
 
     fm = faces.load_models(str(PACK))
-    table = read_table(open_workspace(trained["ws_A"]))
-    emb = np.load(trained["ws_A"] / "embeddings.npy")[: len(table)]
+    w = open_workspace(trained["ws_A"])
+    table = read_table(w)
+    emb = np.asarray(read_embeddings(w, len(table)))
     crops = np.stack([cv2.imread(str(trained["ws_A"] / p)) for p in table["crop_path"]])
     mine = evaluate.identity_embeddings(fm, crops, 0.3)
     same = np.sum(mine * emb, axis=1)
