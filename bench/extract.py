@@ -54,7 +54,7 @@ TARGETS = {"ratio_ours_decode_max": 3.0, "speedup_naive_ours_min": 5.0, "pose_bi
 
 def run_ours(footage: str, models: str, workdir: Path, *extra: str) -> dict:
     """`curator extract` on a fresh workspace in a subprocess; returns wall time, summary and the faces table."""
-    import pandas as pd
+    from curator.workspace import open_workspace, read_table
 
     ws = Path(tempfile.mkdtemp(prefix="ws-", dir=workdir))
     shutil.rmtree(ws)  # let curator create it
@@ -63,7 +63,7 @@ def run_ours(footage: str, models: str, workdir: Path, *extra: str) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"curator extract failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     summary = json.loads(proc.stdout)
-    table = pd.read_parquet(ws / "faces.parquet", columns=["frame", "det_score", "yaw", "pitch", "roll", "bbox"])
+    table = read_table(open_workspace(ws), ["frame", "det_score", "yaw", "pitch", "roll", "bbox"])
     shutil.rmtree(ws, ignore_errors=True)
     return {"wall_s": wall, "cpu_s": cpu, "summary": summary, "table": table}
 

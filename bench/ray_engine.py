@@ -111,10 +111,10 @@ def in_namespaces(args, what: str, video: str, work: Path) -> dict:
 
 
 def same_table(a: Path, b: Path) -> bool:
-    import pandas as pd
+    from curator.workspace import open_workspace, read_table
 
-    ta, tb = pd.read_parquet(a / "faces.parquet"), pd.read_parquet(b / "faces.parquet")
-    return sorted(ta["face_id"]) == sorted(tb["face_id"])
+    ids = [read_table(open_workspace(ws), ["face_id"])["face_id"] for ws in (a, b)]
+    return sorted(ids[0]) == sorted(ids[1])
 
 
 def median_wall(runs: list[dict]) -> float:
