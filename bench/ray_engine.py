@@ -1,6 +1,7 @@
 """Extract on Ray against the local engine, and Ray from 1 to N workers, on the same footage.
 
     python bench/ray_engine.py                  # --minutes 4 --segment-seconds 30 --workers 1 2 --repeats 2
+    python bench/ray_engine.py --pin --out bench/results/ray_engine_pinned.json   # node i on core i only
 
 Footage: every shared clip in path order, letterboxed to 1280x720 at 25 fps
 and looped to --minutes (bench/common.build_footage, as bench/extract.py
@@ -81,11 +82,15 @@ def inside(args) -> None:
     else:
         n = int(args.inside)
         common_opts = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+        # --pin: node i and every process it starts (its workers inherit the affinity) run on core i only, so
+        # N one-CPU nodes have exactly N cores; without it a unit's decoder thread borrows a second core.
+        pin = (lambda i: ["taskset", "-c", str(i % os.cpu_count())]) if args.pin else (lambda i: [])
         t0 = time.monotonic()
-        subprocess.run([RAY, "start", "--head", "--port", ADDRESS.split(":")[1], "--temp-dir", args.ray_temp,
+        subprocess.run([*pin(0), RAY, "start", "--head", "--port", ADDRESS.split(":")[1], "--temp-dir", args.ray_temp,
                         "--include-dashboard", "false", *common_opts], check=True, capture_output=True)
-        for _ in range(n - 1):
-            subprocess.run([RAY, "start", "--address", ADDRESS, *common_opts], check=True, capture_output=True)
+        for i in range(1, n):
+            subprocess.run([*pin(i), RAY, "start", "--address", ADDRESS, *common_opts], check=True,
+                           capture_output=True)
         results["cluster_start_s"] = round(time.monotonic() - t0, 1)
         for r in range(args.repeats):
             ws = Path(args.work) / f"ray_{n}_{r}"
@@ -99,7 +104,7 @@ def in_namespaces(args, what: str, video: str, work: Path) -> dict:
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must be short
     cmd = ["unshare", "--net", "--pid", "--fork", "--mount-proc", sys.executable, __file__, "--inside", what,
            "--video", video, "--work", str(work), "--ray-temp", temp, "--repeats", str(args.repeats),
-           "--segment-seconds", str(args.segment_seconds), "--models", args.models]
+           "--segment-seconds", str(args.segment_seconds), "--models", args.models, *(["--pin"] if args.pin else [])]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
                                                                   "RAY_AUTH_MODE": "disabled"})  # as in tests/test_ray.py
@@ -127,6 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--segment-seconds", type=float, default=30.0, help="segment length: the units of work [30]")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="cluster sizes to time (1 CPU a node) [1 2]")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--pin", action="store_true", help="pin each cluster node to one core (taskset): N nodes, N cores")
     ap.add_argument("--models", default=os.environ.get("CURATOR_MODELS") or str(common.PACK_SMALL))
     ap.add_argument("--cache", default=None, help="where built footage is kept [CURATOR_BENCH_CACHE or ~/.cache/curator-bench]")
     ap.add_argument("--out", default=str(common.REPO / "bench" / "results" / "ray_engine.json"))
@@ -167,7 +173,8 @@ def main(argv=None) -> int:
         }
         out = {"machine": common.machine_info(), "git": common.git_rev(), "ray": _ray_version(),
                "footage": {k: foot[k] for k in ("path", "frames", "seconds")}, "minutes": args.minutes,
-               "segment_seconds": args.segment_seconds, "repeats": args.repeats, "cluster_start_s": clusters,
+               "segment_seconds": args.segment_seconds, "repeats": args.repeats, "pinned": args.pin,
+               "cluster_start_s": clusters,
                "runs": results, "same_face_ids_as_local": checked, "figures": figures}
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
         log(f"figures: {figures}; tables match local: {checked}")
