@@ -935,7 +935,7 @@ class PartWriter:
         self.frames = 0
         self.last_flush = time.monotonic()
         self.prefix = f"{unit}-{secrets.token_hex(4)}-" if unit else ""
-        numbered = [int(p.stem[5:]) for p in ws.staging_dir.glob("part-*.parquet") if p.stem[5:].isdigit()]
+        numbered = [int(p.stem[5:]) for p in staged_parts(ws) if p.stem[5:].isdigit()]
         self.seq = 0 if unit else max(numbered, default=-1) + 1
 
     def add(self, rows, emb, key, record, *, last_frame: int, complete: bool, resume: dict | None = None) -> None:
@@ -986,9 +986,8 @@ def staged_units(ws: Workspace, key: str | None = None) -> dict[str, dict]:
     """Per unit key: the furthest frame staged (`last_frame`, and `resume`: where to seek to go on after it) and
     whether the unit is finished. With `key`, only the parts a `PartWriter(unit=key)` wrote (a worker's own
     unit, without reading every part's metadata; a run of photos stages one key per photo)."""
-    pattern = f"part-{key}-*.parquet" if key else "part-*.parquet"
     merged: dict[str, dict] = {}
-    for part in sorted(ws.staging_dir.glob(pattern)):
+    for part in staged_parts(ws, key):
         for k, rec in part_progress(part).items():
             merged[k] = further(merged.get(k), rec)
     return merged
@@ -1049,9 +1048,11 @@ def source_progress(sha: str, units: dict[str, dict]) -> dict:
     return merged
 
 
-def staged_parts(ws: Workspace) -> list[Path]:
-    """The staged parts, oldest first."""
-    return sorted(ws.staging_dir.glob("part-*.parquet")) if ws.staging_dir.is_dir() else []
+def staged_parts(ws: Workspace, unit: str | None = None) -> list[Path]:
+    """The staged parts in name order; with `unit`, only those a `PartWriter(unit=unit)` wrote."""
+    if not ws.staging_dir.is_dir():
+        return []
+    return sorted(ws.staging_dir.glob(f"part-{unit}-*.parquet" if unit else "part-*.parquet"))
 
 
 def commit_staging(ws: Workspace) -> int:
@@ -1182,9 +1183,9 @@ def staged_rows(ws: Workspace, sha: str, frame: int, key: str | None = None) -> 
     merged yet (a unit run again after its worker was lost finds its own rows there)."""
     columns = ["face_id", "source_sha256", "frame", "bbox", "yaw", "pitch"]
     tables = [read_table(ws, columns=columns)]
-    if key and ws.staging_dir.is_dir():
-        parts = sorted(ws.staging_dir.glob(f"part-{key}-*.parquet"))
-        tables += [pq.read_table(p, columns=columns).to_pandas() for p in parts if "frame" in pq.read_schema(p).names]
+    if key:
+        tables += [pq.read_table(p, columns=columns).to_pandas() for p in staged_parts(ws, key)
+                   if "frame" in pq.read_schema(p).names]
     tables = [t for t in tables if len(t)]
     if not tables:
         return []
@@ -1196,8 +1197,7 @@ def staged_rows(ws: Workspace, sha: str, frame: int, key: str | None = None) -> 
 def staged_crops(ws: Workspace) -> set[str]:
     """Crops referenced by staged parts (a partial source keeps its parts until it completes)."""
     out: set[str] = set()
-    if ws.staging_dir.is_dir():
-        for part in staged_parts(ws):
-            if "crop_path" in pq.read_schema(part).names:
-                out.update(pq.read_table(part, columns=["crop_path"]).column("crop_path").to_pylist())
+    for part in staged_parts(ws):
+        if "crop_path" in pq.read_schema(part).names:
+            out.update(pq.read_table(part, columns=["crop_path"]).column("crop_path").to_pylist())
     return out
