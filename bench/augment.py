@@ -195,7 +195,7 @@ def main() -> None:
                                 if "cuda_kernels" in a else {})}
                             for a, b in zip(results, before["results"])]
     out.parent.mkdir(parents=True, exist_ok=True)
-    from curator.atomic import write_json
+    from curator.fs.atomic import write_json
 
     write_json(out, report)
     if args.before:

@@ -66,7 +66,7 @@ def decode_fps(clip: Path) -> float:
 
 
 def one_convert(clip: Path, run: Path, device: str, batch: int, workdir: Path) -> dict:
-    from curator.convert import ConvertSettings, convert
+    from curator.swap.convert import ConvertSettings, convert
 
     marks = {"start": time.perf_counter()}
     out = workdir / f"out_{device}.mp4"
@@ -136,7 +136,7 @@ def main() -> None:
         "command": "python bench/convert.py " + " ".join(sys.argv[1:]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from curator.atomic import write_json
+    from curator.fs.atomic import write_json
 
     write_json(args.out, report)
     print(json.dumps({k: report[k] for k in ("decode_fps",)}))

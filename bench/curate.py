@@ -157,7 +157,7 @@ def save_reference(clip: str, out: Path, fm) -> dict:
     import av
     import cv2
 
-    from curator import faces
+    from curator.models import faces
 
     dur = common.clip_duration(clip)
     wanted = [dur - HOLD_OUT_S / 2, dur - HOLD_OUT_S * 0.75, dur - HOLD_OUT_S * 0.25]
@@ -425,7 +425,7 @@ class FiftyOneBaselines:
 # --- metrics ----------------------------------------------------------------------
 
 def evaluate(chosen: np.ndarray, table: pd.DataFrame, emb: np.ndarray, gt_target: np.ndarray) -> dict:
-    from curator import metrics
+    from curator.measure import metrics
 
     chosen = np.asarray(chosen, int)
     ref = table[gt_target]
@@ -467,7 +467,7 @@ def distinct_capacity(emb: np.ndarray, yaw: np.ndarray, pitch: np.ndarray) -> in
 
 def run_scenario(key: str, args, cache: Path, work: Path, fm) -> dict:
     from curator import curate as curate_mod
-    from curator import recognisers
+    from curator.models import recognisers
     from curator.identify import link_tracks, reference_embeddings
     from curator.workspace import open_workspace, read_embeddings, read_table
 
@@ -584,7 +584,7 @@ def run_scenario(key: str, args, cache: Path, work: Path, fm) -> dict:
 
 
 def run_quality(args) -> dict:
-    from curator import faces
+    from curator.models import faces
 
     common.require_testdata()
     cache = Path(args.cache or common.default_cache())

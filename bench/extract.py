@@ -75,7 +75,7 @@ def naive_worker(footage: str, models: str, out: str) -> None:
     import onnxruntime as ort
     from insightface.app import FaceAnalysis
 
-    from curator.pose import estimate_pose_kps5
+    from curator.measure.pose import estimate_pose_kps5
 
     ort.set_default_logger_severity(3)
     app = FaceAnalysis(name=models, providers=["CPUExecutionProvider"])
@@ -528,7 +528,7 @@ def gpu_check(path: str, models: str, frames: int = 64, device: str = "cuda") ->
     """Faces of the first `frames` frames with torch on CUDA (float16 and float32) against onnxruntime on the CPU."""
     import av
 
-    from curator import faces, runtime
+    from curator.models import faces, runtime
 
     images = []
     with av.open(path) as c:

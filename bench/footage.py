@@ -37,7 +37,7 @@ FILES = ("footage.mp4", "footage.json", "reference.png")
 
 def build(out: Path, scenario: str = "A", cache: Path | None = None) -> dict:
     """Build (or reuse from the cache) scenario's footage and reference photo into the folder `out`."""
-    from curator import faces
+    from curator.models import faces
 
     common.require_testdata()
     out = out.resolve()

@@ -49,7 +49,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from curator import dlib68, faces, media, pose  # noqa: E402
+from curator.models import dlib68, faces  # noqa: E402
+from curator import media  # noqa: E402
+from curator.measure import pose  # noqa: E402
 from test_dlib_landmarks import read_pts  # noqa: E402
 
 TESTDATA = ROOT.parent / "shared" / "testdata"

@@ -134,7 +134,7 @@ def choose_evaluation(table: pd.DataFrame, labels: pd.DataFrame) -> tuple[np.nda
     can be both learnt and tested; a pose seen at one moment only is tested
     all the same, and no training set can have it.
     """
-    from curator import metrics
+    from curator.measure import metrics
     from curator.curate import quality_score
 
     bins = metrics.pose_labels(table)
@@ -194,7 +194,7 @@ def select_sets(ws: Path, table: pd.DataFrame, emb: np.ndarray, pool: np.ndarray
 
 def export_rows(ws: Path, table: pd.DataFrame, rows: np.ndarray, out: Path) -> Path:
     """A real `curator export` (folder format, no validation split) of exactly these rows of the workspace."""
-    from curator.export import export
+    from curator.export.folder import export
     from curator.workspace import locked, open_workspace, update_columns
 
     w = open_workspace(ws)
@@ -207,7 +207,7 @@ def export_rows(ws: Path, table: pd.DataFrame, rows: np.ndarray, out: Path) -> P
 
 
 def prepare(args, work: Path) -> dict:
-    from curator import metrics
+    from curator.measure import metrics
     from curator.workspace import open_workspace, read_embeddings, read_table
 
     common.require_testdata()
@@ -332,7 +332,7 @@ def train_all(args, info: dict, runs_dir: Path) -> dict[tuple[str, int], dict]:
 
 def evaluate_all(args, info: dict, runs_dir: Path) -> dict[tuple[str, int], dict]:
     """`curator evaluate` of every run on the evaluation set, side A (kept beside each run for re-use)."""
-    from curator.evaluate import evaluate
+    from curator.reports.evaluate import evaluate
 
     out = {}
     for method in METHODS:

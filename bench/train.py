@@ -74,7 +74,7 @@ def synthetic_sets(folder: Path, faces: int = 32, size: int = 128) -> dict:
     import numpy as np
     import pandas as pd
 
-    from curator.align import DEFAULT_MARGIN
+    from curator.measure.align import DEFAULT_MARGIN
     from trainer.data import face_mask
 
     mask = face_mask(size, DEFAULT_MARGIN)[:, :, None]
@@ -244,7 +244,7 @@ def main() -> None:
         "command": "python bench/train.py " + " ".join(sys.argv[1:]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from curator.atomic import write_json
+    from curator.fs.atomic import write_json
 
     write_json(args.out, report)
     print("| resolution | images/s | step (s) | data share | runs |")

@@ -35,14 +35,15 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from . import faces, outputs, recognisers
-from . import runtime as runtimes
+from .models import faces, recognisers
+from . import outputs
+from .models import runtime as runtimes
 from .curate import COLUMNS as CURATE_COLUMNS
 from .curate import OPTIONAL_COLUMNS as CURATE_OPTIONAL
 from .curate import budget_from
 from .curate import curate as curate_table
 from .errors import NothingFound, UsageError
-from .export import export as export_faces
+from .export.folder import export as export_faces
 from .extract import extract as extract_footage
 from .extract import extract_settings
 from .identify import COLUMNS as IDENTIFY_COLUMNS
@@ -136,7 +137,7 @@ def extract(footage: PathLike | Sequence[PathLike], workspace: PathLike, *, mode
     if ray_address and engine != "ray":
         raise UsageError("--ray-address is for --engine ray")
     if engine == "ray":
-        from .ray_engine import import_ray
+        from .extract.ray import import_ray
 
         import_ray()  # before any work: without Ray, one line naming the extra to install
     footage = _paths(footage)
@@ -248,7 +249,7 @@ def export(workspace: PathLike, out: PathLike, *, include_all: bool = False, val
 
 def verify(workspace: PathLike, *, repair: bool = False) -> dict:
     """Check that table, embeddings, crops and workspace.json agree; with REPAIR, fix what needs no guessing."""
-    from .verify import check, repair as repair_workspace
+    from .workspace.verify import check, repair as repair_workspace
 
     ws = open_workspace(workspace)
     if not repair:
@@ -265,14 +266,14 @@ def verify(workspace: PathLike, *, repair: bool = False) -> dict:
 
 def audit(workspace: PathLike, *, selected: bool = False, out: PathLike | None = None) -> dict:
     """An offline HTML report of what the faces cover and their holes in words (OUT, default WS/audit.html)."""
-    from .audit import audit as audit_report
+    from .reports.audit import audit as audit_report
 
     return audit_report(open_workspace(workspace), selected=selected, out=out)
 
 
 def compare(source: PathLike, target: PathLike, *, out: PathLike | None = None) -> dict:
     """What SOURCE's faces lack for converting TARGET's video: gap regions, a gap score, footage to look for."""
-    from .compare import compare as compare_report
+    from .reports.compare import compare as compare_report
 
     return compare_report(open_workspace(source), open_workspace(target), out=out)
 
@@ -287,8 +288,8 @@ def evaluate(model: PathLike, faces: PathLike, *, side: str | None = None, out: 
     HTML report (OUT, default MODEL/evaluate.html). SIDE (a or b) says which
     identity of the run FACES is; by default the closer one by identity.
     """
-    from .evaluate import evaluate as evaluate_model
-    from .report import public
+    from .reports.evaluate import evaluate as evaluate_model
+    from .reports.page import public
 
     return public(evaluate_model(model, faces, side=side, out=out, models=models, device=device,
                                  on_total=on_total, on_progress=on_progress))
@@ -303,7 +304,7 @@ def review(workspace: PathLike, *, port: int = 5151, address: str = "127.0.0.1",
     dataset and pull, without starting the App. Otherwise the App runs until
     Ctrl-C or TIMEOUT seconds.
     """
-    from .review import review as review_faces
+    from .review.session import review as review_faces
 
     if timeout is not None and timeout <= 0:
         raise UsageError("--timeout must be positive")
@@ -344,7 +345,7 @@ def convert(video: PathLike, model: PathLike, out: PathLike | None = None, *, fr
     With PREVIEW N, only N sample frames, original | swapped side by side,
     are written as PNGs into the folder OUT.
     """
-    from .convert import ConvertSettings, convert as convert_video, preview as preview_video
+    from .swap.convert import ConvertSettings, convert as convert_video, preview as preview_video
 
     if not (0 <= erode < 0.5 and 0 <= feather < 0.5):
         raise UsageError("--erode and --feather are fractions of the face crop, from 0 to 0.5")

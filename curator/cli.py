@@ -448,7 +448,7 @@ def audit(
         curator audit -w ws --json | jq '.holes[].words'
     """
     from . import api
-    from .audit import audit_line
+    from .reports.audit import audit_line
 
     with errors_as_lines():
         summary = api.audit(workspace, selected=selected, out=out)
@@ -478,7 +478,7 @@ def compare(
         curator compare jane_ws john_video_ws --out gaps.html --json | jq .gap_score
     """
     from . import api
-    from .compare import compare_line
+    from .reports.compare import compare_line
 
     with errors_as_lines():
         result = api.compare(source, target, out=out)
@@ -513,7 +513,7 @@ def evaluate(
         curator evaluate -m run -f faces_jane --json | jq '.worst[].words'
     """
     from . import api
-    from .evaluate import evaluate_line
+    from .reports.evaluate import evaluate_line
 
     with errors_as_lines(), progress_bar(not quiet and not as_json, "evaluate") as (set_total, advance):
         summary = api.evaluate(model, faces, side=side, out=out, models=models, device=device,
@@ -550,7 +550,7 @@ def review(
         curator review -w ws --no-app --json
     """
     from . import api
-    from .review import summary_line
+    from .review.session import summary_line
 
     def ready(url: str) -> None:
         line = f"App: {url}  (tags reach the workspace as you make them; Ctrl-C here stops the App)"

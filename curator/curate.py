@@ -39,9 +39,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import metrics
+from .measure import metrics
 from .errors import UsageError
-from .recognisers import DEFAULT
+from .models.recognisers import DEFAULT
 from .workspace import WorkspaceError
 
 MIN_FACE_PX = 40.0

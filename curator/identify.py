@@ -31,10 +31,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import faces, media
-from .atomic import atomic_path
+from .models import faces
+from . import media
+from .fs.atomic import atomic_path
 from .errors import CuratorError
-from .recognisers import DEFAULT
+from .models.recognisers import DEFAULT
 from .workspace import WorkspaceError
 
 # The columns identify reads (`curator.api.identify` reads only these, not the wide landmark columns).

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
-from .atomic import replace_dir, temp_dir, write_json
+from .fs.atomic import replace_dir, temp_dir, write_json
 from .errors import CuratorError
 
 MARKER = ".curator-output.json"

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from conftest import chromium_screenshot, clip, curator, curator_json, one_line_error, table
-from curator import audit, compare, metrics, report
+from curator.reports import audit, compare, page as report
+from curator.measure import metrics
 from curator.workspace import open_workspace, read_table, write_table
 
 FRONTAL = ("face_1.mp4", "face_4.mp4", "face_5.mp4")

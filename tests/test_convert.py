@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from conftest import PACK, clip, ctrl_c_enabled, curator
-from curator import recognisers
+from curator.models import recognisers
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 CLIP_A = "face_1.mp4"      # identity A of the run; the clip converted
@@ -206,7 +206,7 @@ def test_visible_mark_is_on_by_default_and_touches_only_its_corner(run_dir, mixe
     before, after = read_video(mixed_clip), read_video(out)
     assert len(after["frames"]) == 20
     # The label's own box (its size follows the frame, and OpenCV's font metrics differ between versions):
-    from curator.synthetic import visible_mark
+    from curator.swap.synthetic import visible_mark
 
     grey = np.full((700, 700, 3), 128, np.uint8)
     box_rows, box_cols = np.nonzero((visible_mark(grey) != grey).any(2))
@@ -369,7 +369,7 @@ def test_interrupt_mid_conversion_leaves_nothing(run_dir, tmp_path):
 
 
 def test_smoothing_steadies_still_points_follows_motion_and_resets_on_cuts():
-    from curator.swap import smooth_track
+    from curator.swap.swapper import smooth_track
 
     rng = np.random.default_rng(0)
     base = np.array([[100, 100], [140, 100], [120, 120], [105, 140], [135, 140], [80, 70], [160, 170]], float)
@@ -397,7 +397,7 @@ def test_smoothing_steadies_still_points_follows_motion_and_resets_on_cuts():
 
 
 def test_color_match_moves_colour_statistics_onto_the_target():
-    from curator.swap import color_match
+    from curator.swap.swapper import color_match
 
     rng = np.random.default_rng(1)
     target = np.clip(rng.normal([0.7, 0.5, 0.4], 0.08, (64, 64, 3)), 0, 1).astype(np.float32)
@@ -414,7 +414,7 @@ def test_color_match_moves_colour_statistics_onto_the_target():
 
 
 def test_blend_mask_erodes_feathers_and_clears_the_crop_border():
-    from curator.swap import blend_mask
+    from curator.swap.swapper import blend_mask
     from trainer.data import face_mask
 
     landmark = face_mask(128, 0.3)
@@ -432,7 +432,7 @@ def test_blend_mask_erodes_feathers_and_clears_the_crop_border():
 
 
 def test_choose_face_by_identity_and_keeps_a_track_through_poor_embeddings():
-    from curator.swap import choose_face
+    from curator.swap.swapper import choose_face
 
     target = np.array([[1.0, 0, 0]], np.float32)
     boxes = np.array([[0, 0, 10, 10, 0.9], [50, 50, 60, 60, 0.9]], np.float32)
@@ -452,8 +452,8 @@ def test_choose_face_by_identity_and_keeps_a_track_through_poor_embeddings():
 def test_keypoints_jitter_less_with_smoothing_on_a_real_clip(run_dir):
     from dataclasses import replace
 
-    from curator.convert import ConvertSettings, load_swapper
-    from curator.swap import find_face
+    from curator.swap.convert import ConvertSettings, load_swapper
+    from curator.swap.swapper import find_face
 
     frames = bgr_frames(clip(CLIP_A), 40)
     paths = {}

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from conftest import IMAGES, PACK, clip, curator, curator_json, loop_video, one_line_error, table_files
-from curator import faces, identify, media, recognisers
+from curator.models import faces, recognisers
+from curator import identify, media
 from curator.curate import curate as do_curate
 from curator.workspace import open_workspace, read_embeddings, read_table, update_columns
 

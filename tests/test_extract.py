@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from conftest import IMAGES, PACK, clip, curator, curator_json, has_table, one_line_error
-from curator import faces, media
+from curator.models import faces
+from curator import media
 from curator.workspace import FORMAT_VERSION, locked, open_workspace, read_embeddings, read_meta, read_table, staged_progress
 
 CONTRACT_COLUMNS = ["face_id", "source", "source_sha256", "frame", "time_s", "bbox", "kps", "det_score", "yaw",

@@ -23,7 +23,7 @@ import pandas as pd
 
 from conftest import clip, curator_json, letterbox, loop_video
 from curator import media
-from curator.extract import BACKFILL_KEEP
+from curator.extract.units import BACKFILL_KEEP
 from curator.workspace import open_workspace, read_embeddings, read_table, staged_progress, staged_units
 
 

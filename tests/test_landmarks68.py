@@ -45,8 +45,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import IMAGES, PACK, clip, curator, curator_json, lmk68_in_box, one_line_error
 from curator import media
-from curator.descriptors import expression_from_lmk68
-from curator.pose import matrix_from_pose
+from curator.measure.descriptors import expression_from_lmk68
+from curator.measure.pose import matrix_from_pose
 from curator.workspace import open_workspace, read_table
 
 CLIP = "driving_d0.mp4"  # one person, 3 s, 512x512: ~6 analysed frames at the default 2 fps

@@ -19,7 +19,7 @@ import pytest
 import scipy.io
 from scipy.spatial.transform import Rotation
 
-from curator.pose import (
+from curator.measure.pose import (
     MEAN_FACE_5,
     estimate_pose_kps5,
     estimate_pose_kps5_batch,
@@ -176,8 +176,8 @@ def pose_68(points: np.ndarray, frame_size) -> tuple[float, float, float]:
     for dlib's landmarks that test_keypoint_pose_beats_dlib68_pnp measures
     (bench/landmarks.py uses it too).
     """
-    from curator.formats import FACESWAP_MEAN_FACE_3D_26, FACESWAP_PNP_POINTS
-    from curator.pose import _camera, _euler_from_matrix
+    from curator.export.formats import FACESWAP_MEAN_FACE_3D_26, FACESWAP_PNP_POINTS
+    from curator.measure.pose import _camera, _euler_from_matrix
 
     ok, rvec, _ = cv2.solvePnP(-FACESWAP_MEAN_FACE_3D_26, np.asarray(points, np.float64)[FACESWAP_PNP_POINTS],
                                _camera(frame_size), None, flags=cv2.SOLVEPNP_SQPNP)
@@ -188,7 +188,7 @@ def pose_68(points: np.ndarray, frame_size) -> tuple[float, float, float]:
 def test_pose_68_follows_the_convention():
     # faceswap's head turned by a known pose in our convention and projected:
     # pose_68 must give that pose back, so its comparison below is fair.
-    from curator.formats import FACESWAP_MEAN_FACE_3D_26, FACESWAP_PNP_POINTS
+    from curator.export.formats import FACESWAP_MEAN_FACE_3D_26, FACESWAP_PNP_POINTS
 
     head = -FACESWAP_MEAN_FACE_3D_26 / 10.6  # about one outer-eye-corner distance per unit
     points = np.zeros((68, 2))
@@ -210,7 +210,7 @@ def test_keypoint_pose_beats_dlib68_pnp():
     heads (image00251: yaw 54 read as 7), and the generic head reads near-
     frontal faces about 10 degrees too far up. Only roll was better.
     """
-    from curator import dlib68
+    from curator.models import dlib68
 
     predictor = dlib68.load()
     faces = gt_faces()

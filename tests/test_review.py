@@ -34,7 +34,8 @@ import psutil
 import pytest
 
 from conftest import ROOT, chromium_screenshot, clip, ctrl_c_enabled, curator, curator_json, one_line_error, table, table_files
-from curator import metrics, review, review_dataset, review_db, review_tags
+from curator.measure import metrics
+from curator.review import dataset as review_dataset, db as review_db, session as review, tags as review_tags
 from curator.workspace import WorkspaceLocked, locked, open_workspace, read_embeddings
 
 FOOTAGE = ("face_1.mp4", "short_hamilton_clip.mp4")

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import PACK, clip, curator_json, has_table, one_line_error, curator
-from curator import faces, media
+from curator.models import faces
+from curator import media
 from curator.workspace import open_workspace, read_embeddings, read_meta, read_table
 
 CLIPS = ("face_1.mp4", "short_hamilton_clip.mp4")  # one face per frame; a stage with several people

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import clip, curator
-from curator.align import template
+from curator.measure.align import template
 from trainer import TrainError
 from trainer.config import Config
 from trainer.data import augment, eyes_mouth_mask, face_mask, pose_weights, sample

@@ -97,7 +97,7 @@ def test_embeddings_across_shards_index_like_one_array(curated):
 def test_small_shards_give_the_same_table_and_curation(curated, tmp_path, monkeypatch):
     """Extract with shards of 7 rows: many shards per commit; the table, embeddings, curation and export are the
     ones of the one-shard-per-commit workspace."""
-    monkeypatch.setattr(workspace, "SHARD_ROWS", 7)
+    monkeypatch.setattr(workspace.meta, "SHARD_ROWS", 7)  # the one constant both writers read (curator.workspace.meta)
     ws = tmp_path / "ws"
     api.extract(clip("face_1.mp4"), ws, models=str(PACK))
     api.extract(clip("driving_d6.mp4"), ws, models=str(PACK))

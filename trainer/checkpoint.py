@@ -28,8 +28,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from curator.atomic import atomic_path
-from curator.media import sha256_file
+from curator.fs.atomic import atomic_path
+from curator.fs.hash import sha256_file
 
 from . import TrainError
 

@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from curator.align import DEFAULT_MARGIN, template
-from curator.atomic import inside
+from curator.measure.align import DEFAULT_MARGIN, template
+from curator.fs.atomic import inside
 
 from . import TrainError
 

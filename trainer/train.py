@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from curator.atomic import write_json
+from curator.fs.atomic import write_json
 
 from . import TrainError, checkpoint
 from .config import argument_parser, given, parse_duration, resolve_config
@@ -135,8 +135,8 @@ def mark_run_folder(run: Path) -> None:
 
 @contextmanager
 def _run_lock(out, master: bool):
-    """One training run per folder: rank 0 holds the same lock a curator workspace uses."""
-    from curator.workspace import Workspace, WorkspaceLocked, locked
+    """One training run per folder: rank 0 holds the folder's lock (curator.fs.lock, as a workspace does)."""
+    from curator.fs.lock import Locked, exclusive
 
     if not (master and out):
         yield
@@ -144,10 +144,10 @@ def _run_lock(out, master: bool):
     folder = Path(out).resolve()
     existed = folder.exists()
     try:
-        guard = locked(Workspace(folder), "curator train")
+        guard = exclusive(folder / ".lock", "curator train", f"run folder {folder}")
         guard.__enter__()
-    except WorkspaceLocked as e:
-        raise TrainError(str(e).replace("workspace", "run folder", 1)) from None
+    except Locked as e:
+        raise TrainError(str(e)) from None
     try:
         yield
     finally:
@@ -265,7 +265,7 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
         if state is not None and log_path.exists():
             # Steps logged after the checkpoint (a crash, kill -9) are redone now; drop them.
             kept = [line for line in log_path.read_text().splitlines(keepends=True) if _logged_step(line) <= step]
-            from curator.atomic import write_bytes
+            from curator.fs.atomic import write_bytes
             write_bytes(log_path, "".join(kept).encode())
         log = open(log_path, "a")
         from torch.utils.tensorboard import SummaryWriter
@@ -449,7 +449,7 @@ def _logged_step(line: str) -> float:
 def _write_png(path: Path, grid: torch.Tensor) -> None:
     import cv2
 
-    from curator.atomic import write_bytes
+    from curator.fs.atomic import write_bytes
 
     rgb = (grid.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype("uint8")
     ok, buf = cv2.imencode(".png", rgb[:, :, ::-1])

@@ -1,0 +1,34 @@
+"""The workspace's write lock: one writer at a time; the first writer upgrades an old format."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from ..fs.lock import Locked, exclusive
+from .meta import LOCK, Workspace, WorkspaceLocked
+from .upgrade import remove_leftovers
+from .write import ensure_current
+
+
+@contextmanager
+def locked(ws: Workspace, command: str) -> Iterator[None]:
+    """Hold the workspace's write lock, or refuse naming who holds it (WorkspaceLocked).
+
+    One command takes it once for all its work: `curator run` holds it from
+    extract to export, so no other writer gets in between its stages. The
+    lock is released by the kernel when the holder dies (curator.fs.lock).
+    """
+    ws.root.mkdir(parents=True, exist_ok=True)
+    try:
+        guard = exclusive(ws.root / LOCK, command, f"workspace {ws.root}")
+        guard.__enter__()
+    except Locked as e:
+        raise WorkspaceLocked(str(e)) from None
+    try:
+        if ws.exists():  # the first writer upgrades a format-1 workspace; a crash's leftovers go
+            ensure_current(ws)
+            remove_leftovers(ws)
+        yield
+    finally:
+        guard.__exit__(None, None, None)
