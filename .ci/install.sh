@@ -16,7 +16,7 @@ python -c "import torch" 2>/dev/null || pip_q "torch==${CURATOR_TORCH_VERSION:-2
 pip_q -e '.[test,dlib,ray]'
 # [torch-runtime] without its dependencies: onnx2torch declares torchvision, and
 # pip would answer it with a CUDA build of torch; the torch installed above is enough
-# (curator/runtime.py imports onnx2torch without torchvision).
+# (curator/models/runtime.py imports onnx2torch without torchvision).
 pip_q --no-deps "onnx2torch>=1.5.15"
 # insightface depends on opencv-python and fiftyone on opencv-python-headless;
 # both unpack into the same cv2/ folder and the second install leaves a mix.
@@ -43,4 +43,4 @@ if ! command -v ip >/dev/null || ! command -v unshare >/dev/null; then
     echo "note: install iproute2 and util-linux for tests/test_ray.py (e.g. sudo apt-get install iproute2)" >&2
   fi
 fi
-python -c "import cv2, av, insightface, onnxruntime, fiftyone, torch, sklearn, pyarrow, dlib, ray; from curator import dlib68, runtime; dlib68.model_path(); runtime.import_onnx2torch(); print('curator install ok: cv2', cv2.__version__, '| torch', torch.__version__, 'CUDA', torch.version.cuda)"
+python -c "import cv2, av, insightface, onnxruntime, fiftyone, torch, sklearn, pyarrow, dlib, ray; from curator.models import dlib68, runtime; dlib68.model_path(); runtime.import_onnx2torch(); print('curator install ok: cv2', cv2.__version__, '| torch', torch.__version__, 'CUDA', torch.version.cuda)"

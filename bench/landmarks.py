@@ -9,7 +9,7 @@ fit    Which box to give dlib's predictor, derived WITHOUT the hand-labelled
        detector the predictor was trained behind) and the pack's SCRFD run on 8
        frames (one a second) of every shared clip and on the photos under
        images/; faces both find (box IoU > 0.3) are paired. The medians of the
-       HOG box against SCRFD's keypoints are curator/dlib68.py's BOX_SIDE and
+       HOG box against SCRFD's keypoints are curator/models/dlib68.py's BOX_SIDE and
        BOX_SHIFT. Candidate boxes are then compared by the landmarks dlib gives
        from them against those it gives from its own HOG box (mean distance
        over outer-eye-corner distance), fitted on half the sources and

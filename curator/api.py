@@ -47,9 +47,9 @@ from .export.folder import export as export_faces
 from .extract import extract as extract_footage
 from .extract import extract_settings
 from .identify import COLUMNS as IDENTIFY_COLUMNS
-from .identify import contact_sheet, identity_clusters, reference_embeddings, sheet_members
+from .identify import contact_sheet, identity_clusters, sheet_members
 from .identify import identify as identify_table
-from .workspace import (FORMAT_VERSION, locked, open_workspace, read_embeddings, read_meta, read_table, read_vectors,
+from .workspace import (FORMAT_VERSION, identity_sheet, locked, open_workspace, read_embeddings, read_meta, read_table, read_vectors,
                         table_columns, table_rows, update_columns)
 
 ENGINES = ("local", "ray")
@@ -58,6 +58,7 @@ Progress = Callable[[int, str], None]
 Total = Callable[[int], None]
 Problem = Callable[[str, str], None]
 Note = Callable[[str], None]
+Stage = Callable[[str, dict], None]
 
 
 # --- the main job -------------------------------------------------------------------
@@ -66,32 +67,48 @@ def run(footage: PathLike | Sequence[PathLike], out: PathLike, *, ref: PathLike 
         workspace: PathLike | None = None, models: str | None = None, fps: float | None = None,
         size: int | None = None, landmarks: str | None = None, consent: str | None = None, force: bool = False,
         engine: str = "local", ray_address: str | None = None, segment_seconds: float | None = None,
-        on_problem: Problem | None = None, on_progress: Progress | None = None, on_total: Total | None = None) -> dict:
+        on_problem: Problem | None = None, on_progress: Progress | None = None, on_total: Total | None = None,
+        on_stage: Stage | None = None) -> dict:
     """The whole job: extract FOOTAGE, identify the target, curate BUDGET faces, export them to OUT.
 
-    The workspace defaults to OUT.workspace beside OUT. Raises NothingFound
-    when the footage holds no faces at all. ENGINE, RAY_ADDRESS and
-    SEGMENT_SECONDS are extract's (`extract`).
+    The workspace defaults to OUT.workspace beside OUT. Every input is checked
+    before the first frame is decoded: the export folder, the model pack and
+    each reference photo (readable, one clear face). The workspace's lock is
+    held from extract to export, so no other writer gets in between the
+    stages. Raises NothingFound when the footage holds no faces at all.
+    ENGINE, RAY_ADDRESS and SEGMENT_SECONDS are extract's (`extract`).
+    `on_stage(name, summary)` is called as each stage ends.
     """
-    ws = Path(workspace) if workspace is not None else default_workspace(out)
+    ws_path = Path(workspace) if workspace is not None else default_workspace(out)
     footage = _paths(footage)
     # Before anything is read: the export may replace only an earlier export, never the footage or the workspace.
     folders = [Path(f) for f in footage if Path(f).is_dir()]
-    keep = {ws: "the workspace", **{Path(f): "input footage" for f in footage}}
+    keep = {ws_path: "the workspace", **{Path(f): "input footage" for f in footage}}
     if models and Path(models).expanduser().is_dir():
         keep[Path(models)] = "the model pack"
     outputs.check_folder(out, "export", force=force, keep=keep,
                          not_inside={f: f"the footage folder {f} (its faces would be read as footage next time)"
                                      for f in folders})
-    ex = extract(footage, ws, models=models, fps=fps, size=size, landmarks=landmarks, consent=consent, engine=engine,
-                 ray_address=ray_address, segment_seconds=segment_seconds, on_problem=on_problem,
-                 on_progress=on_progress, on_total=on_total)
-    if ex["rows_total"] == 0:
-        raise NothingFound("no faces found in the footage")
-    ident = identify(ws, ref=ref, models=models)
-    cur = curate(ws, budget=budget)
-    exp = export(ws, out, force=force)
-    return {"workspace": str(open_workspace(ws).root), "extract": ex, "identify": ident, "curate": cur, "export": exp}
+    rt, settings, explicit = _extract_options(engine=engine, ray_address=ray_address, fps=fps, size=size,
+                                              landmarks=landmarks, segment_seconds=segment_seconds)
+    # The model pack and the reference photos, before hours of footage are decoded: a bad one is one line now.
+    references = _references(ref, models) if ref else None
+    stage = on_stage or (lambda name, summary: None)
+    ws = open_workspace(ws_path, create=True)
+    with locked(ws, "curator run"):
+        ex = _extract(ws, footage, settings=settings, explicit=explicit, models=models, consent=consent, runtime=rt,
+                      engine=engine, ray_address=ray_address, on_problem=on_problem, on_progress=on_progress,
+                      on_total=on_total)
+        stage("extract", ex)
+        if ex["rows_total"] == 0:
+            raise NothingFound("no faces found in the footage")
+        ident = _identify(ws, references=references)
+        stage("identify", ident)
+        cur = _curate(ws, budget=budget)
+        stage("curate", cur)
+        exp = export_faces(ws, out, force=force)
+        stage("export", exp)
+    return {"workspace": str(ws.root), "extract": ex, "identify": ident, "curate": cur, "export": exp}
 
 
 def default_workspace(out: PathLike) -> Path:
@@ -132,6 +149,21 @@ def extract(footage: PathLike | Sequence[PathLike], workspace: PathLike, *, mode
     for name, value in (("workers", workers), ("batch", batch)):
         if value is not None and value <= 0:
             raise UsageError(f"--{name} must be positive")
+    rt, settings, explicit = _extract_options(
+        engine=engine, ray_address=ray_address, runtime=runtime, device=device, fps=fps, every=every, size=size,
+        det_size=det_size, det_thresh=det_thresh, checkpoint_every=checkpoint_every, pose_fill=pose_fill,
+        landmarks=landmarks, frame_memory=frame_memory, segment_seconds=segment_seconds)
+    footage = _paths(footage)
+    ws = open_workspace(workspace, create=True)
+    with locked(ws, "curator extract"):
+        return _extract(ws, footage, settings=settings, explicit=explicit, models=models, consent=consent, runtime=rt,
+                        workers=workers, batch=batch, engine=engine, ray_address=ray_address, on_problem=on_problem,
+                        on_progress=on_progress, on_total=on_total)
+
+
+def _extract_options(*, engine: str, ray_address: str | None, runtime: str = "auto", device: str = "auto",
+                     fps: float | None = None, every: int | None = None, **options):
+    """Where the models run (chosen here, once) and the settings, all checked before any footage is read."""
     if engine not in ENGINES:
         raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if ray_address and engine != "ray":
@@ -140,23 +172,20 @@ def extract(footage: PathLike | Sequence[PathLike], workspace: PathLike, *, mode
         from .extract.ray import import_ray
 
         import_ray()  # before any work: without Ray, one line naming the extra to install
-    footage = _paths(footage)
-    if engine == "ray":  # the workers choose where their models run; here only the names are checked
-        rt = runtimes.Runtime(runtimes.check_names(runtime, device), device)
+        rt = runtimes.request(runtime, device)  # each worker chooses on its own machine
+        gpu = rt.device == "cuda"
     else:
         rt = runtimes.choose(runtime, device)
-    if rt.device == "cuda" and fps is None and every is None:
+        gpu = rt.device == "cuda"
+    if gpu and fps is None and every is None:
         every = 1  # a GPU analyses every frame: no pose is missed between sampled frames
-    settings, explicit = extract_settings(fps=fps, every=every, size=size, det_size=det_size, det_thresh=det_thresh,
-                                          checkpoint_every=checkpoint_every, pose_fill=pose_fill, landmarks=landmarks,
-                                          frame_memory=frame_memory, segment_seconds=segment_seconds)
-    ws = open_workspace(workspace, create=True)
-    with locked(ws, "curator extract"):
-        summary = extract_footage(ws, footage, settings=settings, explicit=explicit, models=models, consent=consent,
-                                  runtime=rt.name, device=rt.device, workers=workers, batch=batch, engine=engine,
-                                  ray_address=ray_address, on_problem=on_problem, on_progress=on_progress,
-                                  on_total=on_total)
-    return summary.as_dict()
+    settings, explicit = extract_settings(fps=fps, every=every, **options)
+    return rt, settings, explicit
+
+
+def _extract(ws, footage: list, **options) -> dict:
+    """`extract` on an open workspace whose lock the caller holds."""
+    return extract_footage(ws, footage, **options).as_dict()
 
 
 def identify(workspace: PathLike, *, ref: PathLike | Sequence[PathLike] | None = None, cluster: int | None = None,
@@ -174,21 +203,31 @@ def identify(workspace: PathLike, *, ref: PathLike | Sequence[PathLike] | None =
         return _identify(ws, ref=ref, cluster=cluster, threshold=threshold, models=models, device=device)
 
 
-def _identify(ws, *, ref=None, cluster=None, threshold=None, models=None, device="auto") -> dict:
-    """`identify` on an open workspace whose lock the caller holds."""
+def _identify(ws, *, ref=None, cluster=None, threshold=None, models=None, device="auto", references=None) -> dict:
+    """`identify` on an open workspace whose lock the caller holds. `references`: (models, embeddings) of the
+    reference photos when the caller read them already (`run`, before extracting)."""
     meta = read_meta(ws)
     rec = recognisers.of_workspace(meta)
     table = read_table(ws, IDENTIFY_COLUMNS)  # not the wide columns: identify reads boxes and embeddings
+    if ref and references is None:
+        references = _references(ref, models or (meta.get("models") or {}).get("path"), device, meta)
     refs = None
-    if ref:
-        fm = faces.load_models(models or (meta.get("models") or {}).get("path"), device=device)
-        recognisers.check_same(meta, fm)  # before any photo is read: their scores would mean nothing
-        refs = reference_embeddings(fm, _paths(ref))
+    if references is not None:
+        fm, refs = references
+        recognisers.check_same(meta, fm)  # photos read with another recogniser would score nothing
     emb = read_embeddings(ws, len(table))
     result = identify_table(table, emb, refs=refs, cluster=cluster, track_link=rec.track_link,
                             threshold=rec.same_person if threshold is None else threshold)
     update_columns(ws, result.table)
     return result.summary()
+
+
+def _references(ref, models: str | None, device: str = "auto", meta: dict | None = None):
+    """(face models, one embedding per reference photo): each photo readable and showing one clear face."""
+    fm = faces.load_models(models, device=device)
+    if meta is not None:
+        recognisers.check_same(meta, fm)  # before any photo is read: their scores would mean nothing
+    return fm, faces.reference_embeddings(fm, _paths(ref))
 
 
 def identities(workspace: PathLike, *, threshold: float | None = None) -> list[dict]:
@@ -199,8 +238,8 @@ def identities(workspace: PathLike, *, threshold: float | None = None) -> list[d
     same_person = recognisers.of_workspace(read_meta(ws)).same_person if threshold is None else threshold
     labels, _, listing = identity_clusters(table, emb, same_person)
     for c in listing:
-        sheet = ws.root / "identities" / f"cluster_{c['cluster']:03d}.jpg"
-        c["contact_sheet"] = str(contact_sheet(ws.root, sheet_members(table["crop_path"], labels, c["cluster"]), sheet))
+        sheet = identity_sheet(ws, c["cluster"])
+        c["contact_sheet"] = str(contact_sheet(ws, sheet_members(table["crop_path"], labels, c["cluster"]), sheet))
     return listing
 
 
@@ -215,20 +254,25 @@ def curate(workspace: PathLike, *, budget: int | None = None, minutes: float | N
     n = budget_from(budget, minutes, fps)
     ws = open_workspace(workspace)
     with locked(ws, "curator curate"):
-        rec = recognisers.of_workspace(read_meta(ws))
-        note = None
-        if "is_target" not in table_columns(ws) and table_rows(ws):
-            _identify(ws)
-            note = "no target chosen: used the largest identity cluster (see `curator identities`)"
-        # Only the columns curate reads; the appearance vectors come a shard at a time.
-        have = set(table_columns(ws))
-        table = read_table(ws, [c for c in CURATE_COLUMNS + CURATE_OPTIONAL if c in have], categories=("source_sha256",))
-        emb = read_embeddings(ws, len(table), random_access=True) if len(table) else None
-        result = curate_table(table, n, seed=seed, emb=emb, same_picture=rec.same_picture,
-                              appearance=read_vectors(ws, "appearance") if "appearance" in have and len(table) else None,
-                              workers=min(os.cpu_count() or 1, 4))
-        del table
-        update_columns(ws, result.columns)
+        return _curate(ws, budget=n, seed=seed)
+
+
+def _curate(ws, *, budget: int, seed: int = 0) -> dict:
+    """`curate` on an open workspace whose lock the caller holds."""
+    rec = recognisers.of_workspace(read_meta(ws))
+    note = None
+    if "is_target" not in table_columns(ws) and table_rows(ws):
+        _identify(ws)
+        note = "no target chosen: used the largest identity cluster (see `curator identities`)"
+    # Only the columns curate reads; the appearance vectors come a shard at a time.
+    have = set(table_columns(ws))
+    table = read_table(ws, [c for c in CURATE_COLUMNS + CURATE_OPTIONAL if c in have], categories=("source_sha256",))
+    emb = read_embeddings(ws, len(table), random_access=True) if len(table) else None
+    result = curate_table(table, budget, seed=seed, emb=emb, same_picture=rec.same_picture,
+                          appearance=read_vectors(ws, "appearance") if "appearance" in have and len(table) else None,
+                          workers=min(os.cpu_count() or 1, 4))
+    del table
+    update_columns(ws, result.columns)
     if note:
         result.summary["identify"] = note
     return result.summary

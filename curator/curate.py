@@ -40,11 +40,11 @@ import numpy as np
 import pandas as pd
 
 from .measure import metrics
+from .measure.metrics import EXPRESSION_UNIT_FLOOR, EXPRESSION_UNIT_STD, MIN_FACE_PX, quality_score  # noqa: F401
 from .errors import UsageError
 from .models.recognisers import DEFAULT
 from .workspace import WorkspaceError
 
-MIN_FACE_PX = 40.0
 MIN_GAP_S = 2.0  # faces closer in time than this in one track are taken only if the budget needs them
 # Faces the recogniser sees as the same picture (its `same_picture` cosine, curator.recognisers, and pose
 # within this many degrees) are taken only if the budget needs them.
@@ -55,33 +55,12 @@ APPEARANCE_RADIUS = 0.35  # Euclidean distance between unit 8x8 appearance vecto
 # One unit in the dedupe space: a just-noticeable difference for training.
 POSE_UNIT_DEG = 4.0
 LIGHT_UNITS = {"lum": 3.0, "contrast": 2.0, "light_lr": 3.0, "light_tb": 3.0, "cast_a": 2.0, "cast_b": 2.0}
-EXPRESSION_UNIT_STD = 0.5  # expression descriptors have method-specific scales: use half a robust std
-# ...but never less than one step of the descriptor: with 5 keypoints mouth_open moves in
-# one-pixel-row steps of ~0.04, and a target who keeps their mouth closed has a robust std
-# near 0.014, which would make two encodings of one moment look like different expressions.
-EXPRESSION_UNIT_FLOOR = {"mouth_open": 0.04, "eyes_open": 0.04, "smile": 0.02}
 
 
 @dataclass
 class CurateResult:
     columns: pd.DataFrame  # face_id + the columns curate writes
     summary: dict
-
-
-def quality_score(table: pd.DataFrame) -> np.ndarray:
-    """Sharper, larger, more confidently detected is better: sum of robust z-scores.
-
-    log(sharpness) and log(face_px) because both span orders of magnitude.
-    """
-    parts = [np.log1p(table["sharpness"].to_numpy(float)), np.log(table["face_px"].to_numpy(float).clip(1)),
-             table["det_score"].to_numpy(float)]
-    return np.nan_to_num(sum(_robust_z(p) for p in parts), nan=-10.0)
-
-
-def _robust_z(v: np.ndarray) -> np.ndarray:
-    med = np.nanmedian(v) if np.isfinite(v).any() else 0.0
-    iqr = np.subtract(*np.nanpercentile(v, [75, 25])) if np.isfinite(v).any() else 0.0
-    return (v - med) / (iqr / 1.349 if iqr > 1e-9 else (np.nanstd(v) or 1.0))
 
 
 def dedupe_features(table: pd.DataFrame) -> np.ndarray:

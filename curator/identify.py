@@ -23,7 +23,6 @@ the columns back.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,42 +31,19 @@ import numpy as np
 import pandas as pd
 
 from .models import faces
-from . import media
+from .models.faces import REF_DET_THRESH, ReferencePhotoError, reference_embeddings  # noqa: F401
 from .fs.atomic import atomic_path
 from .errors import CuratorError
 from .models.recognisers import DEFAULT
-from .workspace import WorkspaceError
+from .workspace import Workspace, WorkspaceError, read_crop
 
 # The columns identify reads (`curator.api.identify` reads only these, not the wide landmark columns).
 COLUMNS = ["face_id", "source_sha256", "source_kind", "frame", "face_index", "time_s", "bbox"]
 CLUSTER_SAMPLE = 4000  # agglomerative clustering is O(n^2); the rest are assigned to centres
-# A reference must be a clear face: SCRFD scores clear photos of people at
-# 0.75-0.9, while animal faces and faint background faces reach 0.6-0.65.
-REF_DET_THRESH = 0.7
 
 
 class IdentityError(CuratorError):
     pass
-
-
-def reference_embeddings(fm: faces.FaceModels, photos: list[str | os.PathLike]) -> np.ndarray:
-    """One embedding per reference photo; a photo must show exactly one face."""
-    out = []
-    for photo in photos:
-        path = Path(photo)
-        try:
-            image = media.read_image(path)
-        except media.MediaError as e:
-            raise IdentityError(f"reference photo {path}: {e}") from None
-        boxes, kps = faces.detect(fm, image)
-        keep = boxes[:, 4] >= REF_DET_THRESH
-        boxes, kps = boxes[keep], kps[keep]
-        if len(boxes) == 0:
-            raise IdentityError(f"reference photo {path}: no face found (detector score >= {REF_DET_THRESH})")
-        if len(boxes) > 1:
-            raise IdentityError(f"reference photo {path}: {len(boxes)} faces found; use a photo of the target alone")
-        out.append(faces.embed(fm, image, kps)[0])
-    return np.stack(out)
 
 
 def link_tracks(table: pd.DataFrame, emb: np.ndarray, min_iou: float = 0.3, min_sim: float = DEFAULT.track_link,
@@ -204,11 +180,11 @@ def identify(table: pd.DataFrame, emb: np.ndarray, *, threshold: float, refs: np
     return IdentifyResult(out, method, float(threshold), target, clusters)
 
 
-def contact_sheet(crops_root: Path, crop_paths: list[str], out: Path, tile: int = 128, cols: int = 6) -> Path:
-    """A grid image of up to cols*cols crops (paths relative to `crops_root`), for a person to recognise a cluster at a glance."""
+def contact_sheet(ws: Workspace, crop_paths: list[str], out: Path, tile: int = 128, cols: int = 6) -> Path:
+    """A grid image of up to cols*cols of the workspace's crops, for a person to recognise a cluster at a glance."""
     tiles = []
     for rel in crop_paths[: cols * cols]:
-        img = cv2.imread(str(crops_root / rel))
+        img = read_crop(ws, rel)
         tiles.append(cv2.resize(img, (tile, tile)) if img is not None else np.zeros((tile, tile, 3), np.uint8))
     while len(tiles) % cols:
         tiles.append(np.zeros((tile, tile, 3), np.uint8))

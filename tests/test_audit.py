@@ -17,10 +17,12 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import chromium_screenshot, clip, curator, curator_json, one_line_error, table
+from helpers import chromium_screenshot, clip, curator, curator_json, one_line_error, table
 from curator.reports import audit, compare, page as report
 from curator.measure import metrics
 from curator.workspace import open_workspace, read_table, write_table
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 FRONTAL = ("face_1.mp4", "face_4.mp4", "face_5.mp4")
 TURNS = "driving_d12.mp4"

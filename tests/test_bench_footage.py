@@ -8,7 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 _spec = importlib.util.spec_from_file_location("bench_common", ROOT / "bench" / "common.py")
 common = sys.modules["bench_common"] = importlib.util.module_from_spec(_spec)  # bench/ is scripts, not a package

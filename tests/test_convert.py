@@ -25,8 +25,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import PACK, clip, ctrl_c_enabled, curator
+from helpers import PACK, clip, ctrl_c_enabled, curator
 from curator.models import recognisers
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 CLIP_A = "face_1.mp4"      # identity A of the run; the clip converted

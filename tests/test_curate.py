@@ -14,11 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import IMAGES, PACK, clip, curator, curator_json, loop_video, one_line_error, table_files
+from helpers import IMAGES, PACK, clip, curator, curator_json, loop_video, one_line_error, table_files
 from curator.models import faces, recognisers
 from curator import identify, media
 from curator.curate import curate as do_curate
 from curator.workspace import open_workspace, read_embeddings, read_table, update_columns
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 
 def save_frame(video: Path, index: int, out: Path) -> Path:
@@ -169,6 +171,7 @@ def test_reference_read_with_a_copy_of_the_workspace_pack_is_accepted(two_people
     assert out["method"] == "reference" and out["threshold"] == recognisers.MOBILEFACENET_128.same_person
 
 
+@pytest.mark.pure
 def test_each_recogniser_has_its_numbers_and_their_sources():
     """A workspace's recogniser comes from workspace.json's models record; every number has a source."""
     buffalo = {"models": {"files": {"det_10g.onnx": "5838f7fe", "w600k_r50.onnx": recognisers.W600K_R50.sha256}}}
@@ -302,6 +305,7 @@ def members_out_of_reach(faces: pd.DataFrame, dup_group: pd.Series) -> pd.DataFr
     return out[(d > DEDUPE_RADIUS + 1e-6) | (da > APPEARANCE_RADIUS + 1e-6)]
 
 
+@pytest.mark.pure
 def test_near_duplicate_groups_do_not_chain_along_a_slow_head_turn():
     """docs/curation.md: every member of a near-duplicate group is within the radius of its leader. On a chain
     of faces each one step (a bit under the radius) from the next, the old grouping put faces two steps (11

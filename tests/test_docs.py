@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import ROOT, TESTDATA, clip, curator
+from helpers import ROOT, TESTDATA, clip, curator
 from curator.workspace import open_workspace, read_table
 
 

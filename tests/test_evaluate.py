@@ -24,8 +24,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import PACK, chromium_screenshot, clip, curator, curator_json, find_chromium, one_line_error, CHROMIUM_FLAGS
+from helpers import PACK, chromium_screenshot, clip, curator, curator_json, find_chromium, one_line_error, CHROMIUM_FLAGS
 from curator.workspace import open_workspace, read_embeddings, read_table
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 STEPS = 300
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import IMAGES, PACK, clip, curator, curator_json, has_table, one_line_error
+from helpers import IMAGES, PACK, clip, curator, curator_json, has_table, one_line_error
 from curator.models import faces
 from curator import media
 from curator.workspace import FORMAT_VERSION, locked, open_workspace, read_embeddings, read_meta, read_table, staged_progress

@@ -21,8 +21,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import IMAGES, clip, curator, curator_json
+from helpers import IMAGES, clip, curator, curator_json
 from curator.workspace import open_workspace, read_embeddings, read_table
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 FIGURES = {"fault_points": 0, "inputs_tried": 0, "rows_compared": 0, "rows_lost": 0, "rows_duplicated": 0}
 INPUTS = [clip("driving_d14.mp4"), clip("face_4.mp4"), IMAGES / "facenet_pytorch" / "test_images"]

@@ -20,11 +20,14 @@ from types import SimpleNamespace
 import av
 import numpy as np
 import pandas as pd
+import pytest
 
-from conftest import clip, curator_json, letterbox, loop_video
+from helpers import clip, curator_json, letterbox, loop_video
 from curator import media
 from curator.extract.units import BACKFILL_KEEP
 from curator.workspace import open_workspace, read_embeddings, read_table, staged_progress, staged_units
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 
 def reencode(src: Path, dst: Path, codec: str, pix_fmt: str, options: dict | None = None, *,

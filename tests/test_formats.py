@@ -33,8 +33,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import IMAGES, clip, curator, curator_json
+from helpers import IMAGES, clip, curator, curator_json
 from curator.workspace import open_workspace, read_embeddings, read_table, update_columns, write_table
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 CLIP = "driving_d0.mp4"  # one person, 3 s, 512x512: ~10 analysed frames, mouth closed and open
 CONSENT = "test footage, public research clips; export format tests"

@@ -24,7 +24,7 @@ recogniser.
 The generated model ignores the picture (its output adds 0 * mean(input), so
 the input is wired in) and always returns one known 3D face: InsightFace's own
 mean face (`meanshape_68.pkl`), turned by a KNOWN pose in the project's
-convention (curator/pose.py), in the normalised [-1, 1] crop coordinates the
+convention (curator/measure/pose.py), in the normalised [-1, 1] crop coordinates the
 real model predicts. Landmark.get decodes the output as: reshape (-1, 3), keep
 the LAST 68 points, x, y (and z) `+= 1; *= 96` into the 192 px crop, then map
 back to the source image through the crop transform (centre = bbox centre,
@@ -43,11 +43,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import IMAGES, PACK, clip, curator, curator_json, lmk68_in_box, one_line_error
+from helpers import IMAGES, PACK, clip, curator, curator_json, lmk68_in_box, one_line_error
 from curator import media
 from curator.measure.descriptors import expression_from_lmk68
 from curator.measure.pose import matrix_from_pose
 from curator.workspace import open_workspace, read_table
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 CLIP = "driving_d0.mp4"  # one person, 3 s, 512x512: ~6 analysed frames at the default 2 fps
 YAW = 30.0  # the known pose of the generated face: nose toward the image's right

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IMAGES, PACK, clip, curator, one_line_error
+from helpers import IMAGES, PACK, clip, curator, one_line_error
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 
 def snapshot(folder: Path) -> dict[str, str]:

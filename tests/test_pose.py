@@ -272,6 +272,7 @@ def test_fast_enough():
 
 # ----------------------------------------------------------- synthetic faces
 
+@pytest.mark.pure
 def test_projection_helper_follows_the_documented_convention():
     # Ties matrix_from_pose (used by the synthetic tests) to image terms.
     f0 = project(0, 0, 0)
@@ -284,6 +285,7 @@ def test_projection_helper_follows_the_documented_convention():
     assert k[0, 0] < k[1, 0] and k[3, 0] < k[4, 0]  # InsightFace order: right eye on image left
 
 
+@pytest.mark.pure
 def test_hand_made_keypoints_follow_the_convention():
     ipd, cx, cy = 100.0, W / 2, H / 2
     frontal = MEAN_FACE_5[:, :2] * ipd + [cx, cy]
@@ -300,12 +302,14 @@ def test_hand_made_keypoints_follow_the_convention():
 
 
 @pytest.mark.parametrize("centre", [(W / 2, H / 2), (250, 180), (1100, 600)])
+@pytest.mark.pure
 def test_recovers_known_poses(centre):
     est = estimate_pose_kps5_batch([project(*g, centre=centre) for g in GRID], (H, W))
     assert np.abs(est - np.array(GRID)).max() < 0.01
 
 
 @pytest.mark.parametrize("f_true", [0.6 * W, 2 * W])
+@pytest.mark.pure
 def test_unknown_focal_length_costs_a_few_degrees(f_true):
     # The focal length is guessed as the image's longer side; a real wide
     # angle or telephoto camera must not break the estimate.
@@ -313,6 +317,7 @@ def test_unknown_focal_length_costs_a_few_degrees(f_true):
     assert np.abs(est - np.array(GRID)).max() < 5
 
 
+@pytest.mark.pure
 def test_keypoint_noise_costs_a_few_degrees():
     rng = np.random.default_rng(0)
     kpss = np.array([project(*g) for g in GRID])  # 160 px between the eyes
@@ -321,6 +326,7 @@ def test_keypoint_noise_costs_a_few_degrees():
     assert err.mean() < 1 and err.max() < 4
 
 
+@pytest.mark.pure
 def test_degenerate_input_gives_nan():
     frontal = MEAN_FACE_5[:, :2] * 100 + [300, 200]
     line = np.c_[np.linspace(100, 200, 5), np.linspace(50, 150, 5)]
@@ -363,6 +369,7 @@ def insightface_pose(yaw, pitch, roll):
     return np.array(transform.matrix2angle(R_fit), dtype=np.float32), pred  # [pitch, yaw, roll]
 
 
+@pytest.mark.pure
 def test_insightface_experiment_geometry():
     # The synthetic 68 points really show the intended pose in image terms.
     _, front = insightface_pose(0, 0, 0)
@@ -373,6 +380,7 @@ def test_insightface_experiment_geometry():
     assert tilted[42:48, 1].mean() < tilted[36:42, 1].mean() - 10
 
 
+@pytest.mark.pure
 def test_pose_from_insightface_maps_to_our_convention():
     raw, _ = insightface_pose(30, 0, 0)
     assert raw[1] == pytest.approx(30, abs=0.01)  # its yaw (index 1) matches ours

@@ -26,8 +26,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import IMAGES, ROOT, clip, curator, curator_json, loop_video
+from helpers import IMAGES, ROOT, clip, curator, curator_json, loop_video
 from curator.workspace import open_workspace, read_embeddings, read_meta, read_table
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 SEGMENT = ["--segment-seconds", "8", "--checkpoint-every", "2"]  # 39 s of video: 5 units; a part every 2 frames
 

@@ -33,10 +33,12 @@ import pandas as pd
 import psutil
 import pytest
 
-from conftest import ROOT, chromium_screenshot, clip, ctrl_c_enabled, curator, curator_json, one_line_error, table, table_files
+from helpers import ROOT, chromium_screenshot, clip, ctrl_c_enabled, curator, curator_json, one_line_error, table, table_files
 from curator.measure import metrics
 from curator.review import dataset as review_dataset, db as review_db, session as review, tags as review_tags
 from curator.workspace import WorkspaceLocked, locked, open_workspace, read_embeddings
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 FOOTAGE = ("face_1.mp4", "short_hamilton_clip.mp4")
 MORE = "face_2.mp4"

@@ -13,10 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import PACK, clip, curator_json, has_table, one_line_error, curator
+from helpers import PACK, clip, curator_json, has_table, one_line_error, curator
 from curator.models import faces
 from curator import media
 from curator.workspace import open_workspace, read_embeddings, read_meta, read_table
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 CLIPS = ("face_1.mp4", "short_hamilton_clip.mp4")  # one face per frame; a stage with several people
 # px for boxes and keypoints, degrees for pose, per component for embeddings. The PnP pose fit amplifies the

@@ -29,13 +29,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import clip, curator
+
 from curator.measure.align import template
 from trainer import TrainError
 from trainer.config import Config
 from trainer.data import augment, eyes_mouth_mask, face_mask, pose_weights, sample
 from trainer.train import run as run_training
 from trainer.train import train
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 TINY = ["--resolution", "64", "--width", "8", "--latent", "64", "--lr", "1e-3", "--quiet"]
@@ -79,13 +81,9 @@ def assert_one_error_line(text: str, *needles: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def sets(tmp_path_factory) -> tuple[Path, Path]:
-    """Two single-person exports of two different people, 64 px crops."""
-    root = tmp_path_factory.mktemp("sets")
-    for name, video in (("A", "face_1.mp4"), ("B", "face_2.mp4")):
-        curator("run", clip(video), "--out", root / name, "--budget", "40", "--size", "64", "--fps", "4", "-q",
-                check=True)
-    return root / "A", root / "B"
+def sets(ab_exports) -> tuple[Path, Path]:
+    """Two single-person exports of two different people, 64 px crops (conftest.ab_exports); read-only."""
+    return ab_exports
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 
-from conftest import clip, curator, curator_json
+from helpers import clip, curator, curator_json
 from curator.workspace import open_workspace, read_embeddings, read_table, write_embeddings
 
 
@@ -54,7 +54,7 @@ def test_damage_found_and_repaired(tmp_path):
 
 
 def test_changed_model_file_reported(tmp_path):
-    from conftest import PACK
+    from helpers import PACK
 
     pack = tmp_path / "pack"
     shutil.copytree(PACK, pack)

@@ -12,10 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import PACK, clip, curator, curator_json, table_files
+from helpers import PACK, clip, curator, curator_json, table_files
 from curator import api, workspace
 from curator.workspace import (FORMAT_VERSION, RowArray, open_workspace, read_embeddings, read_meta, read_table,
                                read_vectors, shards)
+
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
 CURATE_COLUMNS = ["face_id", "quality", "dup_group", "pose_cluster", "expr_cluster", "light_cluster", "selected", "reason"]
 

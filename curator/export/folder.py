@@ -7,7 +7,7 @@
     OUT/provenance.json        source hashes, consent notes, models, settings
 
 With --format faceswap|dfl|fiftyone the faces are written in that tool's own
-format instead of OUT/faces/ (curator/formats.py, docs/formats.md); the
+format instead of OUT/faces/ (curator/export/formats.py, docs/formats.md); the
 manifest, embeddings and provenance are written the same way for every format.
 
 The train/validation split is by source file, so near-identical frames never
@@ -33,7 +33,7 @@ from .. import __version__, outputs
 from . import formats
 from ..fs.atomic import inside, write_json
 from ..errors import CuratorError
-from ..workspace import Workspace, WorkspaceError, inputs_of, now, read_embeddings, read_meta, read_table, table_columns
+from ..workspace import Workspace, WorkspaceError, crop_file, inputs_of, now, read_embeddings, read_meta, read_table, table_columns
 
 VAL_FRACTION = 0.1
 
@@ -136,17 +136,17 @@ def _write_faces(fmt: str, ws: Workspace, rows: pd.DataFrame, names: list[str], 
                  emb: np.ndarray, split: np.ndarray, provenance: dict, face_size: int) -> tuple[list[str], dict | None]:
     """Write the faces in `fmt` under `tmp`; returns each row's file (relative to tmp) and what provenance should record."""
     if fmt == "faceswap":
-        return formats.write_faceswap(ws.root, rows, names, meta, tmp, face_size)
+        return formats.write_faceswap(ws, rows, names, meta, tmp, face_size)
     if fmt == "dfl":
-        return formats.write_dfl(ws.root, rows, names, meta, tmp, face_size)
+        return formats.write_dfl(ws, rows, names, meta, tmp, face_size)
     if fmt == "fiftyone":
-        return formats.write_fiftyone(ws.root, rows, names, tmp, emb, split, provenance)
+        return formats.write_fiftyone(ws, rows, names, tmp, emb, split, provenance)
     faces_dir = tmp / "faces"
     faces_dir.mkdir()
     files = []
     for name, crop in zip(names, rows["crop_path"]):
         file_name = name + Path(crop).suffix
-        src = inside(ws.root, crop)  # a tampered table cannot make us read outside the workspace
+        src = crop_file(ws, crop)  # a tampered table cannot make us read outside the workspace
         shutil.copyfile(src, inside(faces_dir, file_name))
         files.append(f"faces/{file_name}")
     return files, None

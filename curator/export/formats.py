@@ -1,7 +1,7 @@
 """Export formats other than the plain folder: faceswap, DeepFaceLab and FiftyOne.
 
 `curator export --format faceswap|dfl|fiftyone` builds on the folder export
-(curator/export.py: selection, split, manifest, embeddings, provenance, the
+(curator/export/folder.py: selection, split, manifest, embeddings, provenance, the
 temporary folder swapped in at the end); this module writes the faces.
 
 - faceswap: aligned PNGs with faceswap's metadata in a PNG `iTXt` chunk,
@@ -43,6 +43,7 @@ from .. import media
 from ..measure.align import similarity, transform_points
 from ..fs.atomic import inside, safe_name
 from ..errors import CuratorError
+from ..workspace import Workspace, crop_file, fiftyone_field_name
 
 FORMATS = ("folder", "faceswap", "dfl", "fiftyone")
 NEEDS_LMK68 = ("faceswap", "dfl")
@@ -442,7 +443,7 @@ def source_frames(rows: pd.DataFrame, meta: dict, stats: RenderStats) -> Iterato
                     yield pos, None
 
 
-def render_faces(tool: str, ws_root: Path, rows: pd.DataFrame, meta: dict, matrix_of: Callable[[object], np.ndarray],
+def render_faces(tool: str, ws: Workspace, rows: pd.DataFrame, meta: dict, matrix_of: Callable[[object], np.ndarray],
                  size: int, write: Callable[[int, np.ndarray, np.ndarray], None]) -> RenderStats:
     """Render every row's face with `tool`'s matrix (source px -> face px) and hand it to `write(pos, image, matrix)`.
 
@@ -456,7 +457,7 @@ def render_faces(tool: str, ws_root: Path, rows: pd.DataFrame, meta: dict, matri
     for pos, frame in source_frames(rows, meta, stats):
         row = rows.iloc[pos]
         m_crop = np.asarray(row["align_matrix"], np.float64).reshape(2, 3)
-        crop = cv2.imread(str(inside(ws_root, row["crop_path"])), cv2.IMREAD_COLOR)
+        crop = cv2.imread(str(crop_file(ws, row["crop_path"])), cv2.IMREAD_COLOR)
         if crop is None:
             raise FormatError(f"crop {row['crop_path']} of face {row['face_id']} cannot be read; run `curator verify`")
         if frame is not None:
@@ -482,7 +483,7 @@ def render_faces(tool: str, ws_root: Path, rows: pd.DataFrame, meta: dict, matri
 
 # ------------------------------------------------------------------ writers
 
-def write_faceswap(ws_root: Path, rows: pd.DataFrame, names: list[str], meta: dict, dest: Path,
+def write_faceswap(ws: Workspace, rows: pd.DataFrame, names: list[str], meta: dict, dest: Path,
                    size: int = FACE_SIZE) -> tuple[list[str], dict]:
     faces_dir = dest / "faces"
     faces_dir.mkdir()
@@ -497,13 +498,13 @@ def write_faceswap(ws_root: Path, rows: pd.DataFrame, names: list[str], meta: di
         header = faceswap_header(row, file_name)
         inside(faces_dir, file_name).write_bytes(png_with_itxt(buf.tobytes(), "faceswap", str(header)))
 
-    stats = render_faces("faceswap", ws_root, rows, meta, lambda r: faceswap_matrix(lmk68_of(r), size), size, write)
+    stats = render_faces("faceswap", ws, rows, meta, lambda r: faceswap_matrix(lmk68_of(r), size), size, write)
     info = {"folder": "faces", "size": size, "centering": "head", "alignments_version": FACESWAP_ALIGNMENTS_VERSION,
             "rendered_from_source": stats.from_source, "rendered_from_crop": stats.from_crop, "notes": stats.all_notes()}
     return files, info
 
 
-def write_dfl(ws_root: Path, rows: pd.DataFrame, names: list[str], meta: dict, dest: Path,
+def write_dfl(ws: Workspace, rows: pd.DataFrame, names: list[str], meta: dict, dest: Path,
               size: int = FACE_SIZE) -> tuple[list[str], dict]:
     aligned = dest / "aligned"
     aligned.mkdir()
@@ -517,19 +518,13 @@ def write_dfl(ws_root: Path, rows: pd.DataFrame, names: list[str], meta: dict, d
         payload = pickle.dumps(dfl_dict(row, mat), protocol=DFL_PICKLE_PROTOCOL)
         inside(aligned, f"{names[pos]}.jpg").write_bytes(jpeg_with_app15(buf.tobytes(), payload))
 
-    stats = render_faces("dfl", ws_root, rows, meta, lambda r: dfl_matrix(lmk68_of(r), size), size, write)
+    stats = render_faces("dfl", ws, rows, meta, lambda r: dfl_matrix(lmk68_of(r), size), size, write)
     info = {"folder": "aligned", "size": size, "face_type": DFL_FACE_TYPE, "jpeg_quality": DFL_JPEG_QUALITY,
             "rendered_from_source": stats.from_source, "rendered_from_crop": stats.from_crop, "notes": stats.all_notes()}
     return files, info
 
 
-FIFTYONE_RESERVED = {"id", "_id", "filepath", "tags", "metadata", "media_type", "created_at", "last_modified_at",
-                     "embedding", "landmarks", "frames"}
 FLAG_TAGS = {"selected": "selected", "is_target": "target", "rejected": "rejected"}
-
-
-def fiftyone_field_name(column: str) -> str:
-    return f"curator_{column}" if column in FIFTYONE_RESERVED or column.startswith("_") else column
 
 
 @contextlib.contextmanager
@@ -545,7 +540,7 @@ def _quiet_fiftyone() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def write_fiftyone(ws_root: Path, rows: pd.DataFrame, names: list[str], dest: Path, emb: np.ndarray,
+def write_fiftyone(ws: Workspace, rows: pd.DataFrame, names: list[str], dest: Path, emb: np.ndarray,
                    split: np.ndarray, provenance: dict) -> tuple[list[str], dict]:
     """A FiftyOneDataset export (FiftyOne's own exporter) of the workspace crops, every column a field."""
     try:
@@ -569,7 +564,7 @@ def write_fiftyone(ws_root: Path, rows: pd.DataFrame, names: list[str], dest: Pa
                 row = rows.iloc[pos]
                 file_name = f"{names[pos]}.jpg"
                 path = inside(staging, file_name)
-                shutil.copyfile(inside(ws_root, row["crop_path"]), path)
+                shutil.copyfile(crop_file(ws, row["crop_path"]), path)
                 tags = [str(split[pos])] + [tag for col, tag in FLAG_TAGS.items()
                                             if col in rows and _py(row[col]) is True]
                 sample = fo.Sample(filepath=str(path), tags=tags)

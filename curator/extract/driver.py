@@ -26,8 +26,7 @@ def extract(
     explicit: Iterable[str] = (),
     models: str | None = None,
     consent: str | None = None,
-    device: str = "auto",
-    runtime: str = "auto",
+    runtime: runtimes.Runtime | runtimes.Request = runtimes.Request(),
     workers: int | None = None,
     batch: int | None = None,
     engine: str = "local",
@@ -39,14 +38,15 @@ def extract(
     """Extract every face from `footage` into the workspace `ws`; the caller holds its lock (`curator.api.extract`).
 
     `explicit` names the settings the user set on purpose; the others are
-    taken from the workspace when it has them. `runtime`, `device`: where
-    the face models run (curator/runtime.py). `workers`: model calls at once
+    taken from the workspace when it has them. `runtime`: where the face
+    models run, a Runtime chosen by the caller, or a Request each Ray worker
+    resolves on its machine (curator.models.runtime). `workers`: model calls at once
     (None: see `analysis_workers`); `batch`: frames per detector call
     (None: 1 on a CPU, GPU_BATCH on a GPU). Both change speed only: the
     table is the same within float tolerances (docs/benchmarks.md).
     `engine`: "local" (this process) or "ray" (a Ray cluster at
     `ray_address`, or RAY_ADDRESS, or one started on this machine;
-    curator/ray_engine.py); the table is the same.
+    curator/extract/ray.py); the table is the same.
     """
     t0 = time.monotonic()
     report = on_problem or (lambda path, reason: None)
@@ -78,9 +78,9 @@ def extract(
         if engine == "ray":  # the models run on the workers; here they are loaded only to be checked and recorded
             rt, n_workers, threads = runtimes.Runtime("onnxruntime", "cpu"), 1, 1
         else:
-            rt = runtimes.choose(runtime, device)
+            rt = runtime if isinstance(runtime, runtimes.Runtime) else runtime.choose()
             n_workers, threads = analysis_workers(workers, rt)
-        fm = faces.load_models(models, runtime=rt.name, device=rt.device, det_thresh=settings.det_thresh,
+        fm = faces.load_models(models, runtime=rt, det_thresh=settings.det_thresh,
                                threads=threads, landmarks=settings.landmarks)
         summary.runtime = rt.describe()
         summary.batch = batch or (GPU_BATCH if rt.device == "cuda" else 1)
@@ -108,7 +108,7 @@ def extract(
 
             writer.flush(force=True)
             runtimes_used = ray.run(ws, work, settings=settings, models=str(fm.path), model_files=fm.files,
-                                           runtime=runtime, device=device, workers=workers, batch=batch,
+                                           request=runtime, workers=workers, batch=batch,
                                            address=ray_address, staged=staged, on_result=tally.add)
             summary.runtime = ", ".join(sorted(runtimes_used)) or summary.runtime
         else:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..measure import descriptors, pose
 from ..models import faces
+from ..models.faces import FaceModels
+from ..workspace import Workspace
+from .settings import ExtractSettings
 from ..measure.align import DEFAULT_MARGIN, align_matrix, warp
 from ..measure.metrics import POSE_BIN
 from ..workspace import crop_path, face_id, write_crop
@@ -49,17 +53,28 @@ def frame_of(part: tuple[list, np.ndarray]) -> int:
     return part[0][0]["frame"] if part[0] else -1
 
 
-def analyse_frame(fm, image, sha, source, kind, frame, time_s, settings, ws, sampled: str = "due",
-                  times: StageTimes | None = None) -> tuple[list[dict], np.ndarray]:
+@dataclass(frozen=True)
+class Source:
+    """What every face of one source shares: the models, where it comes from, the settings, where crops go."""
+
+    fm: FaceModels
+    sha: str     # the source's SHA-256: its faces' ids and crop paths start with it
+    path: str    # the `source` column
+    kind: str    # "video" or "image"
+    settings: ExtractSettings
+    ws: Workspace
+    times: StageTimes = field(default_factory=lambda: StageTimes())
+
+
+def analyse_frame(src: Source, image, frame: int, time_s: float, sampled: str = "due") -> tuple[list[dict], np.ndarray]:
     """Detect, align, crop and describe every face in one frame; crops are written to the workspace."""
-    return analyse_frames(fm, [(image, frame, time_s, sampled)], sha, source, kind, settings, ws, times)[0]
+    return analyse_frames(src, [(image, frame, time_s, sampled)])[0]
 
 
-def analyse_frames(fm, frames: list[tuple], sha, source, kind, settings, ws,
-                   times: StageTimes | None = None) -> list[tuple[list[dict], np.ndarray]]:
-    """`analyse_frame` for frames of one size and source, given as (image, frame index, time_s, sampled):
-    the detector runs once for all of them, the recogniser and the landmark model once for all their faces."""
-    times = times or StageTimes()
+def analyse_frames(src: Source, frames: list[tuple]) -> list[tuple[list[dict], np.ndarray]]:
+    """`analyse_frame` for frames of one size, given as (image, frame index, time_s, sampled): the detector runs
+    once for all of them, the recogniser and the landmark model once for all their faces."""
+    fm, settings, times = src.fm, src.settings, src.times
     with times("detect"):
         found = faces.detect_batch(fm, [f[0] for f in frames], settings.det_size)
     at = [(i, k) for i, (boxes, _) in enumerate(found) for k in range(len(boxes))]
@@ -70,8 +85,7 @@ def analyse_frames(fm, frames: list[tuple], sha, source, kind, settings, ws,
     rows: list[list[dict]] = [[] for _ in frames]
     for (i, k), lmk in zip(at, dense):
         image, frame, time_s, sampled = frames[i]
-        rows[i].append(face_row(image, found[i][0][k], found[i][1][k], k, lmk, sha, source, kind, frame, time_s,
-                                sampled, settings, ws, times))
+        rows[i].append(face_row(src, image, frame, time_s, sampled, found[i][0][k], found[i][1][k], k, lmk))
     out, start = [], 0
     for i in range(len(frames)):
         out.append((rows[i], emb[start:start + len(rows[i])]))
@@ -79,9 +93,10 @@ def analyse_frames(fm, frames: list[tuple], sha, source, kind, settings, ws,
     return out
 
 
-def face_row(image, box, kps, k, dense, sha, source, kind, frame, time_s, sampled, settings, ws,
-             times: StageTimes) -> dict:
-    """One face's table row; its aligned crop is written to the workspace."""
+def face_row(src: Source, image, frame: int, time_s: float, sampled: str, box, kps, k: int, dense: dict) -> dict:
+    """One face's table row (face `k` of the frame, detector `box` and `kps`, the landmark models' `dense` output);
+    its aligned crop is written to the workspace."""
+    sha, settings, times = src.sha, src.settings, src.times
     h, w = image.shape[:2]
     face_box = settings.size / (1.0 + 2.0 * settings.margin)  # template face box side in crop px
     with times("describe"):
@@ -97,13 +112,13 @@ def face_row(image, box, kps, k, dense, sha, source, kind, frame, time_s, sample
             pose_method = "kps5_pnp"
     crop_rel = crop_path(sha, frame, k)
     with times("write"):
-        write_crop(ws, crop_rel, warp(image, m_crop, settings.size), settings.jpeg_quality)
+        write_crop(src.ws, crop_rel, warp(image, m_crop, settings.size), settings.jpeg_quality)
     scale = float(np.hypot(m_crop[0, 0], m_crop[0, 1]))
     return {
         "face_id": face_id(sha, frame, k),
-        "source": source,
+        "source": src.path,
         "source_sha256": sha,
-        "source_kind": kind,
+        "source_kind": src.kind,
         "frame": int(frame),
         "time_s": round(float(time_s), 4),
         "sampled": sampled,

@@ -63,7 +63,7 @@ def import_ray():
     return ray
 
 
-def run(ws: Workspace, work: list, *, settings, models: str, model_files: dict, runtime: str, device: str,
+def run(ws: Workspace, work: list, *, settings, models: str, model_files: dict, request: runtimes.Request,
         workers: int | None, batch: int | None, address: str | None, staged: dict, on_result) -> set[str]:
     """Run the units in `work` as Ray tasks and hand each result to `on_result(result, remote=True)` as it
     comes; returns where the models ran ("onnxruntime/cpu" ...). Staged parts are committed along the way."""
@@ -71,22 +71,22 @@ def run(ws: Workspace, work: list, *, settings, models: str, model_files: dict, 
     # Ray prints what its nodes report (a worker that died, a task it will run again) on stdout, from a thread of
     # its own; here that is stderr's, where curator's problems go: stdout is for --json.
     with contextlib.redirect_stdout(sys.stderr):
-        return _run(ray, ws, work, settings=settings, models=models, model_files=model_files, runtime=runtime,
-                    device=device, workers=workers, batch=batch, address=address, staged=staged, on_result=on_result)
+        return _run(ray, ws, work, settings=settings, models=models, model_files=model_files, request=request,
+                    workers=workers, batch=batch, address=address, staged=staged, on_result=on_result)
 
 
-def _run(ray, ws, work, *, settings, models, model_files, runtime, device, workers, batch, address, staged,
+def _run(ray, ws, work, *, settings, models, model_files, request, workers, batch, address, staged,
          on_result) -> set[str]:
     connect(ray, address)
     try:
         resources = ray.cluster_resources()
         options = {"num_cpus": CPUS_PER_UNIT, "max_retries": MAX_RETRIES, "retry_exceptions": False}
-        if device != "cpu" and resources.get("GPU", 0) > 0:
+        if request.device != "cpu" and resources.get("GPU", 0) > 0:
             options["num_gpus"] = GPUS_PER_UNIT
         task = ray.remote(unit_task).options(**options)
         slots = max(1, int(resources.get("CPU", 1) // CPUS_PER_UNIT))
         args = {"ws_root": str(ws.root), "settings": settings, "models": models, "model_files": model_files,
-                "runtime": runtime, "device": device, "workers": workers, "batch": batch}
+                "request": request, "workers": workers, "batch": batch}
         return _stream(ray, task, work, args, staged, window=2 * slots, ws=ws, on_result=on_result)
     finally:
         ray.shutdown()
@@ -138,8 +138,8 @@ def _staged_for(unit, staged: dict) -> dict:
 _MODELS: dict = {}  # per worker process: loaded once, used by every unit it runs
 
 
-def unit_task(*, unit, staged: dict, ws_root: str, settings, models: str, model_files: dict, runtime: str,
-              device: str, workers: int | None, batch: int | None) -> dict:
+def unit_task(*, unit, staged: dict, ws_root: str, settings, models: str, model_files: dict,
+              request: runtimes.Request, workers: int | None, batch: int | None) -> dict:
     """One unit, on a Ray worker: the same `run_unit` the local engine calls, staging through a writer of its own.
 
     Its staged progress is what the driver saw when it planned plus what an
@@ -147,19 +147,19 @@ def unit_task(*, unit, staged: dict, ws_root: str, settings, models: str, model_
     further.
     """
     try:
-        return _unit_task(unit, staged, ws_root, settings, models, model_files, runtime, device, workers, batch)
+        return _unit_task(unit, staged, ws_root, settings, models, model_files, request, workers, batch)
     except CuratorError as e:  # a node without the models or a GPU it was asked for: one line
         return failed_unit(unit, f"on {socket.gethostname()}: {e}")
 
 
-def _unit_task(unit, staged, ws_root, settings, models, model_files, runtime, device, workers, batch) -> dict:
+def _unit_task(unit, staged, ws_root, settings, models, model_files, request, workers, batch) -> dict:
     import ray
 
     ws = Workspace(Path(ws_root))
     own = staged_units(ws, unit.key)
     staged = {k: further(staged.get(k), own.get(k)) for k in set(staged) | set(own)}
     cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", CPUS_PER_UNIT)) or 1
-    rt = runtimes.choose(runtime, device)
+    rt = request.choose()  # on the worker's machine: its GPU, not the driver's
     n_workers, threads = analysis_workers(workers, rt, cores=cpus)
     fm = _models_for(models, rt, settings, threads)
     if fm.files != model_files:

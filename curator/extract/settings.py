@@ -58,9 +58,9 @@ class ExtractSummary:
     faces: int = 0
     rows_total: int = 0
     seconds: float = 0.0
-    runtime: str = ""  # where the face models ran (curator/runtime.py), e.g. "onnxruntime/cpu" or "torch/cuda/fp16"
+    runtime: str = ""  # where the face models ran (curator/models/runtime.py), e.g. "onnxruntime/cpu" or "torch/cuda/fp16"
     batch: int = 1  # frames per detector call
-    engine: str = "local"  # "local" or "ray" (curator/ray_engine.py)
+    engine: str = "local"  # "local" or "ray" (curator/extract/ray.py)
     units: int = 0  # units of work done by this run (video segments and runs of photos)
     units_resumed: int = 0  # of those: started by an earlier run or an earlier attempt (a lost worker), resumed
     stage_seconds: dict = field(default_factory=dict)  # seconds per stage, summed over threads (StageTimes)

@@ -15,7 +15,7 @@ import numpy as np
 from .. import media
 from ..models import runtime as runtimes
 from ..workspace import PartWriter, Workspace, UNIT_FIELDS, staged_rows, unit_key, unit_source
-from .frame import StageTimes, frame_of, analyse_frame, analyse_frames, backfill
+from .frame import Source, StageTimes, analyse_frame, analyse_frames, backfill, frame_of
 from .settings import ExtractSettings, ExtractSummary, UNIT_SUMMARY
 
 
@@ -91,12 +91,12 @@ def run_unit(unit, fm, settings: ExtractSettings, ws: Workspace, writer: PartWri
     plain dict (it may cross machines): the unit's counts (`UNIT_SUMMARY`), problems and warnings by file."""
     counts = ExtractSummary(workspace=str(ws.root), units=1)
     result = _unit_result(unit, fm.runtime.describe())
+    run = UnitRun(fm, settings, ws, writer, counts, workers, batch, times, on_progress or (lambda n, desc: None))
     if isinstance(unit, PhotoUnit):
         todo = [e for e in unit.entries if not staged.get(e[1], {}).get("complete")]
         counts.units_resumed = int(len(todo) < len(unit.entries))
-        result["problems"] = _process_images([(media.Footage(Path(p), "image"), sha, dict(record))
-                                              for p, sha, record in todo], fm, settings, ws, writer, counts,
-                                             on_progress, workers, times)
+        result["problems"] = _process_images(run, [(media.Footage(Path(p), "image"), sha, dict(record))
+                                                   for p, sha, record in todo])
         result["files_done"] = counts.new_files
         result["frames_done"] = len(todo)
     else:
@@ -107,9 +107,7 @@ def run_unit(unit, fm, settings: ExtractSettings, ws: Workspace, writer: PartWri
         if unit.segments > 1:
             record[UNIT_FIELDS] = unit.segment.as_dict()
         try:
-            result["frames_done"] = _process(Path(unit.path), unit.key, unit.sha, record, resume_after, fm, settings,
-                                             ws, writer, counts, on_progress, workers, batch=batch, times=times,
-                                             resume_at=rec.get("resume"), segment=unit.segment)
+            result["frames_done"] = _process(run, unit, record, resume_after, resume_at=rec.get("resume"))
         except media.MediaError as e:
             writer.fail(unit.key, record, str(e))
             result["problems"].append((unit.path, str(e)))
@@ -159,10 +157,27 @@ def analysis_workers(requested: int | None, rt: runtimes.Runtime, cores: int | N
     return n, max(1, cores // n)
 
 
-def _process_images(entries, fm, settings, ws, writer, summary, on_progress, workers, times=None) -> list[tuple]:
+@dataclass(frozen=True)
+class UnitRun:
+    """What one unit's work needs besides the unit: models, settings, where rows and crops go, its counts (`summary`,
+    added to as it goes), model calls at once (`workers`), frames per call (`batch`), and where time and progress go."""
+
+    fm: object  # curator.models.faces.FaceModels
+    settings: ExtractSettings
+    ws: Workspace
+    writer: PartWriter
+    summary: ExtractSummary
+    workers: int
+    batch: int
+    times: StageTimes
+    advance: Callable[[int, str], None]
+
+
+def _process_images(run: UnitRun, entries) -> list[tuple]:
     """Photos, `workers` at a time; one that cannot be read is returned as (path, reason) and the rest go on."""
     problems = []
-    advance = on_progress or (lambda n, desc: None)
+    fm, settings, ws, writer, summary, times, advance = (run.fm, run.settings, run.ws, run.writer, run.summary,
+                                                         run.times, run.advance)
 
     def analyse(entry):
         item, sha, record = entry
@@ -171,9 +186,10 @@ def _process_images(entries, fm, settings, ws, writer, summary, on_progress, wor
         except media.MediaError as e:
             return e
         record.update({"width": image.shape[1], "height": image.shape[0], "frames": 1})
-        return analyse_frame(fm, image, sha, str(item.path), "image", 0, 0.0, settings, ws, "image", times)
+        return analyse_frame(Source(fm, sha, str(item.path), "image", settings, ws, times or StageTimes()), image, 0, 0.0,
+                             "image")
 
-    for (item, sha, record), result in _in_order(entries, analyse, workers):
+    for (item, sha, record), result in _in_order(entries, analyse, run.workers):
         advance(1, item.path.name)
         if isinstance(result, media.MediaError):
             problems.append((str(item.path), str(result)))
@@ -188,18 +204,18 @@ def _process_images(entries, fm, settings, ws, writer, summary, on_progress, wor
     return problems
 
 
-def _process(path: Path, key, sha, record, resume_after, fm, settings, ws, writer, summary, on_progress, workers=1, *,
-             batch: int = 1, times: StageTimes | None = None, resume_at: dict | None = None,
-             segment: media.Segment | None = None) -> int:
-    """One video segment (or a whole video): sample, analyse (`batch` frames per model call, `workers` calls at a
-    time), back-fill, stage under the unit's progress `key`; returns the frames it went through.
+def _process(run: UnitRun, unit: VideoUnit, record: dict, resume_after: int, resume_at: dict | None = None) -> int:
+    """One video segment (or a whole video): sample, analyse (`run.batch` frames per model call, `run.workers` calls
+    at a time), back-fill, stage under the unit's progress key; returns the frames it went through.
 
     A resumed run (`resume_after` >= 0) starts after frame `resume_after`;
     `resume_at`, staged with it, lets the sampler seek there instead of
     decoding the segment from its start.
     """
-    times = times or StageTimes()
-    advance = on_progress or (lambda n, desc: None)
+    path, key, sha, segment = Path(unit.path), unit.key, unit.sha, unit.segment
+    fm, settings, ws, writer, summary, times, advance = (run.fm, run.settings, run.ws, run.writer, run.summary,
+                                                         run.times, run.advance)
+    workers, batch = run.workers, run.batch
     name = path.name
     stats = media.SampleStats()
     backfilled_before = summary.frames_backfilled
@@ -222,12 +238,13 @@ def _process(path: Path, key, sha, record, resume_after, fm, settings, ws, write
     reported = first
     last = resume_after
 
+    src = Source(fm, sha, str(path), "video", settings, ws, times)
+
     def analyse(index, time_s, image, sampled="backfill"):
-        return analyse_frame(fm, image, sha, str(path), "video", index, time_s, settings, ws, sampled, times)
+        return analyse_frame(src, image, index, time_s, sampled)
 
     def analyse_batch(group):
-        return analyse_frames(fm, [(sf.image, sf.index, sf.time_s, sf.reason) for sf in group], sha, str(path),
-                              "video", settings, ws, times)
+        return analyse_frames(src, [(sf.image, sf.index, sf.time_s, sf.reason) for sf in group])
 
     # Sampled frames are analysed `workers` at a time, and their results taken
     # in frame order, so the table does not depend on the number of workers.

@@ -134,3 +134,42 @@ def coverage(subset: pd.DataFrame, reference: pd.DataFrame) -> dict:
         "expression_coverage": round(len(sub_e & ref_e) / len(ref_e), 4),
         "light_coverage": round(len(sub_l & ref_l) / len(ref_l), 4),
     }
+
+
+# --- thresholds shared by curate, audit, review and evaluate (they mean the same everywhere) ---
+
+MIN_FACE_PX = 40.0
+
+# A pose bin with fewer faces than max(FEW_MIN, FEW_SHARE * faces) is "thin" (audit's words, review's "rare poses").
+FEW_MIN = 3
+FEW_SHARE = 0.005
+
+# Expression descriptors have method-specific scales, so their unit (one just-noticeable step, curate's near-duplicate
+# tolerance and evaluate's error unit) is half a robust std of the workspace's values...
+EXPRESSION_UNIT_STD = 0.5
+# ...but never less than one step of the descriptor: with 5 keypoints mouth_open moves in
+# one-pixel-row steps of ~0.04, and a target who keeps their mouth closed has a robust std
+# near 0.014, which would make two encodings of one moment look like different expressions.
+EXPRESSION_UNIT_FLOOR = {"mouth_open": 0.04, "eyes_open": 0.04, "smile": 0.02}
+
+
+def thin_bin_faces(faces: int) -> int:
+    """Fewer faces than this in a pose bin, out of `faces`, make the bin thin."""
+    return max(FEW_MIN, math.ceil(FEW_SHARE * faces))
+
+
+def quality_score(table: pd.DataFrame) -> np.ndarray:
+    """Sharper, larger, more confidently detected is better: sum of robust z-scores.
+
+    log(sharpness) and log(face_px) because both span orders of magnitude.
+    """
+    parts = [np.log1p(table["sharpness"].to_numpy(float)), np.log(table["face_px"].to_numpy(float).clip(1)),
+             table["det_score"].to_numpy(float)]
+    return np.nan_to_num(sum(_robust_z(p) for p in parts), nan=-10.0)
+
+
+def _robust_z(v: np.ndarray) -> np.ndarray:
+    med = np.nanmedian(v) if np.isfinite(v).any() else 0.0
+    iqr = np.subtract(*np.nanpercentile(v, [75, 25])) if np.isfinite(v).any() else 0.0
+    return (v - med) / (iqr / 1.349 if iqr > 1e-9 else (np.nanstd(v) or 1.0))
+

@@ -8,14 +8,14 @@ InsightFace knows (`buffalo_l`, the default, which InsightFace downloads to
 
 We load through `insightface.app.FaceAnalysis` so users get InsightFace's own
 download and model routing, but run the graphs ourselves, in the runtime of
-`--runtime` / `--device` (curator/runtime.py: onnxruntime or PyTorch, CPU or
+`--runtime` / `--device` (curator/models/runtime.py: onnxruntime or PyTorch, CPU or
 CUDA), a batch at a time: the detector over a batch of frames of one size
 (`detect_batch`), the recogniser and the 3D-68 landmark model over all faces
 of a batch (`embed_batch`, `landmarks_batch`). Pre- and post-processing are
 InsightFace's, written here once for both runtimes and any batch size.
 
 68-point landmarks (`--landmarks`) come from the pack's 3D-68 model (`auto`
-when the pack has one), from dlib's shape predictor (`dlib`, curator/dlib68.py),
+when the pack has one), from dlib's shape predictor (`dlib`, curator/models/dlib68.py),
 or not at all (`none`); `FaceModels.landmarks` names the one in use.
 """
 
@@ -34,6 +34,7 @@ from . import runtime as runtimes
 from ..measure.align import recognition_crop
 from ..errors import CuratorError
 from ..fs.hash import sha256_file
+from ..media import MediaError, read_image
 
 DEFAULT_PACK = "buffalo_l"
 ENV_PACK = "CURATOR_MODELS"
@@ -108,7 +109,7 @@ def load_models(pack: str | None = None, *, device: str = "auto", runtime: str |
                 threads: int | None = None, landmarks: str = "auto") -> FaceModels:
     """Load a model pack by name or directory; raises ModelError with a user-facing reason.
 
-    `runtime`, `device`: see curator/runtime.py (`choose`), or a Runtime. `threads`: CPU
+    `runtime`, `device`: see curator/models/runtime.py (`choose`), or a Runtime. `threads`: CPU
     threads per onnxruntime call (None: one per core). The models may be
     called from several threads at once (onnxruntime sessions and PyTorch
     modules in inference mode are thread-safe, dlib's predictor is only
@@ -408,7 +409,7 @@ def landmarks(models: FaceModels, image: np.ndarray, box: np.ndarray, kps: np.nd
     """68 iBUG landmarks of one face, by `models.landmarks`: {'lmk68': (68, 2 or 3)}, plus 'pose_pyr' (3,) from 3D-68.
 
     The pack's 3D-68 model crops around the detector box; dlib's predictor
-    around a box drawn from the 5 keypoints (curator/dlib68.py). With
+    around a box drawn from the 5 keypoints (curator/models/dlib68.py). With
     `none`, an empty dict.
     """
     return landmarks_batch(models, [(image, box, kps)])[0]
@@ -459,3 +460,33 @@ def landmarks_3d68(models: FaceModels, faces: list) -> list[dict]:
             found["pose_pyr"] = np.asarray(transform.matrix2angle(r), np.float32)
         results.append(found)
     return results
+
+
+# --- reference photos ---------------------------------------------------------
+# A reference must be a clear face: SCRFD scores clear photos of people at
+# 0.75-0.9, while animal faces and faint background faces reach 0.6-0.65.
+REF_DET_THRESH = 0.7
+
+
+class ReferencePhotoError(CuratorError):
+    """A reference photo that cannot stand for one person: unreadable, no clear face, or several."""
+
+
+def reference_embeddings(fm: FaceModels, photos: list[str | os.PathLike]) -> np.ndarray:
+    """One embedding per reference photo; a photo must show exactly one face."""
+    out = []
+    for photo in photos:
+        path = Path(photo)
+        try:
+            image = read_image(path)
+        except MediaError as e:
+            raise ReferencePhotoError(f"reference photo {path}: {e}") from None
+        boxes, kps = detect(fm, image)
+        keep = boxes[:, 4] >= REF_DET_THRESH
+        boxes, kps = boxes[keep], kps[keep]
+        if len(boxes) == 0:
+            raise ReferencePhotoError(f"reference photo {path}: no face found (detector score >= {REF_DET_THRESH})")
+        if len(boxes) > 1:
+            raise ReferencePhotoError(f"reference photo {path}: {len(boxes)} faces found; use a photo of the target alone")
+        out.append(embed(fm, image, kps)[0])
+    return np.stack(out)

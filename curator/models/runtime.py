@@ -1,6 +1,6 @@
 """Where the face models run: onnxruntime or PyTorch, on the CPU or a CUDA GPU, a batch at a time.
 
-A model pack is a folder of ONNX graphs (curator/faces.py loads it through
+A model pack is a folder of ONNX graphs (curator/models/faces.py loads it through
 InsightFace, which knows what each graph is). Each graph runs in one of two
 runtimes, chosen with `--runtime`:
 
@@ -19,7 +19,7 @@ and flatten each output over the anchors of the whole batch
 (`Transpose(perm=[2, 3, 0, 1])` then `Reshape([-1, k])`: rows are ordered
 height, width, image, anchor). `batchable` frees the batch dimension of the
 graph's input and outputs so onnxruntime accepts a batch; the per-image rows
-are recovered in curator/faces.py (`per_image`). The converted torch module
+are recovered in curator/models/faces.py (`per_image`). The converted torch module
 needs no edit.
 """
 
@@ -80,6 +80,27 @@ def check_names(runtime: str, device: str) -> str:
     if device not in DEVICES:
         raise RuntimeChoiceError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
     return runtime
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the user asked for (`--runtime`, `--device`), names checked; `choose()` resolves it where the models run.
+
+    The local engine chooses once, in `curator.api`, and passes the Runtime
+    on; a Ray run passes the Request to its workers, each choosing on its own
+    machine (a driver without a GPU may drive workers with one).
+    """
+
+    runtime: str = "auto"
+    device: str = "auto"
+
+    def choose(self) -> Runtime:
+        return choose(self.runtime, self.device)
+
+
+def request(runtime: str = "auto", device: str = "auto") -> Request:
+    check_names(runtime, device)
+    return Request(runtime, device)
 
 
 def choose(runtime: str = "auto", device: str = "auto") -> Runtime:

@@ -3,7 +3,7 @@
 One workspace -> a self-contained HTML report (pose heatmap, expression,
 lighting and quality distributions, example faces per pose bin, holes in
 plain words) and the same numbers as a dict for `--json`. Also what
-`curator compare` (curator/compare.py) builds on: which faces a report is
+`curator compare` (curator/reports/compare.py) builds on: which faces a report is
 about, and pose directions in words.
 
 Everything here reads workspaces and never writes them (no lock is taken, so
@@ -28,13 +28,11 @@ from ..measure import metrics
 from ..errors import CuratorError
 from ..measure.metrics import PLAUSIBLE_PITCH, PLAUSIBLE_YAW, known_pose, pose_counts
 from .page import check_out, heatmap_png, histograms_png, render_page, thumbnail, write_report
-from ..workspace import Workspace, inputs_of, read_table, table_columns
+from ..workspace import Workspace, inputs_of, report_path, read_table, table_columns
 
 WIDE_COLUMNS = ("lmk68", "kps", "bbox", "appearance", "align_matrix")
 
 FRONTAL_DEG = 10.0  # a pose component smaller than this is not named ("near frontal")
-FEW_MIN = 3  # a pose bin with fewer faces than max(FEW_MIN, FEW_SHARE * faces) is "thin"
-FEW_SHARE = 0.005
 THUMBS_PER_STRIP = 6
 
 
@@ -69,13 +67,12 @@ def load_faces(ws: Workspace, which: str = "default") -> FaceSet:
     table = read_table(ws, [c for c in table_columns(ws) if c not in WIDE_COLUMNS])
     if not len(table):
         raise AuditError(f"{ws.root} has no faces: run `curator extract FOOTAGE -w {ws.root}` on footage with faces first")
-    from ..curate import MIN_FACE_PX
 
     identified = "is_target" in table
     target = _flag(table, "is_target") if identified else np.ones(len(table), bool)
     rejected, selected = _flag(table, "rejected"), _flag(table, "selected")
     # curate's candidate pool, so that coverage numbers here equal `curate --json`'s
-    pool = target & ~rejected & (table["face_px"].to_numpy(float) >= MIN_FACE_PX)
+    pool = target & ~rejected & (table["face_px"].to_numpy(float) >= metrics.MIN_FACE_PX)
     ref = table[pool] if pool.any() else table[target]
     if which == "selected" or (which == "source" and selected.any()):
         if "selected" not in table:
@@ -199,7 +196,7 @@ def pose_holes(faces: pd.DataFrame) -> list[dict]:
         y0, p0 = float(yaw_edges[yi]), float(pitch_edges[pi])
         holes.append({"kind": "inner", "direction": direction(y0 + size / 2, p0 + size / 2)[0], "beyond_deg": None,
                       "bin": metrics.pose_label(y0, p0), "words": f"no faces {bin_words(y0, p0)}, between poses that have faces"})
-    few = max(FEW_MIN, math.ceil(FEW_SHARE * n))
+    few = metrics.thin_bin_faces(n)
     bins = pose_bin_table(k)
     for _, b in bins[bins["faces"] < few].sort_values(["faces", "bin"]).iterrows():
         holes.append({"kind": "thin", "direction": b["direction"], "beyond_deg": None, "bin": b["bin"],
@@ -281,12 +278,11 @@ def face_thumb(ws: Workspace, f) -> dict | None:
 
 def _examples_per_bin(faces: pd.DataFrame, k: int = THUMBS_PER_STRIP) -> dict[str, list]:
     """Per pose bin: up to k faces, best quality first, taking turns between sources so a strip shows variety."""
-    from ..curate import quality_score
 
     f = known_pose(faces).copy()
     if not len(f):
         return {}
-    f["_q"] = quality_score(f)
+    f["_q"] = metrics.quality_score(f)
     f["_bin"] = [metrics.pose_label(y, p) for y, p in zip(f["yaw"], f["pitch"])]
     f["_rank"] = f.groupby(["_bin", "source_sha256"])["_q"].rank(ascending=False, method="first")
     f = f.sort_values(["_bin", "_rank", "_q"], ascending=[True, True, False])
@@ -382,7 +378,7 @@ def render_audit(fs: FaceSet, summary: dict) -> str:
 # --- the command's body (the CLI stays thin) -------------------------------------------
 
 def audit(ws: Workspace, *, selected: bool = False, out: str | os.PathLike | None = None) -> dict:
-    out = check_out(out or ws.root / "audit.html", "audit", inputs_of(ws))
+    out = check_out(out or report_path(ws, "audit.html"), "audit", inputs_of(ws))
     fs = load_faces(ws, "selected" if selected else "default")
     summary = audit_summary(fs)
     summary["report"] = str(write_report(out, render_audit(fs, summary)))

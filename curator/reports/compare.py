@@ -5,7 +5,7 @@ the target has faces that the source lacks, in pose first, in expression and
 lighting where comparable, with one gap score, what footage to look for, and
 a self-contained HTML report (heatmaps of both sets, example target frames of
 each gap). Which faces, and pose directions in words, come from
-curator/audit.py; like audit, compare only reads workspaces and writes the
+curator/reports/audit.py; like audit, compare only reads workspaces and writes the
 report alone.
 """
 
@@ -21,7 +21,7 @@ from ..measure import metrics
 from .audit import THUMBS_PER_STRIP, FaceSet, direction, face_thumb, how_far, load_faces
 from ..measure.metrics import known_pose, pose_grid
 from .page import check_out, heatmap_png, public, render_page, write_report
-from ..workspace import Workspace, inputs_of
+from ..workspace import Workspace, inputs_of, report_path
 
 # compare: a target face is covered in pose when the source has a face inside the
 # 10 x 10 degree box centred on it: the size of a curate pose bin, without bin edges.
@@ -286,7 +286,7 @@ def render_compare(source: FaceSet, target: FaceSet, c: dict) -> str:
 # --- the command's body (the CLI stays thin) -------------------------------------------
 
 def compare(source_ws: Workspace, target_ws: Workspace, *, out: str | os.PathLike | None = None) -> dict:
-    out = check_out(out or target_ws.root / "compare.html", "compare", {**inputs_of(source_ws), **inputs_of(target_ws)})
+    out = check_out(out or report_path(target_ws, "compare.html"), "compare", {**inputs_of(source_ws), **inputs_of(target_ws)})
     source, target = load_faces(source_ws, "source"), load_faces(target_ws, "default")
     result = compare_sets(source, target)
     result["report"] = str(write_report(out, render_compare(source, target, result)))

@@ -45,6 +45,7 @@ from ..measure.align import ARCFACE_112, DEFAULT_MARGIN, align_matrix, similarit
 from ..fs.atomic import inside
 from .audit import bin_words, direction
 from ..errors import ConvertError, CuratorError
+from ..workspace import is_workspace
 from .page import check_out, heatmap_png, render_page, write_report
 
 BATCH = 32
@@ -86,7 +87,7 @@ def load_faces(path: str | os.PathLike) -> FaceSet:
     path = Path(path).expanduser().resolve()
     if (path / "manifest.parquet").is_file():
         return _export_faces(path)
-    if (path / "workspace.json").is_file():
+    if is_workspace(path):
         return _workspace_faces(path)
     what = "no such folder" if not path.exists() else "neither a curator export (no manifest.parquet) " \
                                                       "nor a workspace (no workspace.json)"
@@ -319,7 +320,7 @@ def masked_errors(inputs_rgb: np.ndarray, drawn_rgb: np.ndarray, mask: np.ndarra
 
 def expression_units(table: pd.DataFrame) -> np.ndarray:
     """curate's expression unit per descriptor (half a robust std of the set, at least one descriptor step)."""
-    from ..curate import EXPRESSION_UNIT_FLOOR, EXPRESSION_UNIT_STD
+    from ..measure.metrics import EXPRESSION_UNIT_FLOOR, EXPRESSION_UNIT_STD
 
     units = []
     for c in metrics.EXPRESSION_COLUMNS:

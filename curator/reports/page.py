@@ -24,7 +24,7 @@ from .. import __version__, outputs
 from ..fs.atomic import atomic_path
 from ..errors import CuratorError
 from ..measure.metrics import PLAUSIBLE_PITCH, PLAUSIBLE_YAW, pose_counts, pose_grid, pose_means
-from ..workspace import Workspace
+from ..workspace import Workspace, read_crop
 
 THUMB_PX = 72
 
@@ -129,7 +129,7 @@ def histograms_png(faces: pd.DataFrame, columns, edges: dict | None = None, log:
 def thumbnail(ws: Workspace, crop_path: str, px: int = THUMB_PX) -> str | None:
     import cv2
 
-    img = cv2.imread(str(ws.root / crop_path)) if isinstance(crop_path, str) else None
+    img = read_crop(ws, crop_path)
     if img is None:
         return None
     ok, buf = cv2.imencode(".jpg", cv2.resize(img, (px, px), interpolation=cv2.INTER_AREA),

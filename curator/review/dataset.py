@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 
 from ..measure import metrics
-from ..fs.atomic import inside
 from .db import REVIEW_SCHEMA, ReviewError, connect, dataset_name, dataset_version, load_dataset, quiet, stamp
 from .tags import KEEP, REJECT, TAG_COLUMNS, pull_tags
-from ..workspace import Workspace, read_embeddings, read_table
+from ..workspace import crop_file, fiftyone_field_name, Workspace, read_embeddings, read_table
 
 # Long vectors made for computation, not for looking at or filtering on; lmk68 is shown as `landmarks`.
 SKIP_COLUMNS = {"appearance", "lmk68", "align_matrix"}
@@ -47,8 +46,7 @@ VIEWS = ("selected", "rejected", "kept", "near-duplicate groups", "rare poses", 
 
 
 def field_name(column: str) -> str:
-    from ..export.formats import fiftyone_field_name  # the same names as `export --format fiftyone`
-
+    """The dataset field of a table column: the same names as `export --format fiftyone`."""
     return fiftyone_field_name(column)
 
 
@@ -250,7 +248,7 @@ def _crop_file(ws: Workspace, crop) -> Path | None:
     if not isinstance(crop, str) or not crop:
         return None
     try:
-        return inside(ws.root, crop)  # an edited table cannot point the App outside the workspace
+        return crop_file(ws, crop)  # an edited table cannot point the App outside the workspace
     except ValueError:
         return None
 
@@ -381,7 +379,6 @@ def saved_views(dataset, table: pd.DataFrame) -> tuple[list[str], dict]:
     """Save (or replace) the review's views; returns (saved names, {skipped name: why})."""
     from fiftyone import ViewField as F
 
-    from ..curate import MIN_FACE_PX  # curate's "face too small"
 
     saved: list[str] = []
     skipped: dict = {}
@@ -420,9 +417,9 @@ def saved_views(dataset, table: pd.DataFrame) -> tuple[list[str], dict]:
     if len(values):
         cut = float(np.quantile(values, LOW_QUALITY_SHARE))
         worst = _number(field_name(by)) & (F(field_name(by)) <= cut)
-        low = worst | (_number("face_px") & (F("face_px") < MIN_FACE_PX))
+        low = worst | (_number("face_px") & (F("face_px") < metrics.MIN_FACE_PX))
         save("low quality", dataset.match(low).sort_by(field_name(by)),
-             f"the lowest {LOW_QUALITY_SHARE:.0%} by {by} (<= {cut:.3g}) and faces under {MIN_FACE_PX:g} px")
+             f"the lowest {LOW_QUALITY_SHARE:.0%} by {by} (<= {cut:.3g}) and faces under {metrics.MIN_FACE_PX:g} px")
     else:
         skip("low quality", f"no face has a {by} value")
     if "is_target" in table:
@@ -440,6 +437,5 @@ def _number(field: str):
 
 def _thin_bin_faces(faces: int) -> int:
     """A pose bin with fewer faces than this is "thin": the same rule as `curator audit`."""
-    from ..reports.audit import FEW_MIN, FEW_SHARE
 
-    return max(FEW_MIN, math.ceil(FEW_SHARE * faces))
+    return metrics.thin_bin_faces(faces)

@@ -88,8 +88,6 @@ def check_video_out(out: Path, keep: dict, force: bool) -> None:
 def load_swapper(run: str | os.PathLike, refs: list | None = None, models: str | None = None, device: str = "auto",
                  settings: ConvertSettings = ConvertSettings()) -> tuple[Swapper, dict]:
     """Everything a swap needs (run, face models, the replaced identity), and a record of the identity choice."""
-    from ..identify import IdentityError, reference_embeddings
-
     choices = {"direction": ("a2b", "b2a"), "mask": ("predicted", "landmark", "both"), "color": ("lab", "hist", "none")}
     for name, allowed in choices.items():
         if getattr(settings, name) not in allowed:
@@ -102,8 +100,8 @@ def load_swapper(run: str | os.PathLike, refs: list | None = None, models: str |
         raise ConvertError(str(e)) from None
     if refs:
         try:
-            target = reference_embeddings(fm, refs)
-        except IdentityError as e:
+            target = faces.reference_embeddings(fm, refs)
+        except faces.ReferencePhotoError as e:
             raise ConvertError(str(e)) from None
         method = f"reference photos: {', '.join(str(p) for p in refs)}"
     else:

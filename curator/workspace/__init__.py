@@ -41,7 +41,7 @@ identity sheets), `staging` (extract's checkpoints and the merge), `verify`
 from .meta import (  # noqa: F401
     FORMAT_NAME, FORMAT_VERSION, META, FACES, EMBEDDINGS, COLUMNS, CROPS, STAGING, LOCK, LEGACY_TABLE,
     LEGACY_EMBEDDINGS, SHARD_ROWS, COLUMN_GROUPS, GROUP_OF, OTHER_GROUP, WorkspaceError, WorkspaceLocked, now,
-    Workspace, new_meta, open_workspace, read_meta, write_meta, inputs_of,
+    Workspace, new_meta, open_workspace, read_meta, write_meta, inputs_of, FIFTYONE_RESERVED, fiftyone_field_name,
 )
 from .lock import (  # noqa: F401
     locked,
@@ -57,7 +57,8 @@ from .upgrade import (  # noqa: F401
     upgrade, remove_leftovers,
 )
 from .crops import (  # noqa: F401
-    face_id, crop_path, write_crop, source_sha256,
+    face_id, crop_path, write_crop, source_sha256, IDENTITIES, crop_file, read_crop, identity_sheet, report_path,
+    is_workspace,
 )
 from .staging import (  # noqa: F401
     PART_META_KEY, UNIT_FIELDS, unit_key, unit_source, PartWriter, write_part, part_progress, staged_units,

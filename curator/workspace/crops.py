@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 
 from ..fs.hash import sha256_file
-from .meta import CROPS, Workspace
+from ..fs.atomic import inside
+from .meta import CROPS, META, Workspace
 
 
 # --- face ids, crops and sources ----------------------------------------------
@@ -46,4 +47,40 @@ def source_sha256(meta: dict, path: Path) -> tuple[str, os.stat_result]:
             return sha, st
     return sha256_file(path), st
 
+
+# --- reading crops and the workspace's derived files ------------------------------
+# Every other package finds a crop, a contact sheet or a report's default place through these, so the
+# layout stays this package's to change.
+
+IDENTITIES = "identities"  # contact sheets of identity clusters (`curator identities`)
+
+
+def crop_file(ws: Workspace, relative: str) -> Path:
+    """The file a row's `crop_path` names; ValueError when it points outside the workspace (an edited table)."""
+    return inside(ws.root, relative)
+
+
+def read_crop(ws: Workspace, relative) -> np.ndarray | None:
+    """A crop as BGR, or None when the row has no crop path or its file is missing, unreadable or outside."""
+    if not isinstance(relative, str) or not relative:
+        return None
+    try:
+        return cv2.imread(str(crop_file(ws, relative)), cv2.IMREAD_COLOR)
+    except ValueError:
+        return None
+
+
+def identity_sheet(ws: Workspace, cluster: int) -> Path:
+    """Where the contact sheet of identity cluster `cluster` goes."""
+    return ws.root / IDENTITIES / f"cluster_{cluster:03d}.jpg"
+
+
+def report_path(ws: Workspace, name: str) -> Path:
+    """A report's default place: beside the table, named `name` (audit.html, compare.html)."""
+    return ws.root / name
+
+
+def is_workspace(path: str | os.PathLike) -> bool:
+    """Whether `path` is a curator workspace folder (it has workspace.json)."""
+    return (Path(path) / META).is_file()
 

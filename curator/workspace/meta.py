@@ -165,3 +165,12 @@ def inputs_of(ws: Workspace) -> dict[Path, str]:
         keep[Path(pack)] = "the workspace's model pack"
     return keep
 
+
+# The table's columns as FiftyOne fields (export --format fiftyone and review use the same names): a column whose
+# name FiftyOne reserves, or that starts with '_', gets a curator_ prefix.
+FIFTYONE_RESERVED = {"id", "_id", "filepath", "tags", "metadata", "media_type", "created_at", "last_modified_at",
+                     "embedding", "landmarks", "frames"}
+
+
+def fiftyone_field_name(column: str) -> str:
+    return f"curator_{column}" if column in FIFTYONE_RESERVED or column.startswith("_") else column
