@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from . import descriptors, faces, media, pose
+from . import descriptors, faces, media, pose, states
 from . import runtime as runtimes
 from .align import DEFAULT_MARGIN, align_matrix, warp
 from .errors import UsageError
@@ -496,11 +496,12 @@ def _pack_has_3d68(meta: dict) -> bool:
 
 
 def _recorded_landmarks(meta: dict) -> str | None:
-    """The landmark method of the workspace's faces; for workspaces from before settings.landmarks, what auto gave."""
+    """The landmark method of the workspace's faces; for workspaces from before settings.landmarks, what auto gave
+    then (auto did not use dlib before settings.landmarks existed)."""
     recorded = (meta.get("settings") or {}).get("landmarks")
     if recorded or not meta.get("models"):
         return recorded
-    return faces.resolve_landmarks("auto", _pack_has_3d68(meta))
+    return faces.resolve_landmarks("auto", _pack_has_3d68(meta), dlib_installed=False)
 
 
 def _check_models(meta: dict, fm: faces.FaceModels) -> None:
@@ -785,6 +786,7 @@ def face_row(image, box, kps, k, dense, sha, source, kind, frame, time_s, sample
         m_analysis = align_matrix(kps, descriptors.ANALYSIS_SIZE, DEFAULT_MARGIN)
         lmk68 = dense.get("lmk68")
         desc = descriptors.describe(image, kps, m_analysis, lmk68)
+        desc.update(states.describe_states(image, kps, m_analysis, lmk68))
         if "pose_pyr" in dense:
             yaw, pitch, roll = pose.pose_from_insightface(dense["pose_pyr"])
             pose_method = "landmark_3d68"
