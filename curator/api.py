@@ -244,8 +244,11 @@ def identities(workspace: PathLike, *, threshold: float | None = None) -> list[d
 
 
 def curate(workspace: PathLike, *, budget: int | None = None, minutes: float | None = None, fps: float = 25.0,
-           seed: int = 0) -> dict:
+           seed: int = 0, max_occlusion: float | None = None) -> dict:
     """Remove near-duplicates among the target's faces and select the most diverse BUDGET (or MINUTES x FPS).
+
+    Covered faces (curator/measure/states.py) are ranked last; with MAX_OCCLUSION, faces whose `occlusion` (share of
+    the face covered, 0-1) is above it are left out, their `reason` naming the region.
 
     Runs `identify` with the largest cluster first when no target was chosen.
     Writes `quality`, `dup_group`, `pose_cluster`, `expr_cluster`,
@@ -254,10 +257,10 @@ def curate(workspace: PathLike, *, budget: int | None = None, minutes: float | N
     n = budget_from(budget, minutes, fps)
     ws = open_workspace(workspace)
     with locked(ws, "curator curate"):
-        return _curate(ws, budget=n, seed=seed)
+        return _curate(ws, budget=n, seed=seed, max_occlusion=max_occlusion)
 
 
-def _curate(ws, *, budget: int, seed: int = 0) -> dict:
+def _curate(ws, *, budget: int, seed: int = 0, max_occlusion: float | None = None) -> dict:
     """`curate` on an open workspace whose lock the caller holds."""
     rec = recognisers.of_workspace(read_meta(ws))
     note = None
@@ -270,7 +273,7 @@ def _curate(ws, *, budget: int, seed: int = 0) -> dict:
     emb = read_embeddings(ws, len(table), random_access=True) if len(table) else None
     result = curate_table(table, budget, seed=seed, emb=emb, same_picture=rec.same_picture,
                           appearance=read_vectors(ws, "appearance") if "appearance" in have and len(table) else None,
-                          workers=min(os.cpu_count() or 1, 4))
+                          workers=min(os.cpu_count() or 1, 4), max_occlusion=max_occlusion)
     del table
     update_columns(ws, result.columns)
     if note:

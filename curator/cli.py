@@ -262,6 +262,8 @@ def curate(
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Or: a budget in minutes of footage at --fps."),
     fps: float = typer.Option(25.0, "--fps", help="Frames per second that --minutes counts."),
     seed: int = typer.Option(0, "--seed", help="Tie-break seed; the same seed gives the same selection."),
+    max_occlusion: Optional[float] = typer.Option(
+        None, "--max-occlusion", help="Leave out faces more covered than this share (0-1); else covered faces rank last."),
     as_json: bool = typer.Option(False, "--json", help="Print counts and coverage as JSON on stdout."),
 ) -> None:
     """Remove near-duplicates among the target's faces and select the most diverse BUDGET.
@@ -273,11 +275,13 @@ def curate(
         curator curate -w ws --budget 2000
 
         curator curate -w ws --minutes 9 --fps 25 --json
+
+        curator curate -w ws --budget 500 --max-occlusion 0.2
     """
     from . import api
 
     with errors_as_lines():
-        summary = api.curate(workspace, budget=budget, minutes=minutes, fps=fps, seed=seed)
+        summary = api.curate(workspace, budget=budget, minutes=minutes, fps=fps, seed=seed, max_occlusion=max_occlusion)
     emit(as_json, summary, _curate_line(summary))
 
 

@@ -43,6 +43,11 @@ from .measure import metrics
 from .measure.metrics import EXPRESSION_UNIT_FLOOR, EXPRESSION_UNIT_STD, MIN_FACE_PX, quality_score  # noqa: F401
 from .errors import UsageError
 from .models.recognisers import DEFAULT
+from .measure.states import OCCLUDED_AT, REGION_NAMES
+
+# The states curate reads when the workspace has them (curator/measure/states.py): eye and mouth states are expression
+# cells of their own; a face more likely covered than not in a region is ranked last.
+STATE_COLUMNS = ["eyes_closed", "occlusion", "occluded_mouth", "occluded_eyes"]
 from .workspace import WorkspaceError
 
 MIN_GAP_S = 2.0  # faces closer in time than this in one track are taken only if the budget needs them
@@ -365,6 +370,8 @@ def _lazy_order(level: np.ndarray, within: np.ndarray, face_ids: np.ndarray, see
         yield from run.tolist()
 
 
+STATE_NAMES = {0: "the eyes open and the mouth closed", 1: "the mouth open", 2: "the eyes closed",
+               3: "the eyes closed and the mouth open"}
 SELECTED_LABELS = {0: "selected: kept in review", 1: "selected: best face of its pose bin",
                    2: "selected: best face of its pose x expression cell",
                    3: "selected: best face of its pose x expression x lighting cell"}
@@ -400,12 +407,28 @@ def select_codes(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarra
     taken = cands["kept"].to_numpy(bool, copy=True) if "kept" in cands else np.zeros(n, bool)
     level[taken] = 0
     budget = max(budget, int(taken.sum()))
+    covered = (cands["occluded"].to_numpy(object) != "") if "occluded" in cands else np.zeros(n, bool)
+    # Eyes closed and mouth open are what sets most lack (a blink is 2-4% of a clip): the best uncovered face of
+    # each eye/mouth state the footage has is taken before any pose bin, never deferred as a near repeat.
+    state_pick = np.zeros(n, bool)
+    if "state" in cands:
+        state = cands["state"].to_numpy()
+        free = by_quality[~taken[by_quality] & ~covered[by_quality]]
+        _, first = np.unique(state[free], return_index=True)
+        best = free[first]
+        best = best[~np.isin(state[best], state[taken])]
+        # the commonest state (open eyes, closed mouth) needs no place of its own: pose bins will give it faces
+        common = np.bincount(state).argmax()
+        best = best[state[best] != common]
+        state_pick[best] = True
+        taken[best] = True
+        level[best] = 0
     pose_order = _pose_order(cands)
     for lvl in (1, 2, 3):
         key = keys[lvl]
         _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
         # Each cell that holds no taken face yet gives its best face (the first in quality order).
-        free = by_quality[~taken[by_quality]]
+        free = by_quality[~taken[by_quality] & ~covered[by_quality]]
         _, first = np.unique(key[free], return_index=True)
         best = free[first]
         best = best[~np.isin(key[best], key[taken])]
@@ -421,6 +444,8 @@ def select_codes(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarra
     level[rest] = 10 + rank[rest].astype(np.int64)
     _, inverse3, counts3 = np.unique(keys[3], return_inverse=True, return_counts=True)
     within[rest] = counts3[inverse3[rest]]
+    # Covered faces come after every uncovered one: used only when the budget cannot be met otherwise.
+    level[rest & covered] += 1_000_000
     order = _lazy_order(level, within, face_ids, seed)
     chosen = np.zeros(n, bool)
     chosen[_take_spread(order, cands, budget, level, emb=emb, same_picture=same_picture)] = True
@@ -431,6 +456,22 @@ def select_codes(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarra
         ranks, where = np.unique(rank[ranked].astype(np.int64), return_inverse=True)
         codes[ranked] = len(labels) + where
         labels += [f"selected: quality rank {r} in its pose x expression x lighting cell" for r in ranks.tolist()]
+    for cell in np.unique(cands["state"].to_numpy()[chosen & state_pick]).tolist() if "state" in cands else []:
+        at = chosen & state_pick & (cands["state"].to_numpy() == cell)
+        codes[at] = len(labels)
+        labels.append(f"selected: best face with {STATE_NAMES[cell]}")
+    # Covered faces say so: ranked last, the region named.
+    if covered.any():
+        region = cands["occluded"].to_numpy(object)
+        for name in np.unique(region[covered]).tolist():
+            out = covered & (region == name) & ~chosen
+            codes[out] = len(labels)
+            labels.append(f"occluded ({name}): ranked last, over budget")
+            sel = covered & (region == name) & chosen
+            for code in np.unique(codes[sel]).tolist():
+                at = sel & (codes == code)
+                codes[at] = len(labels)
+                labels.append(f"{labels[code]} (occluded: {name})")
     return chosen, codes, labels
 
 
@@ -525,12 +566,12 @@ def _pose_order(cands: pd.DataFrame) -> dict:
 # only these, and the appearance vectors shard by shard.
 COLUMNS = ["face_id", "source_sha256", "frame", "time_s", "face_px", "sharpness", "det_score", "yaw", "pitch", "roll",
            *metrics.EXPRESSION_COLUMNS, *LIGHT_UNITS, "track_id", "is_target"]
-OPTIONAL_COLUMNS = ["rejected", "kept", "crop_missing"]
+OPTIONAL_COLUMNS = ["rejected", "kept", "crop_missing", *STATE_COLUMNS]
 
 
 def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: float = MIN_FACE_PX,
            emb: np.ndarray | None = None, same_picture: float = DEFAULT.same_picture, appearance=None,
-           workers: int = 1) -> CurateResult:
+           workers: int = 1, max_occlusion: float | None = None) -> CurateResult:
     """Dedupe and select on a face table that has identify's columns. Pure: reads nothing, writes nothing.
 
     `emb`: the identity embeddings aligned with the table's rows (a memory map
@@ -541,7 +582,9 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
     `appearance`: the 8x8 appearance vectors by row (`appearance[rows]` gives
     a [len(rows), 64] array), when the table does not carry the column; read
     a source at a time. `workers`: processes for the per-source groups (same
-    result for any number).
+    result for any number). `max_occlusion`: faces whose `occlusion` is above
+    it are not candidates (reason names the region); without it, covered
+    faces are candidates ranked last.
     """
     if not len(table):
         raise WorkspaceError("the workspace has no faces")
@@ -557,12 +600,19 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
     kept = _flag(t, "kept") & ~rejected & ~gone
     target = t["is_target"].fillna(False).to_numpy(bool)
     big = t["face_px"].to_numpy(float) >= min_face_px
-    pool = (target & ~rejected & ~gone & big) | kept
+    region = occluded_region(t)
+    over = (np.nan_to_num(t["occlusion"].to_numpy(float), nan=0.0) > max_occlusion) \
+        if max_occlusion is not None and "occlusion" in t else np.zeros(n, bool)
+    pool = (target & ~rejected & ~gone & big & ~over) | kept
 
     # Reasons as codes into LABELS (and labels made per group below): ten million rows share a few strings.
     labels = ["", "not the target identity", "rejected in review", "crop file missing",
               f"face too small (< {min_face_px:g} px)"]
     reason = np.select([~target, rejected, gone, ~big], [1, 2, 3, 4], 0).astype(np.int64)
+    for name in np.unique(region[over & (reason == 0)]).tolist():
+        at = over & (reason == 0) & (region == name)
+        reason[at] = len(labels)
+        labels.append(f"occluded ({name or 'face'}): occlusion over --max-occlusion {max_occlusion:g}")
     idx = np.flatnonzero(pool)
     if not len(idx):
         raise WorkspaceError("no faces of the target identity to curate (see `curator identities`)")
@@ -587,12 +637,12 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
     reason[idx[members]] = dup_label[group_code[idx[members]]]
 
     # Clusters are defined over the whole pool, so cell membership does not depend on dedupe.
-    exp_edges = metrics.tertile_edges(sub, metrics.EXPRESSION_COLUMNS)
     light_edges = metrics.tertile_edges(sub, metrics.LIGHT_COLUMNS)
     pose_bin = np.full(n, -1)
     pose_bin[idx] = metrics.pose_bins(sub).to_numpy()
     expr = np.full(n, -1)
-    expr[idx] = metrics.tertile_cells(sub, exp_edges).to_numpy()
+    states_sub = t.iloc[idx]
+    expr[idx] = metrics.expression_cells(states_sub, states_sub).to_numpy()
     light = np.full(n, -1)
     light[idx] = metrics.tertile_cells(sub, light_edges).to_numpy()
 
@@ -601,7 +651,10 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
                           "track_id": t["track_id"].to_numpy()[leaders] if "track_id" in t else leaders,
                           "time_s": t["time_s"].to_numpy()[leaders],
                           "yaw": t["yaw"].to_numpy(float)[leaders], "pitch": t["pitch"].to_numpy(float)[leaders],
-                          "row": leaders, "kept": kept[leaders]})
+                          "row": leaders, "kept": kept[leaders],
+                          "state": (metrics.state_cells(t.iloc[leaders]).to_numpy() if metrics.has_states(t)
+                                    else np.zeros(len(leaders), np.int64)),
+                          "occluded": region[leaders]})
     if emb is not None and len(emb) != n:
         raise WorkspaceError(f"{len(emb)} embeddings for {n} faces")
     chosen, codes, select_labels = select_codes(cands, budget, seed, emb, same_picture)
@@ -622,18 +675,31 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
         "pose_cluster": _pose_clusters(t), "expr_cluster": expr, "light_cluster": light,
         "selected": selected, "reason": _categorical(reason, labels),
     })
-    ref = sub[[c for c in ("yaw", "pitch", *metrics.EXPRESSION_COLUMNS, *metrics.LIGHT_COLUMNS) if c in sub]]
+    ref = t.iloc[idx][[c for c in ("yaw", "pitch", *metrics.EXPRESSION_COLUMNS, "eyes_closed", *metrics.LIGHT_COLUMNS)
+                       if c in t]]
     summary = {
         "faces": n, "target_faces": int(target.sum()), "rejected": int(rejected.sum()),
         "too_small": int((target & ~rejected & ~big).sum()), "kept": int(kept.sum()), "candidates": len(idx),
         "near_duplicate_groups": int(is_leader.sum()), "near_duplicates_removed": int((~is_leader).sum()),
-        "budget": int(budget), "selected": int(selected.sum()),
+        "budget": int(budget), "selected": int(selected.sum()), "over_max_occlusion": int(over.sum()),
+        "occluded_candidates": int((region[idx] != "").sum()),
         "coverage_before": metrics.coverage(ref, ref),
         "coverage_after": metrics.coverage(t.loc[selected, ref.columns], ref),
     }
     if budget > is_leader.sum():
         summary["note"] = f"budget {budget} is more than the {int(is_leader.sum())} distinct target faces; all are selected"
     return CurateResult(columns, summary)
+
+
+def occluded_region(table: pd.DataFrame) -> np.ndarray:
+    """Per face, the region that is more likely covered than not ("mouth region", "eye region", both joined by
+    " and "), or "" (also for workspaces without the state columns)."""
+    out = np.full(len(table), "", dtype=object)
+    for column, name in REGION_NAMES.items():
+        if column in table:
+            hit = np.nan_to_num(table[column].to_numpy(float), nan=0.0) >= OCCLUDED_AT
+            out[hit] = np.where(out[hit] == "", name, out[hit] + " and " + name)
+    return out
 
 
 def _flag(table: pd.DataFrame, column: str) -> np.ndarray:

@@ -48,7 +48,7 @@ def mouth(tmp_path_factory):
     """(workspace, table) of MOUTH_CLIP with dlib's landmarks, and the table of the same clip without."""
     root = tmp_path_factory.mktemp("dlib_mouth")
     curator("extract", clip(MOUTH_CLIP), "-w", root / "dlib", "--landmarks", "dlib", "-q", check=True)
-    curator("extract", clip(MOUTH_CLIP), "-w", root / "none", "-q", check=True)
+    curator("extract", clip(MOUTH_CLIP), "-w", root / "none", "--landmarks", "none", "-q", check=True)
     return root / "dlib", read_table(open_workspace(root / "dlib")), read_table(open_workspace(root / "none"))
 
 
@@ -126,7 +126,7 @@ def test_recorded_and_one_method_per_workspace(mouth, tmp_path):
     assert meta["models"]["landmark_model"]["sha256"] == media.sha256_file(dlib68.model_path())
     photo = TESTDATA / "images" / "face_recognition" / "examples" / "obama-480p.jpg"
     # Another method would put expressions on another scale into the same table: refused, like --size.
-    for option in ("none", "auto"):  # auto: this pack has no 3D-68 model, so none
+    for option in ("none",):  # (auto gives dlib here: this pack has no 3D-68 model and dlib is installed)
         line = one_line_error(curator("extract", photo, "-w", ws, "--landmarks", option, "-q"), "--landmarks", option)
         assert "dlib" in line and "new workspace" in line
     assert len(read_table(open_workspace(ws))) == len(table)
@@ -152,12 +152,13 @@ def test_a_changed_landmark_model_is_noticed(mouth, tmp_path):
     assert "landmarks" in line
 
 
-def test_auto_without_a_3d68_model_records_none(mouth, tmp_path):
+def test_auto_without_a_3d68_model_records_dlib(mouth, tmp_path):
+    """auto on a pack without a 3D-68 model uses dlib's landmarks when installed (eye and mouth states need them)."""
     _, _, plain = mouth
     ws = tmp_path / "ws"
     curator("extract", clip(MOUTH_CLIP), "-w", ws, "--landmarks", "auto", "-q", check=True)
-    assert json.loads((ws / "workspace.json").read_text())["settings"]["landmarks"] == "none"
-    line = one_line_error(curator("extract", clip(MOUTH_CLIP), "-w", ws, "--landmarks", "dlib", "-q"), "--landmarks dlib")
+    assert json.loads((ws / "workspace.json").read_text())["settings"]["landmarks"] == "dlib"
+    line = one_line_error(curator("extract", clip(MOUTH_CLIP), "-w", ws, "--landmarks", "none", "-q"), "--landmarks none")
     assert "5 keypoints only" in line
 
 

@@ -71,7 +71,7 @@ def ws68(tmp_path_factory):
 def ws5(tmp_path_factory):
     """A curated workspace from the plain pack: 5 detector keypoints only (lmk68 null)."""
     ws = tmp_path_factory.mktemp("formats5") / "ws"
-    curator("extract", PHOTO, "-w", ws, "-q", check=True)
+    curator("extract", PHOTO, "-w", ws, "--landmarks", "none", "-q", check=True)
     curator("curate", "-w", ws, "--budget", "5", check=True)
     t = read_table(open_workspace(ws))
     assert len(t) and t["lmk68"].isna().all()

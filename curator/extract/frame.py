@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..measure import descriptors, pose
+from ..measure import descriptors, pose, states
 from ..models import faces
 from ..models.faces import FaceModels
 from ..workspace import Workspace
@@ -104,6 +104,7 @@ def face_row(src: Source, image, frame: int, time_s: float, sampled: str, box, k
         m_analysis = align_matrix(kps, descriptors.ANALYSIS_SIZE, DEFAULT_MARGIN)
         lmk68 = dense.get("lmk68")
         desc = descriptors.describe(image, kps, m_analysis, lmk68)
+        desc.update(states.describe_states(image, kps, m_analysis, lmk68))
         if "pose_pyr" in dense:
             yaw, pitch, roll = pose.pose_from_insightface(dense["pose_pyr"])
             pose_method = "landmark_3d68"

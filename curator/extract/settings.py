@@ -148,11 +148,12 @@ def _pack_has_3d68(meta: dict) -> bool:
 
 
 def _recorded_landmarks(meta: dict) -> str | None:
-    """The landmark method of the workspace's faces; for workspaces from before settings.landmarks, what auto gave."""
+    """The landmark method of the workspace's faces; for workspaces from before settings.landmarks, what auto gave
+    then (auto did not use dlib before settings.landmarks existed)."""
     recorded = (meta.get("settings") or {}).get("landmarks")
     if recorded or not meta.get("models"):
         return recorded
-    return faces.resolve_landmarks("auto", _pack_has_3d68(meta))
+    return faces.resolve_landmarks("auto", _pack_has_3d68(meta), dlib_installed=False)
 
 
 def check_models(meta: dict, fm: faces.FaceModels) -> None:

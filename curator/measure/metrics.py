@@ -4,6 +4,9 @@
   plausible pose range, with face counts or per-bin means, that the reports'
   heatmaps draw;
 - expression cells: tertiles of mouth_open x eyes_open x smile (27 cells);
+  with the eye and mouth states (curator/measure/states.py: `eyes_closed`), eyes
+  closed or not x mouth open or not x tertiles of smile (12 cells), so a
+  blink or an open mouth is a cell of its own however rare;
 - lighting cells: tertiles of lum x light_lr x contrast (27 cells).
 
 Tertile edges come from a *reference* set (normally all target faces of the
@@ -117,6 +120,25 @@ def tertile_cells(table: pd.DataFrame, edges: dict[str, np.ndarray]) -> pd.Serie
     return pd.Series(code, index=table.index)
 
 
+def has_states(table: pd.DataFrame) -> bool:
+    return "eyes_closed" in table and "mouth_open" in table and bool(np.isfinite(table["eyes_closed"].to_numpy(float)).any())
+
+
+def state_cells(table: pd.DataFrame) -> pd.Series:
+    """0-3: eyes closed (2) or not, plus mouth open (1) or not, at the states' 0.5 (curator/measure/states.py)."""
+    closed = np.nan_to_num(table["eyes_closed"].to_numpy(float), nan=0.0) >= 0.5
+    mouth = np.nan_to_num(table["mouth_open"].to_numpy(float), nan=0.0) >= 0.5
+    return pd.Series(closed.astype(np.int64) * 2 + mouth, index=table.index)
+
+
+def expression_cells(table: pd.DataFrame, reference: pd.DataFrame) -> pd.Series:
+    """Expression cells of `table` with tertile edges from `reference`: with state columns, the eye/mouth state
+    cell x smile tertile; without (workspaces from before them), tertiles of EXPRESSION_COLUMNS."""
+    if has_states(reference) and has_states(table):
+        return state_cells(table) * 3 + tertile_cells(table, tertile_edges(reference, ["smile"]))
+    return tertile_cells(table, tertile_edges(reference, EXPRESSION_COLUMNS))
+
+
 def coverage(subset: pd.DataFrame, reference: pd.DataFrame) -> dict:
     """Shares of the reference's occupied pose bins, expression cells and lighting cells that `subset` occupies."""
     if not len(reference):
@@ -124,8 +146,8 @@ def coverage(subset: pd.DataFrame, reference: pd.DataFrame) -> dict:
     distinct = lambda cells: set(np.unique(cells.to_numpy()).tolist())  # noqa: E731  (fast on millions of rows)
     ref_pose = distinct(pose_bins(reference))
     sub_pose = distinct(pose_bins(subset)) & ref_pose
-    ee, le = tertile_edges(reference, EXPRESSION_COLUMNS), tertile_edges(reference, LIGHT_COLUMNS)
-    ref_e, sub_e = distinct(tertile_cells(reference, ee)), distinct(tertile_cells(subset, ee))
+    le = tertile_edges(reference, LIGHT_COLUMNS)
+    ref_e, sub_e = distinct(expression_cells(reference, reference)), distinct(expression_cells(subset, reference))
     ref_l, sub_l = distinct(tertile_cells(reference, le)), distinct(tertile_cells(subset, le))
     return {
         "pose_bins": len(ref_pose),

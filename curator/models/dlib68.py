@@ -77,6 +77,17 @@ def model_path() -> Path:
     raise LandmarkModelMissing(f"--landmarks dlib needs dlib's 68-point model {MODEL_FILE}: {INSTALL}")
 
 
+def installed() -> bool:
+    """Whether dlib and its 68-point model are installed (what `--landmarks auto` checks), without importing dlib."""
+    if importlib.util.find_spec("dlib") is None:
+        return False
+    try:
+        model_path()
+    except LandmarkModelMissing:
+        return False
+    return True
+
+
 def load():
     """dlib's shape predictor with the 68-point model; LandmarkModelMissing when either is not installed."""
     try:

@@ -15,7 +15,9 @@ of a batch (`embed_batch`, `landmarks_batch`). Pre- and post-processing are
 InsightFace's, written here once for both runtimes and any batch size.
 
 68-point landmarks (`--landmarks`) come from the pack's 3D-68 model (`auto`
-when the pack has one), from dlib's shape predictor (`dlib`, curator/models/dlib68.py),
+when the pack has one), from dlib's shape predictor (`dlib`, curator/models/dlib68.py;
+also `auto` on a pack without a 3D-68 model when dlib and its model are
+installed, because eye and mouth states need 68 points: docs/dependencies.md),
 or not at all (`none`); `FaceModels.landmarks` names the one in use.
 """
 
@@ -39,7 +41,7 @@ from ..media import MediaError, read_image
 DEFAULT_PACK = "buffalo_l"
 ENV_PACK = "CURATOR_MODELS"
 ENV_ROOT = "CURATOR_MODELS_ROOT"  # where named packs are stored; InsightFace's default otherwise
-# --landmarks: what the user may ask for, and what a workspace records (auto resolved to 3d68 or none).
+# --landmarks: what the user may ask for, and what a workspace records (auto resolved to 3d68, dlib or none).
 LANDMARK_OPTIONS = ("auto", "dlib", "none")
 LANDMARK_METHODS = ("3d68", "dlib", "none")
 
@@ -163,7 +165,8 @@ def load_models(pack: str | None = None, *, device: str = "auto", runtime: str |
 
 
 def use_landmarks(fm: FaceModels, option: str) -> FaceModels:
-    """Set which 68-point landmarks `landmarks()` gives: `auto` is the pack's 3D-68 model when it has one, else none."""
+    """Set which 68-point landmarks `landmarks()` gives: `auto` is the pack's 3D-68 model when it has one, else
+    dlib's when installed, else none."""
     method = resolve_landmarks(option, fm.landmarks_3d68 is not None)
     if method not in LANDMARK_METHODS:  # only from an edited workspace.json: the options are checked before
         raise ModelError(f"unknown landmark method {option!r}; one of {', '.join(LANDMARK_OPTIONS)}")
@@ -177,10 +180,16 @@ def use_landmarks(fm: FaceModels, option: str) -> FaceModels:
     return fm
 
 
-def resolve_landmarks(option: str, pack_has_3d68: bool) -> str:
-    """The method (LANDMARK_METHODS) that a --landmarks option gives with a pack that has or lacks a 3D-68 model."""
+def resolve_landmarks(option: str, pack_has_3d68: bool, dlib_installed: bool | None = None) -> str:
+    """The method (LANDMARK_METHODS) that a --landmarks option gives with a pack that has or lacks a 3D-68 model.
+
+    `dlib_installed`: None looks (dlib68.installed()); workspaces written before `auto` could give dlib pass
+    False to get what auto gave them.
+    """
     if option == "auto":
-        return "3d68" if pack_has_3d68 else "none"
+        if pack_has_3d68:
+            return "3d68"
+        return "dlib" if (dlib68.installed() if dlib_installed is None else dlib_installed) else "none"
     return option
 
 

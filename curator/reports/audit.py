@@ -29,6 +29,7 @@ from ..errors import CuratorError
 from ..measure.metrics import PLAUSIBLE_PITCH, PLAUSIBLE_YAW, known_pose, pose_counts
 from .page import check_out, heatmap_png, histograms_png, render_page, thumbnail, write_report
 from ..workspace import Workspace, inputs_of, report_path, read_table, table_columns
+from .state_words import state_summary
 
 WIDE_COLUMNS = ("lmk68", "kps", "bbox", "appearance", "align_matrix")
 
@@ -262,6 +263,7 @@ def audit_summary(fs: FaceSet) -> dict:
         "lighting": tertile_summary(faces, fs.reference, metrics.LIGHT_COLUMNS),
         "quality": quality_summary(faces),
         "holes": pose_holes(faces),
+        "states": state_summary(faces),
     }
 
 
@@ -326,6 +328,8 @@ pitch &gt; 0 = looking up. Dashed box: the plausible range (|yaw| ≤ {{ py }}°
 <div class="sub">Method {{ s.expression_method | join(', ') }} (the scale depends on it). Dashed lines: tertile edges
 (curate's expression cells); {{ s.expression.cells_occupied }} of 27 cells occupied.
 {{ tertiles(s.expression) }}</div>
+{% if s.states %}<div class="sub">Eyes, mouth and covered faces:
+{% for st in s.states %}{{ st.words }}{% if st.examples %} (e.g. {{ st.examples | join(', ') }}){% endif %}{% if not loop.last %}; {% endif %}{% endfor %}.</div>{% endif %}
 
 <h2>Lighting</h2>
 <img class="chart" alt="lighting histograms" src="{{ lighting }}">
@@ -391,4 +395,5 @@ def audit_line(s: dict) -> str:
     return (f"{s['report_faces']} {s['set']} faces in {s['pose_bins_occupied']} pose bins"
             + (f"; selection covers {cov['pose_coverage']:.0%} of pose bins, {cov['expression_coverage']:.0%} of "
                f"expression and {cov['light_coverage']:.0%} of lighting cells" if cov else "")
-            + "".join(f"\n  {h}" for h in holes[:8]) + f"\nreport: {s['report']}")
+            + "".join(f"\n  {h}" for h in holes[:8])
+            + "".join(f"\n  {st['words']}" for st in s.get("states", [])) + f"\nreport: {s['report']}")

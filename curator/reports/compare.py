@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..measure import metrics
+from .state_words import missing_states
 from .audit import THUMBS_PER_STRIP, FaceSet, direction, face_thumb, how_far, load_faces
 from ..measure.metrics import known_pose, pose_grid
 from .page import check_out, heatmap_png, public, render_page, write_report
@@ -197,6 +198,7 @@ def compare_sets(source: FaceSet, target: FaceSet) -> dict:
         "full_gap_tolerances": FULL_GAP_UNITS,
         "weights": GAP_WEIGHTS,
         "notes": notes,
+        "missing_states": missing_states(S, T),
         "regions": regions,
         "look_for": [f"find footage of the person {g['look_for']} ({g['faces']} target face{'s' if g['faces'] != 1 else ''})"
                      for g in regions],
@@ -297,6 +299,8 @@ def compare_line(c: dict) -> str:
     return (f"gap score {c['gap_score']:.3f}: {c['pose_gap_faces']} of {c['target']['faces']} target faces in pose gaps, "
             f"{c['expression_gap_faces'] if c['expression_compared'] else 'n/a'} in expression gaps, "
             f"{c['lighting_gap_faces']} in lighting gaps"
-            + "".join(f"\n  {x}" for x in c["look_for"]) + "".join(f"\nnote: {n}" for n in c["notes"])
+            + "".join(f"\n  {x}" for x in c["look_for"])
+            + "".join(f"\n  {m['words']}" for m in c.get("missing_states", []))
+            + "".join(f"\nnote: {n}" for n in c["notes"])
             + f"\nreport: {c['report']}")
 

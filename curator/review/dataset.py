@@ -30,6 +30,8 @@ EXTRACT_COLUMNS = {
     "bbox", "kps", "det_score", "face_px", "yaw", "pitch", "roll", "pose_method", "lum", "contrast", "light_lr",
     "light_tb", "cast_a", "cast_b", "sharpness", "appearance", "mouth_open", "eyes_open", "smile",
     "expression_method", "lmk68", "align_matrix", "crop_size", "crop_path",
+    "eyes_closed", "eye_left_open", "eye_right_open", "teeth", "occlusion", "occluded_eyes", "occluded_mouth",
+    "states_method",
 }
 DERIVED = ("dup_group_size", "pose_bin_faces")
 # Fields people filter and sort on in the App: indexed so that stays fast at 100k+ faces.
@@ -422,6 +424,21 @@ def saved_views(dataset, table: pd.DataFrame) -> tuple[list[str], dict]:
              f"the lowest {LOW_QUALITY_SHARE:.0%} by {by} (<= {cut:.3g}) and faces under {metrics.MIN_FACE_PX:g} px")
     else:
         skip("low quality", f"no face has a {by} value")
+    # Eye, mouth and covered-face states (curator/measure/states.py), at the thresholds curate and audit use
+    if "eyes_closed" in table and "states_method" in table:
+        from ..measure.states import CLOSED_AT, OCCLUDED_AT
+
+        save("eyes closed", dataset.match(_number(field_name("eyes_closed")) & (F(field_name("eyes_closed")) >= CLOSED_AT))
+             .sort_by(field_name("eyes_closed"), reverse=True), f"faces with eyes_closed >= {CLOSED_AT:g}")
+        save("mouth open", dataset.match(_number(field_name("mouth_open")) & (F(field_name("mouth_open")) >= 0.5))
+             .sort_by(field_name("mouth_open"), reverse=True), "faces with mouth_open >= 0.5")
+        covered = (_number(field_name("occluded_mouth")) & (F(field_name("occluded_mouth")) >= OCCLUDED_AT)) | \
+            (_number(field_name("occluded_eyes")) & (F(field_name("occluded_eyes")) >= OCCLUDED_AT))
+        save("covered", dataset.match(covered).sort_by(field_name("occlusion"), reverse=True),
+             f"faces whose mouth or eye region is covered (occluded_mouth or occluded_eyes >= {OCCLUDED_AT:g})")
+    else:
+        for name in ("eyes closed", "mouth open", "covered"):
+            skip(name, "the workspace has no state columns (extracted before curator/measure/states.py)")
     if "is_target" in table:
         save("other identities", dataset.match(F("is_target") == False), "faces not of the target identity")  # noqa: E712
     else:

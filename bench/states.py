@@ -1,0 +1,219 @@
+"""Eyes, mouth, smile and covered faces against labels: ROC AUC per state and method.
+
+    python bench/states.py [--data /work/data] [--pack DIR] [--fit] [--out bench/results/states.json]
+
+Every face goes through curator's own pipeline as `curator extract` runs it:
+the pack's SCRFD detector (the largest face of the image or frame), the
+landmarks of each method, the 128 px analysis crop, and
+`curator.measure.states.describe_states` (the function extract calls). Methods:
+`dlib` (dlib's 68 points, what extract uses by default on a pack without a
+3D-68 model) and `none` (5 keypoints only). The pack's 3D-68 model
+(buffalo_l) cannot be had offline, so it is not measured.
+
+Data (none of it is in the repository; docs/benchmarks.md names each source):
+  frames     hand-labelled frames of shared clips (tests/data/states_labels.csv):
+             eyes closed per video frame (both eyes), mouth open (lips apart);
+  smile      SMILEsmileD (hromi/SMILEsmileD: SMILEs/positives, negatives; 64 px
+             faces from LFW labelled smiling / not), padded by a third of their
+             side with replicated borders and upscaled 3x so the detector sees a face;
+  masks      chandrikadeb7/Face-Mask-Detection dataset/with_mask, without_mask:
+             a covered lower face.
+SAMPLE images per class are taken from each public set (a hash of the file
+name picks them, so runs agree). The fitted states (smile, occluded_mouth)
+are fitted on fold 0 (hash parity) and scored on fold 1 only; `--fit` prints
+the coefficients curator/measure/states.py carries and writes them to
+bench/results/states_fit.json. The eye and mouth thresholds come from
+outside these labels (curator/measure/states.py says where), so their AUC is over
+every labelled frame; AUC does not depend on a threshold anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from curator.measure import descriptors  # noqa: E402
+from curator.models import faces  # noqa: E402
+from curator import media  # noqa: E402
+from curator.measure import states  # noqa: E402
+from curator.measure.align import DEFAULT_MARGIN, align_matrix  # noqa: E402
+
+TESTDATA = ROOT.parent / "shared" / "testdata"
+LABELS = ROOT / "tests" / "data" / "states_labels.csv"
+SAMPLE = 500
+METHODS = ("dlib", "none")
+
+
+def auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    """ROC AUC (Mann-Whitney), ties counted half; None without both classes."""
+    y = np.asarray(y, bool)
+    s = np.asarray(score, float)
+    ok = np.isfinite(s)
+    y, s = y[ok], s[ok]
+    pos, neg = s[y], s[~y]
+    if not len(pos) or not len(neg):
+        return None
+    order = np.argsort(np.r_[pos, neg], kind="mergesort")
+    ranks = np.empty(len(order))
+    ranks[order] = np.arange(1, len(order) + 1)
+    allv = np.r_[pos, neg]
+    # average ranks of ties
+    _, inv, counts = np.unique(allv, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, ranks)
+    ranks = (sums / counts)[inv]
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def fold(name: str) -> int:
+    return zlib.crc32(name.encode()) % 2
+
+
+def sample(paths: list[Path], n: int) -> list[Path]:
+    return sorted(paths, key=lambda p: zlib.crc32(p.name.encode()))[:n]
+
+
+def analyse(fm, image: np.ndarray) -> dict | None:
+    """The largest face's states and descriptors, as extract computes them."""
+    boxes, kpss = faces.detect(fm, image)
+    if not len(boxes):
+        return None
+    i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+    kps = kpss[i]
+    lmk = faces.landmarks(fm, image, boxes[i], kps).get("lmk68")
+    m = align_matrix(kps, descriptors.ANALYSIS_SIZE, DEFAULT_MARGIN)
+    out = states.describe_states(image, kps, m, lmk)
+    crop = descriptors.analysis_crop(image, m)
+    from curator.measure.align import transform_points
+    k = transform_points(kps, m)
+    lk = None if lmk is None else transform_points(np.asarray(lmk)[:, :2], m)
+    if lk is not None:
+        out["f_smile"] = states.smile_features(lk)
+    out["f_smile5"] = states.smile_features_kps5(k)
+    out["f_occ"] = states.occlusion_features(crop, k, lk)
+    return out
+
+
+def padded(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    image = cv2.copyMakeBorder(image, h // 3, h // 3, w // 3, w // 3, cv2.BORDER_REPLICATE)
+    return cv2.resize(image, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+
+
+def frames_set(fm) -> pd.DataFrame:
+    labels = pd.read_csv(LABELS, comment="#")
+    rows = []
+    for clip, g in labels.groupby("clip"):
+        want = dict(zip(g["frame"], zip(g["eyes"], g["mouth"])))
+        container, stream = media.open_video(TESTDATA / "videos" / f"{clip}.mp4")
+        for n, frame in enumerate(container.decode(stream)):
+            if n in want:
+                found = analyse(fm, media.to_bgr(frame))
+                if found is not None:
+                    rows.append({"set": "frames", "name": f"{clip}#{n}", "clip": clip, "eyes": want[n][0],
+                                 "mouth": want[n][1], **found})
+        container.close()
+    return pd.DataFrame(rows)
+
+
+def image_set(fm, name: str, folders: dict[str, Path], pad: bool) -> pd.DataFrame:
+    rows = []
+    for label, folder in folders.items():
+        paths = sample([p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")], SAMPLE)
+        for p in paths:
+            image = cv2.imread(str(p))
+            if image is None:
+                continue
+            found = analyse(fm, padded(image) if pad else image)
+            rows.append({"set": name, "name": p.name, "label": label, "found": found is not None, **(found or {})})
+    return pd.DataFrame(rows)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray) -> dict:
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = x.mean(0), x.std(0) + 1e-9
+    lr = LogisticRegression(C=1.0, max_iter=1000).fit((x - mean) / std, y)
+    return {"mean": [round(float(v), 5) for v in mean], "std": [round(float(v), 5) for v in std],
+            "coef": [round(float(lr.intercept_[0]), 5), *[round(float(v), 5) for v in lr.coef_[0]]]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="/work/data", help="folder holding smilesmiled/ and face-mask-detection/")
+    ap.add_argument("--pack", default=str(TESTDATA / "models" / "pack-small"))
+    ap.add_argument("--fit", action="store_true", help="fit smile and occluded_mouth on fold 0 and print them")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "states.json"))
+    args = ap.parse_args()
+    data = Path(args.data)
+    t0 = time.time()
+    result: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "pack": Path(args.pack).name, "sample_per_class": SAMPLE, "methods": {}}
+    tables = {}
+    for method in METHODS:
+        fm = faces.load_models(args.pack, device="cpu", landmarks=method)
+        tables[method] = {
+            "frames": frames_set(fm),
+            "smile": image_set(fm, "smile", {"smile": data / "smilesmiled/SMILEs/positives/positives7",
+                                             "neutral": data / "smilesmiled/SMILEs/negatives/negatives7"}, True),
+            "masks": image_set(fm, "masks", {"covered": data / "face-mask-detection/dataset/with_mask",
+                                             "bare": data / "face-mask-detection/dataset/without_mask"}, False),
+        }
+    if args.fit:
+        fitted = {}
+        d = tables["dlib"]["smile"].query("found")
+        tr = d[[fold(n) == 0 for n in d["name"]]]
+        fitted["SMILE_LMK68"] = fit_logistic(np.stack(tr["f_smile"]), (tr["label"] == "smile").to_numpy())
+        d = tables["none"]["smile"].query("found")
+        tr = d[[fold(n) == 0 for n in d["name"]]]
+        fitted["SMILE_KPS5"] = fit_logistic(np.stack(tr["f_smile5"]), (tr["label"] == "smile").to_numpy())
+        d = tables["dlib"]["masks"].query("found")
+        tr = d[[fold(n) == 0 for n in d["name"]]]
+        fitted["OCCLUDED_MOUTH"] = fit_logistic(np.stack(tr["f_occ"]), (tr["label"] == "covered").to_numpy())
+        (ROOT / "bench" / "results" / "states_fit.json").write_text(json.dumps(fitted, indent=1) + "\n")
+        print(json.dumps(fitted, indent=1))
+    for method, t in tables.items():
+        f = t["frames"]
+        eyes = f[f["eyes"].isin(["O", "C"])]
+        mouth = f[f["mouth"].isin(["O", "C"])]
+        held = {k: t[k][[fold(n) == 1 for n in t[k]["name"]]] for k in ("smile", "masks")}
+        sm, ms = held["smile"], held["masks"]
+        r = {
+            "eyes_closed_per_frame": {"auc": auc(eyes["eyes"] == "C", eyes["eyes_closed"]),
+                                      "frames": len(eyes), "closed": int((eyes["eyes"] == "C").sum()),
+                                      "per_clip": {c: auc(g["eyes"] == "C", g["eyes_closed"])
+                                                   for c, g in eyes.groupby("clip")}},
+            "mouth_open": {"auc": auc(mouth["mouth"] == "O", mouth["mouth_open"]), "frames": len(mouth),
+                           "open": int((mouth["mouth"] == "O").sum())},
+            "smile": {"auc": auc(sm.query("found")["label"] == "smile", sm.query("found")["smile"]),
+                      "faces": int(sm["found"].sum()), "images": len(sm), "fold": 1},
+            "covered_lower_face": {"auc": auc(ms.query("found")["label"] == "covered",
+                                              ms.query("found")["occluded_mouth"]),
+                                   "auc_occlusion": auc(ms.query("found")["label"] == "covered",
+                                                        ms.query("found")["occlusion"]),
+                                   "faces": int(ms["found"].sum()), "images": len(ms), "fold": 1,
+                                   "missed_covered": int((~ms["found"] & (ms["label"] == "covered")).sum())},
+        }
+        # winks: one eye closed; the per-eye columns should say which (image-left eye is the subject's right)
+        winks = f[f["eyes"].isin(["L", "R"])]
+        r["winks"] = {"frames": len(winks), "right_eye_lower": int(sum(
+            (row.eye_right_open < row.eye_left_open) == (row.eyes == "L") for row in winks.itertuples()))} \
+            if method == "dlib" else {}
+        result["methods"][method] = r
+    result["seconds"] = round(time.time() - t0, 1)
+    Path(args.out).write_text(json.dumps(result, indent=1, default=float) + "\n")
+    print(json.dumps(result["methods"], indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

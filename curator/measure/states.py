@@ -1,0 +1,268 @@
+"""Per-face states that ruin a swap when a set lacks them: eyes closed, mouth open, teeth, smile, covered face.
+
+Pure functions over the 128 px analysis crop (curator/descriptors.py) and
+the face's points in that crop: the detector's 5 keypoints, and the 68
+iBUG landmarks when the workspace has them (`settings.landmarks` 3d68 or
+dlib). Every value is on a 0-1 scale that means the same whatever the
+method, so curate, audit and review compare faces of any workspace alike;
+`states_method` records which method measured them (docs/workspace.md).
+
+- `eye_left_open`, `eye_right_open` (the subject's left and right eye, as
+  `kps` names them): the eye aspect ratio (Soukupova and Cech 2016: eyelid
+  gap over eye width) through a logistic centred on EAR_CLOSED (where it
+  comes from: below). `eyes_closed` is 1 minus the more open eye: a wink is
+  one eye closed, not closed eyes.
+- `mouth_open`: the inner-lip gap over the eye-corner distance through a logistic
+  centred on MOUTH_GAP_OPEN; `teeth`: the share of the opening (inside the
+  inner-lip outline) that is bright and unsaturated, 0 with a closed mouth.
+- `smile`: probability of a smile from a logistic regression on mouth width
+  and corner lift (68 points) or on the corners' spread (5 keypoints),
+  fitted on SMILEsmileD by bench/states.py (`--fit`), coefficients below.
+- `occlusion`: the share of the face covered, from the two regions below
+  (LOWER_SHARE of the face for the lower face, EYE_SHARE for the eye band,
+  times the probability that each is covered); `occluded_mouth` and
+  `occluded_eyes`: probability that the lower face (mouth, chin, cheeks) or
+  the eye band is covered by something that is not skin (a mask, a hand in
+  a glove, a microphone, sunglasses). `occluded_mouth` is a logistic
+  regression fitted on a public masked-face set (bench/states.py `--fit`);
+  `occluded_eyes` has no labelled data behind it (docs/benchmarks.md).
+
+Without 68 points (a pack without a 3D-68 model and dlib not installed)
+the eye and mouth states are appearance proxies at the keypoints
+(`descriptors.expression_from_kps5`): near chance on labelled faces
+(docs/benchmarks.md), which is why extract uses dlib's landmarks by default.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .align import DEFAULT_MARGIN, template
+
+# Eye aspect ratio at which an eye counts as half closed, and the logistic's width. Soukupova and Cech (2016)
+# used 0.2 on Talking Face / Eyeblink8 with their landmarks; with dlib's, on the frames labelled by hand in
+# tests/data/states_labels.csv (bench/states.py), 90% of closed eyes had EAR <= 0.155 and 95% of open eyes
+# >= 0.184 (squinting smiles 0.14-0.18), hence 0.17.
+EAR_CLOSED = 0.17
+EAR_SCALE = 0.015
+# Inner-lip gap (62-66) over the outer-eye-corner distance at which the lips count as apart: on the same
+# labelled frames 95% of closed mouths had <= 0.027 and every open one >= 0.081. Over the mouth's width
+# instead, a pursed mouth (narrow) read as open.
+MOUTH_GAP_OPEN = 0.05
+MOUTH_GAP_SCALE = 0.01
+# Fitted by `python bench/states.py --fit` (bench/results/states_fit.json): intercept, then one weight per
+# feature of `smile_features` / `occlusion_features`, on standardised features (mean, std below).
+SMILE_LMK68 = {"mean": [0.68037, 0.06898, 0.11568], "std": [0.08834, 0.053, 0.07634], "coef": [0.08728, 1.73334, 0.67474, 1.25356]}
+SMILE_KPS5 = {"mean": [0.82948], "std": [0.08481], "coef": [0.03729, 2.28578]}
+OCCLUDED_MOUTH = {"mean": [0.45028, 11.58185, 2.55872, -2.52678, -4.70549], "std": [0.35913, 8.91516, 13.02639, 8.55237, 9.44349], "coef": [-0.34996, 0.59802, 0.3949, -4.01311, 2.34706, -0.27506]}
+# Share of very dark pixels across the eye band (both eyes and the bridge) at which the eyes count as covered
+# (sunglasses): open eyes show a dark iris in about a tenth of it.
+DARK_EYE_BAND = 0.45
+DARK_EYE_SCALE = 0.08
+
+LOWER_SHARE = 0.45
+EYE_SHARE = 0.25
+# A face counts as covered (curate ranks it last, audit counts it) when a region is more likely covered than not.
+OCCLUDED_AT = 0.5
+CLOSED_AT = 0.5  # eyes_closed, mouth_open: the state holds when its probability reaches this
+REGION_NAMES = {"occluded_mouth": "mouth region", "occluded_eyes": "eye region"}
+
+COLUMNS = ("eyes_closed", "eyes_open", "eye_left_open", "eye_right_open", "mouth_open", "teeth", "smile", "occlusion",
+           "occluded_eyes", "occluded_mouth")
+METHODS = ("lmk68", "kps5")
+SIZE = 128
+_T = template(SIZE, DEFAULT_MARGIN)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+
+
+def logistic(model: dict, features) -> float:
+    x = (np.asarray(features, np.float64) - model["mean"]) / np.maximum(model["std"], 1e-9)
+    return float(sigmoid(model["coef"][0] + np.dot(model["coef"][1:], x)))
+
+
+def eye_aspect_ratio(lmk: np.ndarray, first: int) -> float:
+    """(|p2-p6| + |p3-p5|) / (2 |p1-p4|) for the eye whose outline starts at landmark `first` (36 or 42)."""
+    p = lmk[first:first + 6]
+    width = float(np.linalg.norm(p[0] - p[3]))
+    return float((np.linalg.norm(p[1] - p[5]) + np.linalg.norm(p[2] - p[4])) / (2.0 * max(width, 1e-6)))
+
+
+def mouth_gap(lmk: np.ndarray) -> float:
+    """Inner-lip gap (62 to 66) over the outer eye corners' distance (36 to 45)."""
+    return float(np.linalg.norm(lmk[62] - lmk[66]) / max(float(np.linalg.norm(lmk[36] - lmk[45])), 1e-6))
+
+
+def smile_features(lmk: np.ndarray) -> list[float]:
+    """Mouth width over outer-eye-corner distance; corner lift and lip gap over the same distance."""
+    eyes = float(np.linalg.norm(lmk[36] - lmk[45])) or 1e-6
+    up = lmk[27] - lmk[8]  # chin to nose bridge: the face's up, whatever its roll
+    up = up / max(float(np.linalg.norm(up)), 1e-6)
+    centre = (lmk[51] + lmk[57]) / 2
+    lift = float(np.dot((lmk[48] + lmk[54]) / 2 - centre, up)) / eyes
+    return [float(np.linalg.norm(lmk[48] - lmk[54])) / eyes, lift, float(np.linalg.norm(lmk[62] - lmk[66])) / eyes]
+
+
+def smile_features_kps5(kps: np.ndarray) -> list[float]:
+    return [float(np.linalg.norm(kps[4] - kps[3]) / max(float(np.linalg.norm(kps[1] - kps[0])), 1e-6))]
+
+
+# --- skin and what covers it --------------------------------------------------------------------------
+
+def _lab(crop_bgr: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(crop_bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
+
+
+def _polygon_mask(points: np.ndarray, shape=(SIZE, SIZE)) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(points).astype(np.int32).reshape(-1, 1, 2)], 1)
+    return mask.astype(bool)
+
+
+def _disc(centre, radius: float, shape=(SIZE, SIZE)) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius ** 2
+
+
+def regions(kps: np.ndarray, lmk: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Masks in the analysis crop: `skin_ref` (between the eyes, the nose bridge), `lower` (mouth, chin and
+    lower cheeks), `eye_band` (both eyes and the bridge), `face` (the face less eyes and mouth)."""
+    reye, leye, nose, rmouth, lmouth = np.asarray(kps, np.float64).reshape(5, 2)
+    iod = max(float(np.linalg.norm(leye - reye)), 4.0)
+    eyes_c, mouth_c = (reye + leye) / 2, (rmouth + lmouth) / 2
+    down = mouth_c - eyes_c
+    down = down / max(float(np.linalg.norm(down)), 1e-6)
+    side = np.array([-down[1], down[0]])
+    # between the eyes and down the bridge to the top of the nose
+    ref = _disc(eyes_c + 0.12 * iod * down, 0.14 * iod) | _disc(eyes_c + 0.35 * iod * down, 0.1 * iod)
+    lower = _polygon_mask(np.array([
+        nose + 0.25 * iod * down - 0.75 * iod * side, nose + 0.25 * iod * down + 0.75 * iod * side,
+        mouth_c + 0.75 * iod * down + 0.45 * iod * side, mouth_c + 0.75 * iod * down - 0.45 * iod * side]))
+    band = _polygon_mask(np.array([
+        eyes_c - 0.18 * iod * down - 0.85 * iod * side, eyes_c - 0.18 * iod * down + 0.85 * iod * side,
+        eyes_c + 0.18 * iod * down + 0.85 * iod * side, eyes_c + 0.18 * iod * down - 0.85 * iod * side]))
+    face = np.zeros((SIZE, SIZE), np.uint8)
+    centre = (eyes_c + mouth_c) / 2
+    angle = float(np.degrees(np.arctan2(down[1], down[0]))) - 90.0
+    cv2.ellipse(face, (int(round(centre[0])), int(round(centre[1]))), (int(0.95 * iod), int(1.35 * iod)), angle,
+                0, 360, 1, -1)
+    face = face.astype(bool)
+    if lmk is not None:
+        features = _polygon_mask(lmk[36:42]) | _polygon_mask(lmk[42:48]) | _polygon_mask(lmk[48:60])
+    else:
+        features = _disc(reye, 0.2 * iod) | _disc(leye, 0.2 * iod) | _polygon_mask(np.array([
+            rmouth - 0.12 * iod * down, lmouth - 0.12 * iod * down, lmouth + 0.15 * iod * down,
+            rmouth + 0.15 * iod * down]))
+    return {"skin_ref": ref, "lower": lower & ~features, "eye_band": band, "face": face & ~features}
+
+
+def not_skin(lab: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Pixels whose colour is not the reference skin's: chroma (a*, b*) more than 14 units away, or lightness
+    outside 0.45-1.6 of the skin's (shadows and highlights on skin stay skin)."""
+    L0, a0, b0 = (float(np.median(lab[..., i][ref])) for i in range(3))
+    chroma = np.hypot(lab[..., 1] - a0, lab[..., 2] - b0)
+    L = lab[..., 0]
+    return (chroma > 14.0) | (L < 0.45 * L0) | (L > 1.6 * max(L0, 1.0))
+
+
+def occlusion_features(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | None = None) -> list[float]:
+    """The lower face against the skin between the eyes: share of non-skin pixels, median chroma distance,
+    redness of the lips (median a* inside the outer lip outline, or between the mouth corners, minus the
+    skin's: a mask has no red lips, and alone this told masked faces from bare ones at AUC 0.93), and the
+    median a* and b* differences."""
+    lab = _lab(crop_bgr)
+    r = regions(kps, lmk)
+    ref, low = r["skin_ref"], r["lower"]
+    L0, a0, b0 = (float(np.median(lab[..., i][ref])) for i in range(3))
+    chroma = np.hypot(lab[..., 1] - a0, lab[..., 2] - b0)
+    if lmk is not None:
+        lips = _polygon_mask(lmk[48:60])
+    else:
+        k = np.asarray(kps, np.float64).reshape(5, 2)
+        iod = max(float(np.linalg.norm(k[1] - k[0])), 4.0)
+        lips = _disc((k[3] + k[4]) / 2, 0.18 * iod)
+    lip_a = float(np.median(lab[..., 1][lips]) - a0) if lips.any() else 0.0
+    return [float(not_skin(lab, ref)[low].mean()), float(np.median(chroma[low])), lip_a,
+            float(np.median(lab[..., 1][low]) - a0), float(np.median(lab[..., 2][low]) - b0)]
+
+
+def dark_eye_band(crop_bgr: np.ndarray, kps: np.ndarray) -> float:
+    """Share of the eye band darker than 0.35 of the skin's lightness (measured on the nose bridge)."""
+    lab = _lab(crop_bgr)
+    r = regions(kps, None)
+    L0 = float(np.median(lab[..., 0][r["skin_ref"]]))
+    return float((lab[..., 0][r["eye_band"]] < 0.35 * L0).mean())
+
+
+def teeth_share(crop_bgr: np.ndarray, lmk: np.ndarray) -> float:
+    """Share of the inner-lip opening (landmarks 60-67) that is bright and unsaturated: teeth."""
+    inner = _polygon_mask(lmk[60:68])
+    if inner.sum() < 3:
+        return 0.0
+    lab = _lab(crop_bgr)
+    r = regions(np.array([lmk[36:42].mean(0), lmk[42:48].mean(0), lmk[30], lmk[48], lmk[54]]), lmk)
+    L0 = float(np.median(lab[..., 0][r["skin_ref"]]))
+    teeth = (lab[..., 0] > 0.8 * L0) & (np.hypot(lab[..., 1], lab[..., 2]) < 25.0)
+    return float(teeth[inner].mean())
+
+
+# --- all states of one face ------------------------------------------------------------------------------
+
+def face_states(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | None = None,
+                kps5_expression: dict | None = None) -> dict:
+    """Every state of one face. `kps`: the 5 keypoints and `lmk` the 68 landmarks (or None), both in
+    analysis-crop pixels; `kps5_expression`: descriptors.expression_from_kps5 of the same face (used
+    without landmarks)."""
+    kps = np.asarray(kps, np.float64).reshape(5, 2)
+    out: dict = {}
+    usable = lmk is not None and np.isfinite(np.asarray(lmk, np.float64)).all()
+    if usable:
+        lmk = np.asarray(lmk, np.float64)[:, :2]
+        # iBUG 36-41 is the eye on the image's left: the subject's right eye
+        right = sigmoid((eye_aspect_ratio(lmk, 36) - EAR_CLOSED) / EAR_SCALE)
+        left = sigmoid((eye_aspect_ratio(lmk, 42) - EAR_CLOSED) / EAR_SCALE)
+        out["eye_left_open"], out["eye_right_open"] = float(left), float(right)
+        out["eyes_closed"] = float(1.0 - max(left, right))
+        out["eyes_open"] = float(max(left, right))
+        out["mouth_open"] = float(sigmoid((mouth_gap(lmk) - MOUTH_GAP_OPEN) / MOUTH_GAP_SCALE))
+        out["teeth"] = teeth_share(crop_bgr, lmk) if out["mouth_open"] > 0.5 else 0.0
+        out["smile"] = logistic(SMILE_LMK68, smile_features(lmk))
+        out["states_method"] = "lmk68"
+    else:
+        lmk = None
+        proxy = kps5_expression or {}
+        # the appearance proxies' own scales (descriptors.expression_from_kps5): a share of dark pixels, and
+        # rows of cavity per eye distance; centred where open and closed faces overlapped least
+        eyes = proxy.get("eyes_open", np.nan)
+        mouth = proxy.get("mouth_open", np.nan)
+        out["eye_left_open"] = out["eye_right_open"] = float("nan")
+        out["eyes_closed"] = float(1.0 - sigmoid((eyes - 0.08) / 0.03)) if np.isfinite(eyes) else float("nan")
+        out["eyes_open"] = 1.0 - out["eyes_closed"]
+        out["mouth_open"] = float(sigmoid((mouth - 0.15) / 0.05)) if np.isfinite(mouth) else float("nan")
+        out["teeth"] = float("nan")
+        out["smile"] = logistic(SMILE_KPS5, smile_features_kps5(kps))
+        out["states_method"] = "kps5"
+    out["occluded_mouth"] = logistic(OCCLUDED_MOUTH, occlusion_features(crop_bgr, kps, lmk))
+    out["occluded_eyes"] = float(sigmoid((dark_eye_band(crop_bgr, kps) - DARK_EYE_BAND) / DARK_EYE_SCALE))
+    # the share of the face covered: the lower face (mouth, chin, lower cheeks) is about LOWER_SHARE of the
+    # face's ellipse and the eye band about EYE_SHARE (measured on the regions above)
+    out["occlusion"] = float(LOWER_SHARE * out["occluded_mouth"] + EYE_SHARE * out["occluded_eyes"])
+    return out
+
+
+def describe_states(image: np.ndarray, kps: np.ndarray, matrix_to_analysis: np.ndarray,
+                    lmk68: np.ndarray | None = None, kps5_expression: dict | None = None) -> dict:
+    """`face_states` of the face at `kps` (source pixels) in a BGR frame; `matrix_to_analysis` maps source
+    pixels to the analysis crop (as for descriptors.describe), `lmk68` in source pixels or None."""
+    from .align import transform_points
+    from .descriptors import analysis_crop, expression_from_kps5
+
+    crop = analysis_crop(image, matrix_to_analysis)
+    k = transform_points(kps, matrix_to_analysis)
+    lmk = None if lmk68 is None else transform_points(np.asarray(lmk68)[:, :2], matrix_to_analysis)
+    if lmk is None and kps5_expression is None:
+        kps5_expression = expression_from_kps5(crop, k)
+    return face_states(crop, k, lmk, kps5_expression)
