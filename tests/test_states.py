@@ -16,6 +16,8 @@ import pytest
 from helpers import TESTDATA, clip, curator, curator_json
 from curator.workspace import open_workspace, read_table
 
+pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
+
 LABELS = pd.read_csv(__import__("pathlib").Path(__file__).parent / "data" / "states_labels.csv", comment="#")
 BLINK_CLIP = "liveportrait/driving_d5"
 
