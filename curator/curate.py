@@ -44,11 +44,11 @@ from .measure.metrics import EXPRESSION_UNIT_FLOOR, EXPRESSION_UNIT_STD, MIN_FAC
 from .errors import UsageError
 from .models.recognisers import DEFAULT
 from .measure.states import OCCLUDED_AT, REGION_NAMES
+from .workspace import WorkspaceError
 
 # The states curate reads when the workspace has them (curator/measure/states.py): eye and mouth states are expression
 # cells of their own; a face more likely covered than not in a region is ranked last.
 STATE_COLUMNS = ["eyes_closed", "occlusion", "occluded_mouth", "occluded_eyes"]
-from .workspace import WorkspaceError
 
 MIN_GAP_S = 2.0  # faces closer in time than this in one track are taken only if the budget needs them
 # Faces the recogniser sees as the same picture (its `same_picture` cosine, curator.recognisers, and pose
