@@ -38,14 +38,15 @@ MIB = 2**20
 
 @pytest.fixture(scope="module", autouse=True)
 def write_figures():
+    import platform
+
+    # The code as the run starts (the commit, and whether the working tree differed from it).
+    git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    run = {"date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()), "git": git.stdout.strip(),
+           "python": platform.python_version(), "cpu_count": os.cpu_count()}
     yield
     out = os.environ.get("CURATOR_RELIABILITY_OUT")
     if out:
-        import platform
-
-        git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
-        run = {"date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()), "git": git.stdout.strip(),
-               "python": platform.python_version(), "cpu_count": os.cpu_count()}
         Path(out).write_text(json.dumps({"run": run, **FIGURES}, indent=2) + "\n")
 
 
