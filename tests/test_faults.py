@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -82,15 +80,6 @@ def reference(tmp_path_factory) -> Path:
     curator("extract", *INPUTS, "-w", ws, "-q", check=True)
     curator("curate", "-w", ws, "--budget", "20", check=True)
     return ws
-
-
-def run_and_kill(args: list, delay: float) -> int:
-    proc = subprocess.Popen([sys.executable, "-m", "curator", *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(delay)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    return proc.wait()
 
 
 EXTRACT_COLUMNS = None  # all columns extract writes
