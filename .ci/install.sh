@@ -43,4 +43,13 @@ if ! command -v ip >/dev/null || ! command -v unshare >/dev/null; then
     echo "note: install iproute2 and util-linux for tests/test_ray.py (e.g. sudo apt-get install iproute2)" >&2
   fi
 fi
+# `strace`: tests/test_faults.py kills commands at a chosen system call (tests/fault_tools.py); `unshare`
+# (util-linux, above) also gives its full-disk tests a tmpfs of their own.
+if ! command -v strace >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq strace
+  else
+    echo "note: install strace for tests/test_faults.py (e.g. sudo apt-get install strace)" >&2
+  fi
+fi
 python -c "import cv2, av, insightface, onnxruntime, fiftyone, torch, sklearn, pyarrow, dlib, ray; from curator.models import dlib68, runtime; dlib68.model_path(); runtime.import_onnx2torch(); print('curator install ok: cv2', cv2.__version__, '| torch', torch.__version__, 'CUDA', torch.version.cuda)"

@@ -2,7 +2,8 @@
 
     eval "$(../shared/ci/mongod.sh start)"        # FiftyOne needs a MongoDB
     python bench/curate.py [--out bench/results/curate.json] [--scale-rows 1000000 3000000 10000000]
-                           [--markdown FILE] [--skip-quality] [--skip-scale] [--scale-dir DIR] [--scale-keep]
+                           [--markdown FILE] [--skip-quality] [--skip-scale | --scale-from FILE]
+                           [--scale-dir DIR] [--scale-keep]
                            [--cache DIR] [--workspace DIR] [--profile-dir DIR]
 
 A. Quality (real footage, real models), two scenarios, each with its own
@@ -29,7 +30,9 @@ A. Quality (real footage, real models), two scenarios, each with its own
    and, to compare the selection alone on one pool, the target faces that
    curator's identify finds (equal to the ground truth here): uniform@target,
    dfl_best@target, fo_unique@target and ours@target (curator.curate.curate
-   on that pool). Metrics: docs/benchmarks.md (## Curate).
+   on that pool). Metrics: docs/benchmarks.md (## Curate); near-duplicates are
+   judged on the crops' pixels (bench/crop_similarity.py: SSIM, pHash), which
+   curator does not select with.
 
 B. Scale. `curator.api.curate(ws, budget)` on format-2 workspaces of
    synthetic faces (--scale-rows: 1M, 3M, 10M) whose descriptors follow
@@ -60,15 +63,26 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from crop_similarity import Crops  # noqa: E402
 
 REPO = common.REPO
 BUDGET_SHARES = (0.02, 0.05, 0.10)
 # Scale (issue 17): 10 million faces on one 2-core machine in under 5 minutes and 12 GB.
 TARGETS = {"purity_min": 0.99, "scale_rows": 10_000_000, "scale_seconds_max": 300.0, "scale_peak_gb_max": 12.0}
 
-# Near-duplicate definition for the metric (independent of curate's feature space).
+# Near-duplicates in the metric are judged on the crops' pixels (bench/crop_similarity.py), which curator
+# never selects with: SSIM of the 64x64 grey crops at or above ND_SSIM (the headline rate), and, as a second
+# opinion, pHashes at most ND_PHASH_BITS apart. The levels come from the calibration pairs (calibrate_near_
+# duplicates) of both scenarios, set before the methods were compared on them: the highest pHash distance and
+# the lowest SSIM that at most 2% (pHash) and 1% (SSIM) of the pairs of faces 2 s or more apart in one clip
+# reach. Every re-encode of one source picture passes both; about half the faces 40 ms apart do.
+ND_SSIM = 0.90
+ND_PHASH_BITS = 2
+# curator's own same-picture rule (curator.curate: recogniser cosine >= 0.95, yaw and pitch within 5 degrees),
+# reported beside them only to show it is not an independent judge: curator scores 0 on it by construction.
 ND_COSINE = 0.95
 ND_POSE_DEG = 5.0
+CALIBRATION_PAIRS_MAX = 3000  # pairs of each kind whose crops are compared (a random sample beyond)
 
 
 def log(msg: str) -> None:
@@ -214,7 +228,7 @@ def label_faces(table: pd.DataFrame, segments: list[dict], fps: int) -> pd.DataF
 
 def near_duplicate_flags(emb: np.ndarray, yaw: np.ndarray, pitch: np.ndarray,
                          cos: float = ND_COSINE, deg: float = ND_POSE_DEG) -> np.ndarray:
-    """For each face of a chosen set: does another face of the set look the same (independent definition)?"""
+    """For each face of a chosen set: does another face of the set pass curator's own same-picture rule?"""
     n = len(emb)
     if n < 2:
         return np.zeros(n, bool)
@@ -224,15 +238,29 @@ def near_duplicate_flags(emb: np.ndarray, yaw: np.ndarray, pitch: np.ndarray,
     return close.any(1)
 
 
-def calibrate_near_duplicates(table: pd.DataFrame, emb: np.ndarray, gt: pd.DataFrame) -> dict:
-    """Cosine similarity of the recogniser's embeddings for pairs whose relation is known."""
-    def pct(v):
+def pixel_near_duplicates(crops: Crops, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each face of a chosen set: is another face of the set a near-duplicate by SSIM, and by pHash?"""
+    ssim, ham = crops.pairs_matrix(rows)
+    by_ssim, by_hash = ssim >= ND_SSIM, ham <= ND_PHASH_BITS
+    np.fill_diagonal(by_ssim, False)
+    np.fill_diagonal(by_hash, False)
+    return by_ssim.any(1), by_hash.any(1)
+
+
+def calibrate_near_duplicates(table: pd.DataFrame, emb: np.ndarray, gt: pd.DataFrame, crops: Crops) -> dict:
+    """Recogniser cosine, crop SSIM and pHash distance for pairs of faces whose relation is known."""
+    def pct(v, ge=None, le=None):
         v = np.asarray(v, float)
         if not len(v):
             return None
-        return {"pairs": int(len(v)), "p1": round(float(np.percentile(v, 1)), 3), "p5": round(float(np.percentile(v, 5)), 3),
-                "median": round(float(np.median(v)), 3), "p95": round(float(np.percentile(v, 95)), 3),
-                "max": round(float(v.max()), 3), f"share_ge_{ND_COSINE}": round(float((v >= ND_COSINE).mean()), 3)}
+        out = {"pairs": int(len(v)), "p1": round(float(np.percentile(v, 1)), 3), "p5": round(float(np.percentile(v, 5)), 3),
+               "median": round(float(np.median(v)), 3), "p95": round(float(np.percentile(v, 95)), 3),
+               "max": round(float(v.max()), 3)}
+        if ge is not None:
+            out[f"share_ge_{ge}"] = round(float((v >= ge).mean()), 3)
+        if le is not None:
+            out[f"share_le_{le}"] = round(float((v <= le).mean()), 3)
+        return out
 
     single = ~gt["person"].str.startswith("multi:")
     idx = np.flatnonzero(single.to_numpy())
@@ -240,37 +268,39 @@ def calibrate_near_duplicates(table: pd.DataFrame, emb: np.ndarray, gt: pd.DataF
     slot = gt["clip_slot"].to_numpy()
     loop = gt["loop"].to_numpy()
     person = gt["person"].to_numpy()
-    same_frame, adjacent, same_clip_far, consecutive = [], [], [], []
+    kinds: dict[str, list] = {"same_source_frame_other_loop": [], "adjacent_source_frames_40ms": [],
+                              "consecutive_analysed_faces_0.5s": [], "same_clip_2s_or_more_apart": []}
     by_clip = pd.Series(idx).groupby(clip[idx])
     for _, members in by_clip:
         m = members.to_numpy()
         if len(m) < 2:
             continue
-        s = emb[m] @ emb[m].T
-        iu = np.triu_indices(len(m), 1)
-        ds = np.abs(slot[m][:, None] - slot[m][None, :])[iu]
-        dl = (loop[m][:, None] != loop[m][None, :])[iu]
-        sv = s[iu]
-        same_frame += list(sv[(ds == 0) & dl])
-        adjacent += list(sv[(ds == 1)])
-        same_clip_far += list(sv[ds >= 2 * SPEC.fps])
+        a, b = np.triu_indices(len(m), 1)
+        ds = np.abs(slot[m][a] - slot[m][b])
+        dl = loop[m][a] != loop[m][b]
+        pairs = np.stack([m[a], m[b]], 1)
+        kinds["same_source_frame_other_loop"].append(pairs[(ds == 0) & dl])
+        kinds["adjacent_source_frames_40ms"].append(pairs[ds == 1])
+        kinds["same_clip_2s_or_more_apart"].append(pairs[ds >= 2 * SPEC.fps])
         # consecutive analysed faces of one pass through the clip (~0.5 s apart)
-        order = np.lexsort((slot[m], loop[m]))
-        mm = m[order]
-        ok = (loop[mm][1:] == loop[mm][:-1])
-        consecutive += list(np.sum(emb[mm][1:] * emb[mm][:-1], axis=1)[ok])
+        mm = m[np.lexsort((slot[m], loop[m]))]
+        ok = loop[mm][1:] == loop[mm][:-1]
+        kinds["consecutive_analysed_faces_0.5s"].append(np.stack([mm[:-1][ok], mm[1:][ok]], 1))
     # different people (single-person clips only)
     rng = np.random.default_rng(0)
     a, b = rng.choice(idx, 200_000), rng.choice(idx, 200_000)
     diff = person[a] != person[b]
-    different = np.sum(emb[a[diff]] * emb[b[diff]], axis=1)
-    return {
-        "same_source_frame_other_loop": pct(same_frame),
-        "adjacent_source_frames_40ms": pct(adjacent),
-        "consecutive_analysed_faces_0.5s": pct(consecutive),
-        "same_clip_2s_or_more_apart": pct(same_clip_far),
-        "different_people": pct(different),
-    }
+    kinds["different_people"] = [np.stack([a[diff], b[diff]], 1)]
+    out = {}
+    for name, parts in kinds.items():
+        pairs = np.concatenate(parts) if parts else np.zeros((0, 2), int)
+        cosine = np.sum(emb[pairs[:, 0]] * emb[pairs[:, 1]], axis=1)
+        if len(pairs) > CALIBRATION_PAIRS_MAX:
+            pairs = pairs[np.sort(rng.choice(len(pairs), CALIBRATION_PAIRS_MAX, replace=False))]
+        out[name] = {"cosine": pct(cosine, ge=ND_COSINE),
+                     "ssim": pct(crops.ssim(pairs[:, 0], pairs[:, 1]), ge=ND_SSIM),
+                     "phash_bits": pct(crops.hamming(pairs[:, 0], pairs[:, 1]), le=ND_PHASH_BITS)}
+    return out
 
 
 # --- baselines ------------------------------------------------------------------
@@ -424,7 +454,7 @@ class FiftyOneBaselines:
 
 # --- metrics ----------------------------------------------------------------------
 
-def evaluate(chosen: np.ndarray, table: pd.DataFrame, emb: np.ndarray, gt_target: np.ndarray) -> dict:
+def evaluate(chosen: np.ndarray, table: pd.DataFrame, emb: np.ndarray, gt_target: np.ndarray, crops: Crops) -> dict:
     from curator.measure import metrics
 
     chosen = np.asarray(chosen, int)
@@ -432,7 +462,12 @@ def evaluate(chosen: np.ndarray, table: pd.DataFrame, emb: np.ndarray, gt_target
     sel = table.iloc[chosen]
     sel_t = sel[gt_target[chosen]]
     cov = metrics.coverage(sel_t, ref)
-    nd = near_duplicate_flags(emb[chosen], sel["yaw"].to_numpy(float), sel["pitch"].to_numpy(float))
+    by_ssim, by_hash = pixel_near_duplicates(crops, chosen)
+    own = near_duplicate_flags(emb[chosen], sel["yaw"].to_numpy(float), sel["pitch"].to_numpy(float))
+
+    def rate(flags):
+        return round(float(flags.mean()), 4) if len(chosen) else None
+
     return {
         "chosen": int(len(chosen)),
         "target_chosen": int(len(sel_t)),
@@ -440,19 +475,19 @@ def evaluate(chosen: np.ndarray, table: pd.DataFrame, emb: np.ndarray, gt_target
         "pose_coverage": cov["pose_coverage"], "pose_bins_covered": cov.get("pose_bins_covered", 0),
         "pose_bins_target": cov["pose_bins"],
         "expression_coverage": cov["expression_coverage"], "light_coverage": cov["light_coverage"],
-        "near_duplicate_rate": round(float(nd.mean()), 4) if len(chosen) else None,
+        "near_duplicate_rate": rate(by_ssim),
+        "near_duplicate_rate_phash": rate(by_hash),
+        "near_duplicate_rate_curator_rule": rate(own),
     }
 
 
-def distinct_capacity(emb: np.ndarray, yaw: np.ndarray, pitch: np.ndarray) -> int:
-    """How many faces can be chosen with no near-duplicate pair at all (greedy independent set of the
+def distinct_capacity(crops: Crops, rows: np.ndarray) -> int:
+    """How many of `rows` can be chosen with no near-duplicate pair by SSIM (greedy independent set of the
     near-duplicate graph, fewest-neighbours first: a lower bound on the true maximum)."""
-    n = len(emb)
+    n = len(rows)
     if n == 0:
         return 0
-    sim = emb @ emb.T
-    adj = ((sim >= ND_COSINE) & (np.abs(yaw[:, None] - yaw[None, :]) < ND_POSE_DEG)
-           & (np.abs(pitch[:, None] - pitch[None, :]) < ND_POSE_DEG))
+    adj = crops.pairs_matrix(rows)[0] >= ND_SSIM
     np.fill_diagonal(adj, False)
     alive = np.ones(n, bool)
     count = 0
@@ -505,11 +540,14 @@ def run_scenario(key: str, args, cache: Path, work: Path, fm) -> dict:
     gt = label_faces(table, footage["segments"], SPEC.fps)
     gt_target = (gt["person"] == sc["person"]).to_numpy()
     yaw, pitch = table["yaw"].to_numpy(float), table["pitch"].to_numpy(float)
+    crops = Crops(ws.root, list(table["crop_path"]))
     out["faces"] = {"all": int(len(table)), "target": int(gt_target.sum()),
                     "other_people": int(gt.loc[~gt["person"].str.startswith("multi:") & ~gt_target, "person"].nunique()),
                     "multi_person_clip_faces": int(gt["person"].str.startswith("multi:").sum()),
-                    "target_distinct_capacity": distinct_capacity(emb[gt_target], yaw[gt_target], pitch[gt_target])}
-    out["near_duplicate_calibration"] = calibrate_near_duplicates(table, emb, gt)
+                    "target_distinct_capacity": distinct_capacity(crops, np.flatnonzero(gt_target))}
+    out["near_duplicate_calibration"] = calibrate_near_duplicates(table, emb, gt, crops)
+    out["near_duplicate_levels"] = {"ssim_ge": ND_SSIM, "phash_bits_le": ND_PHASH_BITS,
+                                    "curator_rule": {"cosine_ge": ND_COSINE, "pose_within_deg": ND_POSE_DEG}}
 
     # Baselines on all faces: they have no notion of the target.
     time_order = np.lexsort((table["face_index"].to_numpy(), table["frame"].to_numpy()))
@@ -575,9 +613,9 @@ def run_scenario(key: str, args, cache: Path, work: Path, fm) -> dict:
     methods["ours@target"] = {n: np.flatnonzero(curate_mod.curate(t2, n, emb=emb).columns["selected"].to_numpy(bool))
                                                for n in budgets}
 
-    out["results"] = {m: {lab: evaluate(sel[n], table, emb, gt_target) for lab, n in zip(labels, budgets)}
+    out["results"] = {m: {lab: evaluate(sel[n], table, emb, gt_target, crops) for lab, n in zip(labels, budgets)}
                       for m, sel in methods.items()}
-    out["all_target_faces"] = evaluate(np.flatnonzero(gt_target), table, emb, gt_target)
+    out["all_target_faces"] = evaluate(np.flatnonzero(gt_target), table, emb, gt_target, crops)
     out["checks"] = scenario_checks(out["results"])
     _print_scenario(key, out)
     return out
@@ -1035,6 +1073,9 @@ def main() -> None:
     ap.add_argument("--profile-dir", type=Path, default=None, help="write a cProfile file per scale size here")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--scale-from", type=Path, default=None,
+                    help="skip the scale run and keep the scale section of this earlier results file (it names its own "
+                         "machine, git and command)")
     ap.add_argument("--cache", type=Path, default=None, help="footage cache (default: CURATOR_BENCH_CACHE or ~/.cache/curator-bench)")
     ap.add_argument("--keep-workspace", action="store_true", help="keep the extracted workspace (path in the JSON)")
     ap.add_argument("--workspace", type=Path, default=None,
@@ -1061,7 +1102,10 @@ def main() -> None:
                     "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])}
     if not args.skip_quality:
         result["quality"] = run_quality(args)
-    if not args.skip_scale:
+    if args.scale_from:
+        # The scale section of an earlier results file, with its own machine, git, command and note.
+        result["scale"] = json.loads(args.scale_from.read_text())["scale"]
+    elif not args.skip_scale:
         runs = run_scale(sorted(args.scale_rows), args.scale_budget, args.seed, args.scale_timeout, args.profile_dir,
                          args.scale_dir, args.scale_keep)
         result["scale"] = {"budget": args.scale_budget, "runs": runs}
@@ -1122,32 +1166,45 @@ def render_markdown(result: dict) -> str:
                       f"{f['all']} faces: {f['target']} of the target, {f['multi_person_clip_faces']} from multi-person "
                       f"clips, the rest from {f['other_people']} other people's single-person clips. Budgets: "
                       + ", ".join(f"{k} = {v}" for k, v in b.items())
-                      + f". The target's faces allow at most ~{f['target_distinct_capacity']} with no near-duplicate pair."]
+                      + f". The target's faces allow at most ~{f['target_distinct_capacity']} with no near-duplicate "
+                      f"pair (SSIM >= {ND_SSIM})."]
             i = sc["identify"]
             lines.append(f"`curator identify --ref`: {i['target_faces']} faces marked, precision {i['precision']}, "
                          f"recall {i['recall']}; "
                          f"{i['tracks_spanning_several_clips_people']} of {i['tracks']} tracks span several clips/people "
                          f"({i['faces_in_such_tracks']} faces).")
-            lines += ["", "| method | budget | chosen | purity | pose cov. | pose bins | expr. cov. | light cov. | near-dup rate |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+            lines += ["", "| method | budget | chosen | purity | pose cov. | pose bins | expr. cov. | light cov. | "
+                      f"near-dup, SSIM >= {ND_SSIM} | near-dup, pHash <= {ND_PHASH_BITS} bits | curator's own rule |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
             for meth, per in sc["results"].items():
                 for lab, r in per.items():
                     lines.append(f"| {meth} | {lab} | {r['chosen']} | {r['identity_purity']:.2f} | {r['pose_coverage']:.2f} | "
                                  f"{r['pose_bins_covered']}/{r['pose_bins_target']} | {r['expression_coverage']:.2f} | "
-                                 f"{r['light_coverage']:.2f} | {r['near_duplicate_rate']:.2f} |")
+                                 f"{r['light_coverage']:.2f} | {r['near_duplicate_rate']:.2f} | "
+                                 f"{r['near_duplicate_rate_phash']:.2f} | {r['near_duplicate_rate_curator_rule']:.2f} |")
             a = sc["all_target_faces"]
             lines.append(f"| (all target faces) | - | {a['chosen']} | 1.00 | 1.00 | {a['pose_bins_target']}/{a['pose_bins_target']} | "
-                         f"1.00 | 1.00 | {a['near_duplicate_rate']:.2f} |")
+                         f"1.00 | 1.00 | {a['near_duplicate_rate']:.2f} | {a['near_duplicate_rate_phash']:.2f} | "
+                         f"{a['near_duplicate_rate_curator_rule']:.2f} |")
             cal = sc["near_duplicate_calibration"]
-            lines += ["", "Recogniser cosine similarity of known pairs (metric threshold "
-                      f"{ND_COSINE}):", "", "| pairs | n | p1 | p5 | median | p95 | max | share >= threshold |",
+            lines += ["", "Pairs of faces whose relation is known: crop SSIM, pHash distance and the recogniser's cosine "
+                      "(median, and the share that the near-duplicate levels count):", "",
+                      f"| pairs | n | SSIM p5 / median / p95 | share SSIM >= {ND_SSIM} | pHash bits p5 / median / p95 | "
+                      f"share <= {ND_PHASH_BITS} bits | cosine median | share cosine >= {ND_COSINE} |",
                       "|---|---|---|---|---|---|---|---|"]
             for name, c in cal.items():
-                if c:
-                    lines.append(f"| {name} | {c['pairs']} | {c['p1']} | {c['p5']} | {c['median']} | {c['p95']} | {c['max']} | "
-                                 f"{c[f'share_ge_{ND_COSINE}']} |")
+                if c and c["cosine"]:
+                    ss, ph, co = c["ssim"], c["phash_bits"], c["cosine"]
+                    lines.append(f"| {name} | {co['pairs']} | {ss['p5']} / {ss['median']} / {ss['p95']} | "
+                                 f"{ss[f'share_ge_{ND_SSIM}']} | {ph['p5']:g} / {ph['median']:g} / {ph['p95']:g} | "
+                                 f"{ph[f'share_le_{ND_PHASH_BITS}']} | {co['median']} | {co[f'share_ge_{ND_COSINE}']} |")
     sc = result.get("scale")
     if sc:
+        if "machine" in sc:  # a scale section taken from a run of its own (--scale-from)
+            m = sc["machine"]
+            lines += ["", f"Scale run on its own: Run {m['date']} on {m['cpu_model']} ({m['cpu_affinity']} cores), Python "
+                      f"{m['python']}, onnxruntime {m.get('onnxruntime')}, git {sc.get('git')}; total {sc['total_s']} s. "
+                      + sc.get("note", "")]
         lines += ["", f"#### Scale (budget {sc['budget']}; `curator.api.curate` on a format-2 workspace)", "",
                   "| rows | candidates | near-dup groups | wall s | CPU s (main + workers) | peak RSS MB (main / with workers) | "
                   "load avg before -> after | build s | workspace GB |", "|---|---|---|---|---|---|---|---|---|"]

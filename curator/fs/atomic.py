@@ -57,18 +57,54 @@ def temp_dir(target: str | os.PathLike) -> Path:
 
 
 def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Put `new` (a folder, or a file) at `target`; an existing `target` is moved aside first and removed only after."""
+    """Put `new` (a folder, or a file) at `target`; an existing `target` is removed only after.
+
+    Where the filesystem can swap two names in one step (Linux's renameat2 with
+    RENAME_EXCHANGE: ext4, XFS, Btrfs, tmpfs), `target` holds the old or the new
+    at every instant, and the old ends up at `new`'s name to be removed. Elsewhere
+    `target` is moved aside first, and a crash between the two renames leaves it
+    missing, with the old beside it as `.NAME.old-PID`.
+    """
     target = Path(target)
+    if target.exists() and _exchange(Path(new), target):
+        _remove(Path(new))  # the old one, now under the temporary name
+        return
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
     os.replace(new, target)
     if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names `a` and `b` in one step; False where the system or filesystem cannot."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not Linux, or a C library older than glibc 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):  # this filesystem cannot swap names
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _umask() -> int:

@@ -1,6 +1,6 @@
 """Per-face states that ruin a swap when a set lacks them: eyes closed, mouth open, teeth, smile, covered face.
 
-Pure functions over the 128 px analysis crop (curator/descriptors.py) and
+Pure functions over the 128 px analysis crop (curator/measure/descriptors.py) and
 the face's points in that crop: the detector's 5 keypoints, and the 68
 iBUG landmarks when the workspace has them (`settings.landmarks` 3d68 or
 dlib). Every value is on a 0-1 scale that means the same whatever the

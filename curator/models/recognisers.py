@@ -52,10 +52,10 @@ MOBILEFACENET_128 = Recogniser(
                        "same-person and 429 different-person pairs): every same-person pair >= 0.54, 99.5% of "
                        "different-person pairs < 0.45; tests/test_curate.py::"
                        "test_identity_threshold_calibration_on_labelled_photos re-checks it",
-        "track_link": "measured: bench/curate.py on the shared clips: one person's consecutive analysed faces "
-                      ">= 0.57, different people 0.16-0.22 at the 95th percentile",
-        "same_picture": "measured: bench/curate.py on the shared clips: frames 40 ms apart reach 0.95 90% of the "
-                        "time, faces of one clip 2 s or more apart 0.4%",
+        "track_link": "measured: bench/curate.py on the shared clips: 99% of one person's consecutive analysed "
+                      "faces >= 0.65, different people 0.22-0.30 at the 95th percentile",
+        "same_picture": "measured: bench/curate.py on the shared clips: frames 40 ms apart reach 0.95 64-77% of the "
+                        "time, faces of one clip 2 s or more apart 0-0.4%",
     })
 
 W600K_R50 = Recogniser(
