@@ -327,6 +327,26 @@ def fault_figures(d: dict) -> str:
     return table(["figure", "value"], rows)
 
 
+def states_auc(d: dict) -> str:
+    """bench/states.py's ROC AUC per state column, for the default method (dlib) and 5 keypoints."""
+    dl, kp = d["methods"]["dlib"], d["methods"]["none"]
+    eyes, mouth, smile, cov = (dl[k] for k in ("eyes_closed_per_frame", "mouth_open", "smile", "covered_lower_face"))
+    per_clip = ", ".join(f"{v:.2f}" for v in eyes["per_clip"].values())
+    rows = [
+        ["eyes closed, per video frame (`eyes_closed`)", "hand-labelled frames of 3 shared clips (below)",
+         f"{eyes['frames']} ({eyes['closed']} closed)", f"**{eyes['auc']:.3f}** (per clip {per_clip})",
+         f"{kp['eyes_closed_per_frame']['auc']:.2f}", "0.95"],
+        ["mouth open (`mouth_open`)", "the same frames", f"{mouth['frames']} ({mouth['open']} open)",
+         f"**{mouth['auc']:.2f}**", f"{kp['mouth_open']['auc']:.2f}", "0.95"],
+        ["smiling (`smile`)", "SMILEsmileD, held-out half", smile["faces"], f"**{smile['auc']:.2f}**",
+         f"{kp['smile']['auc']:.2f}", "0.90"],
+        ["covered lower face (`occluded_mouth`)", "Face-Mask-Detection, held-out half", cov["faces"],
+         f"**{cov['auc']:.2f}** (`occlusion`: {cov['auc_occlusion']:.2f})", f"{kp['covered_lower_face']['auc']:.2f}", "0.90"],
+    ]
+    return table(["state (column)", "data", "faces", "`dlib` (the default on a pack without 3D-68)",
+                  "`none` (5 keypoints)", "target"], rows)
+
+
 # --- which doc holds what --------------------------------------------------------------------------------------
 
 def curate_markdown(d: dict) -> str:
@@ -365,6 +385,7 @@ def expected() -> dict[str, list[tuple[str, str]]]:
             ("curate: where ours trails on the same pool", curate_trails(curate)),
             ("curate: scale", curate_scale(curate)),
             ("curate: scale, format 1", curate_scale_format1(load("curate_scale_format1.json"))),
+            ("states: ROC AUC per state", states_auc(load("states.json"))),
             *((f"thesis: table {i + 1}", t) for i, t in enumerate(thesis_tables(load("thesis.json")))),
         ],
         "bench_curate.md": [("the whole page", curate_markdown(curate))],
