@@ -380,7 +380,7 @@ def test_split_keyframes_number_frames_as_decoding_does(tmp_path):
             assert full[key.index] == key.pts, (path.path.name, key)
             container, stream = media.open_video(path.path)
             segment = media.Segment(1, key.index, key.pts, None, key.time_s)
-            found = media._seek_segment(container, stream, segment, media.SampleStats())
+            found = media.seek_segment(container, stream, segment, media.SampleStats())
             after = [(i, f.pts) for (i, f), _ in zip(found, range(12))]
             container.close()
             assert after == list(enumerate(full[key.index:key.index + 12], start=key.index)), (path.path.name, key)

@@ -426,7 +426,7 @@ def source_frames(rows: pd.DataFrame, meta: dict, stats: RenderStats) -> Iterato
             continue
         decode_stats = media.SampleStats()
         try:
-            for index, frame in enumerate(media._decode(container, stream, decode_stats)):
+            for index, frame in enumerate(media.decode(container, stream, decode_stats)):
                 if index in wanted:
                     image = media.to_bgr(frame)
                     for pos in wanted.pop(index):

@@ -9,7 +9,7 @@ videos for convert.
 from .footage import (  # noqa: F401
     VIDEO_EXTS, IMAGE_EXTS, MediaError, Footage, media_kind, discover, sniff_kind, read_image, VideoInfo,
     SamplerState, ResumePoint, HeldBytes, SampleStats, PendingFrame, SampledFrame, open_video, video_info,
-    luma_thumb, luma_plane, change, frame_time, sample_video, Segment, Keyframe, segments, split_keyframes,
-    frame_bytes, HoldPlan, hold_plan, frame_bytes_estimate, to_bgr, display_rotation, rotate, prefetch,
-    sha256_file,
+    av_reason, luma_thumb, luma_plane, change, frame_time, sample_video, Segment, Keyframe, segments,
+    split_keyframes, seek_segment, frame_bytes, decode, HoldPlan, hold_plan, frame_bytes_estimate, to_bgr,
+    display_rotation, rotate, prefetch, sha256_file,
 )

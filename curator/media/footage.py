@@ -237,7 +237,7 @@ def open_video(path: Path):
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise MediaError(f"not a readable video ({_av_reason(e)})") from None
+        raise MediaError(f"not a readable video ({av_reason(e)})") from None
     if not container.streams.video:
         container.close()
         raise MediaError("no video stream")
@@ -260,7 +260,7 @@ def video_info(stream, container) -> VideoInfo:
     return VideoInfo(cc.width, cc.height, fps, frames, duration, cc.name, cc.pix_fmt or "yuv420p")
 
 
-def _av_reason(e: Exception) -> str:
+def av_reason(e: Exception) -> str:
     msg = getattr(e, "strerror", None) or str(e)
     return msg.split(": '")[0] if msg else type(e).__name__
 
@@ -380,14 +380,14 @@ def sample_video(
                 container.close()
                 container, stream = open_video(path)
         if frames is None and restart is not None:
-            frames = _seek_segment(container, stream, segment, stats)
+            frames = seek_segment(container, stream, segment, stats)
             if frames is None:  # the keyframe was not found by seeking: decode from the start up to it
                 container.close()
                 container, stream = open_video(path)
-                frames = _skip_to(enumerate(_decode(container, stream, stats)), segment.start)
+                frames = _skip_to(enumerate(decode(container, stream, stats)), segment.start)
             state = SamplerState()
         if frames is None:
-            state, frames = SamplerState(), enumerate(_decode(container, stream, stats))
+            state, frames = SamplerState(), enumerate(decode(container, stream, stats))
         for index, frame in frames:
             if stop is not None and index >= stop:
                 break
@@ -469,7 +469,7 @@ def _seek_to(container, stream, point: ResumePoint, fps: float, stats: SampleSta
         container.seek(point.pts, stream=stream, backward=True, any_frame=False)
     except (av.error.FFmpegError, OverflowError, ValueError):
         return None, None
-    frames = _decode(container, stream, stats)
+    frames = decode(container, stream, stats)
     for frame in frames:
         if frame.pts is None or frame.pts > point.pts:
             break
@@ -575,7 +575,7 @@ def split_keyframes(container, stream) -> tuple[list[Keyframe], float, float]:
     return found, min(pts) * tb, max(pts) * tb
 
 
-def _seek_segment(container, stream, segment: Segment, stats: SampleStats):
+def seek_segment(container, stream, segment: Segment, stats: SampleStats):
     """(index, frame) pairs from the segment's keyframe on, found by seeking; None when seeking does not lead to
     a frame with its timestamp (the caller then decodes from the start)."""
     import av
@@ -584,7 +584,7 @@ def _seek_segment(container, stream, segment: Segment, stats: SampleStats):
         container.seek(segment.pts, stream=stream, backward=True, any_frame=False)
     except (av.error.FFmpegError, OverflowError, ValueError):
         return None
-    frames = _decode(container, stream, stats)
+    frames = decode(container, stream, stats)
     for frame in frames:
         if frame.pts is None or frame.pts > segment.pts:
             break
@@ -625,7 +625,7 @@ def _thin(frames: list, keep: int) -> list:
     return [frames[i] for i in pick]
 
 
-def _decode(container, stream, stats: SampleStats):
+def decode(container, stream, stats: SampleStats):
     """Decode frames; a broken stream ends the file with a recorded reason instead of an exception."""
     import av
 
@@ -641,7 +641,7 @@ def _decode(container, stream, stats: SampleStats):
                 stats.decoded += 1
                 yield frame
     except av.error.FFmpegError as e:
-        stats.error = f"decoding stopped after {stats.decoded} frames ({_av_reason(e)})"
+        stats.error = f"decoding stopped after {stats.decoded} frames ({av_reason(e)})"
 
 
 # --- memory held for pose back-fill and read-ahead ---------------------------

@@ -189,7 +189,7 @@ def demux(inp: VideoInput, max_frames: int | None, on_audio: Callable, stats: di
         if end is None:
             release(math.inf)
     except av.error.FFmpegError as e:
-        stats["error"] = f"decoding stopped after {frames} frames ({media._av_reason(e)})"
+        stats["error"] = f"decoding stopped after {frames} frames ({media.av_reason(e)})"
 
 
 @dataclass
@@ -238,7 +238,7 @@ def open_output(path: Path, container_format: str, first, inp: VideoInput, metad
         out.start_encoding()
     except av.error.FFmpegError as e:
         out.close()
-        raise ConvertError(f"{path}: cannot start writing ({media._av_reason(e)})") from None
+        raise ConvertError(f"{path}: cannot start writing ({media.av_reason(e)})") from None
     except BaseException:
         out.close()
         raise
