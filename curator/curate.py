@@ -551,7 +551,7 @@ OPTIONAL_COLUMNS = ["rejected", "kept", "crop_missing"]
 
 def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: float = MIN_FACE_PX,
            emb: np.ndarray | None = None, same_picture: float = DEFAULT.same_picture, appearance=None,
-           workers: int = 1) -> CurateResult:
+           workers: int = 1, for_faces: pd.DataFrame | None = None, share: float | None = None) -> CurateResult:
     """Dedupe and select on a face table that has identify's columns. Pure: reads nothing, writes nothing.
 
     `emb`: the identity embeddings aligned with the table's rows (a memory map
@@ -562,7 +562,9 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
     `appearance`: the 8x8 appearance vectors by row (`appearance[rows]` gives
     a [len(rows), 64] array), when the table does not carry the column; read
     a source at a time. `workers`: processes for the per-source groups (same
-    result for any number).
+    result for any number). `for_faces`: the faces of the video this set is for
+    (`--for`): selection takes their needs first, with at most `share` of the
+    budget (curator/target.py), and the summary says what they still lack.
     """
     if not len(table):
         raise WorkspaceError("the workspace has no faces")
@@ -625,7 +627,15 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
                           "row": leaders, "kept": kept[leaders]})
     if emb is not None and len(emb) != n:
         raise WorkspaceError(f"{len(emb)} embeddings for {n} faces")
-    chosen, codes, select_labels = select_codes(cands, budget, seed, emb, same_picture)
+    if for_faces is None:
+        chosen, codes, select_labels = select_codes(cands, budget, seed, emb, same_picture)
+    else:
+        from . import target as targeting
+
+        picked = targeting.select_for(cands, t.iloc[leaders], for_faces, budget, seed=seed, emb=emb,
+                                      same_picture=same_picture, share=targeting.SHARE if share is None else share,
+                                      expression=targeting.methods_match(t, for_faces))
+        chosen, codes, select_labels = picked.chosen, picked.codes, picked.labels
     del cands
     selected = np.zeros(n, bool)
     selected[leaders] = chosen
@@ -642,6 +652,7 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
         "dup_group": pd.Categorical.from_codes(group_code, categories=leader_ids),
         "pose_cluster": _pose_clusters(t), "expr_cluster": expr, "light_cluster": light,
         "selected": selected, "reason": _categorical(reason, labels),
+        "for_target": np.zeros(n, bool), "target_faces": np.zeros(n, np.int32),
     })
     ref = sub[[c for c in ("yaw", "pitch", *metrics.EXPRESSION_COLUMNS, *metrics.LIGHT_COLUMNS) if c in sub]]
     summary = {
@@ -654,6 +665,14 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
     }
     if budget > is_leader.sum():
         summary["note"] = f"budget {budget} is more than the {int(is_leader.sum())} distinct target faces; all are selected"
+    if for_faces is not None:  # which faces serve the target, and what it still lacks
+        columns.loc[leaders[picked.for_target], "for_target"] = True
+        columns.loc[selected, "target_faces"] = targeting.serving(t[selected], for_faces, picked.tol)[0].astype(np.int32)
+        summary["for_target"] = {
+            "share": targeting.SHARE if share is None else share, "places": picked.places,
+            "selected_for_target": int(picked.for_target.sum()), "picks": picked.picks, "tolerance": picked.tol,
+            **targeting.coverage_report(t[selected], t.iloc[leaders[picked.before]], t.iloc[leaders], for_faces,
+                                        picked.tol)}
     return CurateResult(columns, summary)
 
 
