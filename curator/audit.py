@@ -27,7 +27,7 @@ import pandas as pd
 from . import metrics
 from .errors import CuratorError
 from .metrics import PLAUSIBLE_PITCH, PLAUSIBLE_YAW, known_pose, pose_counts
-from .report import check_out, heatmap_png, histograms_png, render_page, thumbnail, write_report
+from .report import check_out, heatmap_png, histograms_png, public, render_page, thumbnail, write_report
 from .workspace import Workspace, inputs_of, read_table, table_columns
 
 WIDE_COLUMNS = ("lmk68", "kps", "bbox", "appearance", "align_matrix")
@@ -325,6 +325,30 @@ pitch &gt; 0 = looking up. Dashed box: the plausible range (|yaw| ≤ {{ py }}°
 {% for h in holes %}<li class="{{ 'thin' if h.kind == 'thin' else '' }}">{{ h.words }}</li>
 {% endfor %}</ul>{% else %}<p>No holes in the plausible pose range.</p>{% endif %}
 
+{% if s.for_target %}{% set f = s.for_target %}
+<h2>For the target</h2>
+<div class="sub">{{ f.target['for'] | join(', ') }}: {{ f.target.faces }} faces, the person chosen by {{ f.target.identity }}
+(workspace {{ f.target.workspace }}). A target face is served by its nearest {{ f.set }} face within ±{{ f.tolerance.yaw|int }}°
+of yaw and pitch (docs/curation.md, "For a target").</div>
+<div class="nums">
+ <div class="num big"><b>{{ '%.3f' % f.gap_score.selected }}</b><span>gap score ({{ '%.3f' % f.gap_score.all_candidates }} with every candidate)</span></div>
+ <div class="num"><b>{{ f.faces_serving }}</b><span>of {{ f.faces }} {{ f.set }} faces serve it</span></div>
+ <div class="num"><b>{{ pct(f.uncovered_share.selected) }}</b><span>of its faces served by none</span></div>
+ {% if f.taken_for_target is not none %}<div class="num"><b>{{ f.taken_for_target }}</b><span>selected for it (curate --for)</span></div>{% endif %}
+</div>
+<img class="chart" alt="target heatmap" src="{{ ft.heatmap }}">
+<h3>Its poses, most faces first</h3>
+<ul>{% for n in f.needs %}<li>{{ n.words }}: {{ n.target_faces }} target face(s), {{ n.served }} served by {{ n.selected_faces }} {{ f.set }} face(s)</li>
+{% endfor %}</ul>
+<h3>What to look for</h3>
+{% if f.look_for %}<ul>{% for l in f.look_for %}<li>{{ l }}</li>{% endfor %}</ul>
+{% else %}<p>Nothing: the footage has faces near every target face's pose{{ ', expression' if f.expression_compared else '' }} and lighting.</p>{% endif %}
+{% for n in f.notes %}<div class="note">{{ n }}</div>{% endfor %}
+<h3>The {{ f.set }} faces standing for most of it</h3>
+<div class="row">{% for t in ft.thumbs %}<figure><img src="{{ t.src }}" alt="{{ t.title }}" width="72" height="72">
+<figcaption>{{ t.title }}</figcaption></figure>{% endfor %}</div>
+{% endif %}
+
 <h2>Expression</h2>
 <img class="chart" alt="expression histograms" src="{{ expression }}">
 <div class="sub">Method {{ s.expression_method | join(', ') }} (the scale depends on it). Dashed lines: tertile edges
@@ -356,8 +380,13 @@ def _tertile_words(t: dict) -> str:
     return " ".join(f"{c}: {v['low']} low / {v['mid']} mid / {v['high']} high." for c, v in t["columns"].items())
 
 
-def render_audit(fs: FaceSet, summary: dict) -> str:
+def render_audit(fs: FaceSet, summary: dict, target=None) -> str:
     faces = fs.faces
+    ft = {}
+    if target is not None:  # `audit --for`: curator/target.py says what the section shows
+        from .target import audit_pictures
+
+        ft = audit_pictures(fs, target, summary["for_target"])
     exp_edges = {c: v["edges"] for c, v in summary["expression"]["columns"].items()}
     light_edges = {c: v["edges"] for c, v in summary["lighting"]["columns"].items()}
     examples = _examples_per_bin(faces)
@@ -375,17 +404,24 @@ def render_audit(fs: FaceSet, summary: dict) -> str:
         quality=histograms_png(faces, QUALITY_COLUMNS, log=("sharpness",),
                                titles={"sharpness": "sharpness (log)", "face_px": "face_px (source pixels)",
                                        "det_score": "det_score"}),
-        tertiles=_tertile_words, py=int(PLAUSIBLE_YAW), pp=int(PLAUSIBLE_PITCH), per=THUMBS_PER_STRIP,
+        tertiles=_tertile_words, py=int(PLAUSIBLE_YAW), pp=int(PLAUSIBLE_PITCH), per=THUMBS_PER_STRIP, ft=ft,
     )
 
 
 # --- the command's body (the CLI stays thin) -------------------------------------------
 
-def audit(ws: Workspace, *, selected: bool = False, out: str | os.PathLike | None = None) -> dict:
+def audit(ws: Workspace, *, selected: bool = False, out: str | os.PathLike | None = None, target=None) -> dict:
+    """`target`: a curator.target.Target (`audit --for`): the report also says which faces serve it."""
     out = check_out(out or ws.root / "audit.html", "audit", inputs_of(ws))
     fs = load_faces(ws, "selected" if selected else "default")
     summary = audit_summary(fs)
-    summary["report"] = str(write_report(out, render_audit(fs, summary)))
+    if target is not None:
+        from .target import audit_part
+
+        summary["for_target"] = audit_part(fs, target)
+    summary["report"] = str(write_report(out, render_audit(fs, summary, target)))
+    if target is not None:
+        summary["for_target"] = public(summary["for_target"])
     return summary
 
 
@@ -395,4 +431,11 @@ def audit_line(s: dict) -> str:
     return (f"{s['report_faces']} {s['set']} faces in {s['pose_bins_occupied']} pose bins"
             + (f"; selection covers {cov['pose_coverage']:.0%} of pose bins, {cov['expression_coverage']:.0%} of "
                f"expression and {cov['light_coverage']:.0%} of lighting cells" if cov else "")
-            + "".join(f"\n  {h}" for h in holes[:8]) + f"\nreport: {s['report']}")
+            + "".join(f"\n  {h}" for h in holes[:8])
+            + (f"\n{_target_line(s['for_target'])}" if s.get("for_target") else "") + f"\nreport: {s['report']}")
+
+
+def _target_line(part: dict) -> str:
+    from .target import audit_line as target_audit_line
+
+    return target_audit_line(part)

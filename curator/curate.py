@@ -671,8 +671,8 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
         summary["for_target"] = {
             "share": targeting.SHARE if share is None else share, "places": picked.places,
             "selected_for_target": int(picked.for_target.sum()), "picks": picked.picks, "tolerance": picked.tol,
-            **targeting.coverage_report(t[selected], t.iloc[leaders[picked.before]], t.iloc[leaders], for_faces,
-                                        picked.tol)}
+            **targeting.coverage_report({"with_for": t[selected], "without_for": t.iloc[leaders[picked.before]],
+                                         "all_candidates": t.iloc[leaders]}, for_faces, picked.tol, main="with_for")}
     return CurateResult(columns, summary)
 
 

@@ -56,8 +56,9 @@ from .errors import CuratorError, UsageError
 
 POSE_TOLERANCE_DEG = 5.0  # compare.POSE_TOLERANCE_DEG: a box the size of a pose bin centred on the face
 SHARE = 0.5  # of the budget, at most, for the target's levels; the rest keeps A's own diversity (docs/curation.md)
-NEED_GRID = 0.5  # target faces within half a tolerance of each other in every unit are one need
-PER_CELL = 16  # candidates per half-tolerance cell that a level considers (the best by quality): bounded work
+NEED_GRID = 0.1  # target faces within a tenth of a tolerance (0.5° of pose) in every unit are one need
+CELL_GRID = 0.5  # candidates are considered per cell of half a tolerance ...
+PER_CELL = 16  # ... the best this many by quality in each (bounded work on millions of candidates)
 NEAR_BEST = 0.9  # a pick covers at least this share of the best pick's gain; among those, the best quality
 DESCRIPTORS = ("yaw", "pitch", *metrics.EXPRESSION_COLUMNS, *metrics.LIGHT_COLUMNS)
 LEVELS = ("pose", "expression", "lighting", "proportion")
@@ -119,9 +120,9 @@ def medians(faces: pd.DataFrame) -> dict[str, float]:
 def needs(points: np.ndarray, grid: float = NEED_GRID) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Target faces on a grid of `grid` tolerances: (need centres [k, d], weights [k] = faces, need of each face).
 
-    The cover is measured from a need's centre, so a face can be up to half a
-    grid cell from where its need is judged; the reported coverage is measured
-    on the faces themselves (`covered`)."""
+    The cover is measured from a need's centre, so a face can be up to a grid
+    cell from where its need is judged; the reported coverage is measured on
+    the faces themselves (`covered`)."""
     if not len(points):
         return np.zeros((0, points.shape[1])), np.zeros(0), np.zeros(0, np.int64)
     keys = np.floor(points / grid).astype(np.int64)
@@ -132,7 +133,7 @@ def needs(points: np.ndarray, grid: float = NEED_GRID) -> tuple[np.ndarray, np.n
     return centres / counts[:, None], counts.astype(np.float64), inverse
 
 
-def best_per_cell(points: np.ndarray, order: np.ndarray, keep: int = PER_CELL, grid: float = NEED_GRID) -> np.ndarray:
+def best_per_cell(points: np.ndarray, order: np.ndarray, keep: int = PER_CELL, grid: float = CELL_GRID) -> np.ndarray:
     """Of the rows in `order` (best first), the first `keep` of each grid cell, in that order."""
     if not len(order):
         return order
@@ -462,25 +463,27 @@ def serving(source: pd.DataFrame, target: pd.DataFrame, tol: dict) -> tuple[np.n
 
 # --- what the selection covers of the target, and what it cannot ------------------------
 
-def coverage_report(selected: pd.DataFrame, before: pd.DataFrame, candidates: pd.DataFrame, target: pd.DataFrame,
-                    tol: dict, *, source_root: str = "", target_root: str = "") -> dict:
-    """The selection against the target, next to the same budget without `--for` and to every candidate.
+def coverage_report(sets: dict[str, pd.DataFrame], target: pd.DataFrame, tol: dict, main: str) -> dict:
+    """Named sets of source faces against the target, `main` first among them.
 
     gap_score: compare's gap score (curator/compare.py) of each set against the
     target; pose_distance_deg: mean over the target's faces of the distance
     (sqrt(dyaw² + dpitch²)) to the nearest face of the set; uncovered_share:
-    the target's faces with no face of the set within the pose tolerance. The
-    candidates are the best any selection from this footage can do: what
-    they lack is what to film, with compare's "find footage of ..." sentences.
+    the target's faces with no face of the set within the pose tolerance;
+    covered_share: the target's faces covered in pose (yaw and pitch together)
+    and in every expression and every lighting descriptor. The set
+    "all_candidates" is what any selection from this footage can draw on:
+    what it lacks is what to film, in compare's "find footage of ..."
+    sentences (`look_for`). Its gap score is not a strict floor: compare
+    scales expression by each set's own spread.
     """
     from .compare import compare_sets
 
-    sets = {"without_for": before, "with_for": selected, "all_candidates": candidates}
-    target_set = _face_set(target, target_root, "target")
-    compared = {k: compare_sets(_face_set(v, source_root, k), target_set) for k, v in sets.items()}
+    target_set = _face_set(target, "target")
+    compared = {k: compare_sets(_face_set(v, k), target_set) for k, v in sets.items()}
     t_ok = np.isfinite(target["yaw"].to_numpy(float)) & np.isfinite(target["pitch"].to_numpy(float))
     t_pose = target.loc[t_ok, ["yaw", "pitch"]].to_numpy(float)
-    fill = medians(candidates)
+    fill = medians(sets.get("all_candidates", sets[main]))
 
     def cover(faces: pd.DataFrame, level: str) -> float:
         """Share of the target's faces covered in every cover of `level` (pose: yaw and pitch together)."""
@@ -490,24 +493,24 @@ def coverage_report(selected: pd.DataFrame, before: pd.DataFrame, candidates: pd
             c &= covered(scaled(faces[ok], cols, tol, fill), scaled(target[t_ok], cols, tol, fill))
         return round(float(c.mean()), 4) if len(c) else 1.0
 
+    levels = [lv for lv in ("pose", "expression", "lighting") if dict(plan(tol))[lv]]
     out = {
         "gap_score": {k: c["gap_score"] for k, c in compared.items()},
         "pose_distance_deg": {k: round(pose_distance(v, t_pose), 2) for k, v in sets.items()},
         "uncovered_share": {k: round(1.0 - cover(v, "pose"), 4) for k, v in sets.items()},
-        "covered_share": {k: {lv: cover(v, lv) for lv in ("pose", "expression", "lighting")
-                              if lv != "expression" or "smile" in tol} for k, v in sets.items()},
-        "expression_compared": compared["with_for"]["expression_compared"],
-        "notes": compared["with_for"]["notes"],
+        "covered_share": {k: {lv: cover(v, lv) for lv in levels} for k, v in sets.items()},
+        "expression_compared": compared[main]["expression_compared"],
+        "notes": list(compared[main]["notes"]),
         "regions": [{k: g[k] for k in ("kind", "key", "words", "faces", "share", "weight", "look_for")}
-                    for g in compared["with_for"]["regions"]],
+                    for g in compared[main]["regions"]],
         # what no selection from this footage can cover: footage to find
-        "look_for": compared["all_candidates"]["look_for"],
+        "look_for": compared.get("all_candidates", compared[main])["look_for"],
     }
-    lacking = out["uncovered_share"]["with_for"] - out["uncovered_share"]["all_candidates"]
-    if lacking > 1e-9:
-        out["notes"] = out["notes"] + [
-            f"{lacking:.0%} of the target's faces have a candidate within {POSE_TOLERANCE_DEG:g}° that the budget "
-            "left out: raise --budget or --for-share"]
+    if "all_candidates" in sets:
+        left_out = out["uncovered_share"][main] - out["uncovered_share"]["all_candidates"]
+        if left_out > 1e-9:
+            out["notes"].append(f"{left_out:.0%} of the target's faces have a candidate within "
+                                f"{POSE_TOLERANCE_DEG:g}° of pose that the selection left out: raise --budget or --for-share")
     return out
 
 
@@ -523,24 +526,118 @@ def pose_distance(faces: pd.DataFrame, t_pose: np.ndarray) -> float:
     return float(cKDTree(pts).query(t_pose, k=1)[0].mean())
 
 
-def _face_set(faces: pd.DataFrame, root: str, name: str):
-    """compare's FaceSet of a table already in memory (compare reads only its faces and its workspace's name)."""
+def _face_set(faces: pd.DataFrame, name: str):
+    """compare's FaceSet of a table already in memory (compare reads its faces; its workspace only for a name)."""
     from .audit import FaceSet
     from .workspace import Workspace
 
-    return FaceSet(Workspace(Path(root or ".")), faces, faces, name, faces)
+    return FaceSet(Workspace(Path(name)), faces, faces, name, faces)
 
 
 def summary_line(r: dict) -> str:
-    """The human lines of `curate --for` / `run --for` / `audit --for`."""
+    """The human lines of `curate --for` and `run --for`: the gap before and after, what is still uncovered."""
     g, u = r["gap_score"], r["uncovered_share"]
-    lines = [f"for target ({r['target']['faces']} faces): gap score {g['without_for']:.3f} without --for, "
-             f"{g['with_for']:.3f} with it ({g['all_candidates']:.3f} with every candidate); "
-             f"{u['with_for']:.0%} of the target's faces have no selected face within {POSE_TOLERANCE_DEG:g}° of pose"
-             + (f", {r['selected_for_target']} faces selected for it" if "selected_for_target" in r else "")]
-    lines += [f"  {x}" for x in r["look_for"]]
-    lines += [f"note: {x}" for x in r["notes"]]
-    return "\n".join(lines)
+    lines = [f"for target ({r['target']['faces']} faces): {r['selected_for_target']} selected for it; gap score "
+             f"{g['without_for']:.3f} without --for, {g['with_for']:.3f} with it ({g['all_candidates']:.3f} with every "
+             f"candidate); {u['with_for']:.0%} of its faces have no selected face within {POSE_TOLERANCE_DEG:g}° of "
+             f"pose ({u['without_for']:.0%} without --for, {u['all_candidates']:.0%} with every candidate)"]
+    return "\n".join(lines + _look_for_lines(r))
+
+
+def _look_for_lines(r: dict) -> list[str]:
+    return [f"  {x}" for x in r["look_for"]] + [f"note: {x}" for x in r["notes"]]
+
+
+SOURCE_COLUMNS = ["expression_method", "pose_method"]  # what curate reads besides its own columns, for compare's rules
+
+
+def record(ws, target: Target | None, share: float) -> None:
+    """workspace.json's `curated_for`: the target the selection was made for (export copies it into
+    provenance.json); a curate without a target removes it. The caller holds the workspace's lock."""
+    from .workspace import now, read_meta, write_meta
+
+    meta = read_meta(ws)
+    if target is None and "curated_for" not in meta:
+        return
+    meta.pop("curated_for", None)
+    if target is not None:
+        meta["curated_for"] = {**target.describe(), "share": share, "curated": now()}
+    write_meta(ws, meta)
+
+
+# --- audit --for ------------------------------------------------------------------------------
+
+SHOWN_SERVING = 12  # selected faces shown in the audit report, those standing for the most target faces first
+
+
+def audit_part(fs, target: Target) -> dict:
+    """`audit --for`: which selected faces serve the target and how many of its faces each stands for (its
+    nearest selected face within the pose tolerance, `serving`), the target's pose bins and how much of each
+    is served, and what the selection and the footage lack (`coverage_report`). Before curate, the report's
+    faces stand in for the selection."""
+    from .audit import _flag, bin_words, pose_bin_table
+
+    table = fs.table
+    chosen = fs.curated
+    faces = table[_flag(table, "selected") & ~_flag(table, "rejected")] if chosen else fs.faces
+    pool = fs.reference
+    if "dup_group" in pool:  # curate's candidates are the near-duplicate groups' leaders: its units come from them
+        pool = pool[pool["face_id"].to_numpy(object) == pool["dup_group"].astype(object).to_numpy()]
+    tol = tolerances(pool, methods_match(pool, target.faces))
+    counts, nearest = serving(faces, target.faces, tol)
+    report = coverage_report({"selected": faces, "all_candidates": pool}, target.faces, tol, main="selected")
+    order = np.argsort(-counts, kind="stable")
+    order = order[counts[order] > 0]
+    shown = faces.iloc[order[:SHOWN_SERVING]]
+    t = target.faces
+    bins = pose_bin_table(t)
+    served = np.zeros(len(t), bool)
+    served[nearest >= 0] = True
+    t_bin = [metrics.pose_label(y, p) for y, p in zip(t["yaw"], t["pitch"])]
+    per_bin = pd.DataFrame({"bin": t_bin, "served": served, "by": nearest}).groupby("bin")
+    needs = []
+    for _, b in bins.sort_values("faces", ascending=False).iterrows():
+        g = per_bin.get_group(b["bin"])
+        needs.append({"bin": b["bin"], "words": bin_words(b["yaw_from"], b["pitch_from"]), "target_faces": int(b["faces"]),
+                      "served": int(g["served"].sum()), "selected_faces": int(g.loc[g["served"], "by"].nunique())})
+    return {
+        "target": target.describe(), "set": "selected" if chosen else fs.name, "tolerance": tol,
+        "faces_serving": int((counts > 0).sum()), "faces": int(len(faces)),
+        "taken_for_target": int(_flag(faces, "for_target").sum()) if "for_target" in faces else None,
+        "serving": [{"face_id": f, "target_faces": int(c), "for_target": bool(ft), "reason": str(r)}
+                    for f, c, ft, r in zip(shown["face_id"], counts[order[:SHOWN_SERVING]],
+                                           _flag(shown, "for_target"),
+                                           shown["reason"] if "reason" in shown else [""] * len(shown))],
+        "needs": needs, "_target_served": served, "_serving_rows": shown.index.to_numpy(), **report,
+    }
+
+
+def audit_pictures(fs, target: Target, part: dict) -> dict:
+    """The section's pictures: the target's poses with the faces no selected face serves marked, and the
+    selected faces standing for the most target faces, each with its count."""
+    from .audit import face_thumb
+    from .report import heatmap_png
+
+    t = target.faces
+    missing = t[~part["_target_served"]]
+    heat = heatmap_png(t, f"target: {len(t)} faces (red ×: served by no {part['set']} face within "
+                          f"±{POSE_TOLERANCE_DEG:g}°)", marks=missing)
+    thumbs = []
+    for row, s in zip(part["_serving_rows"], part["serving"]):
+        thumb = face_thumb(fs.ws, fs.table.loc[row])
+        if thumb:
+            thumbs.append({**thumb, "title": f"{thumb['title']} · {s['target_faces']} target faces"})
+    return {"heatmap": heat, "thumbs": thumbs}
+
+
+def audit_line(r: dict) -> str:
+    """`audit --for`'s lines."""
+    u = r["uncovered_share"]
+    lines = [f"for target ({r['target']['faces']} faces): {r['faces_serving']} of the {r['faces']} {r['set']} faces "
+             f"serve it; gap score {r['gap_score']['selected']:.3f} ({r['gap_score']['all_candidates']:.3f} with every "
+             f"candidate); {u['selected']:.0%} of its faces have no {r['set']} face within {POSE_TOLERANCE_DEG:g}° of "
+             f"pose ({u['all_candidates']:.0%} with every candidate)"]
+    return "\n".join(lines + _look_for_lines(r))
 
 
 # --- the target itself ---------------------------------------------------------------------
