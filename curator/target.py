@@ -723,8 +723,10 @@ def _target_faces(ws, given: list[str], shas: set | None, for_ref, models: str |
 
     # bbox, for identify's tracks; the other wide columns are never needed here
     table = read_table(ws, [c for c in table_columns(ws) if c not in WIDE_COLUMNS or c == "bbox"])
-    rows = np.flatnonzero(table["source_sha256"].isin(shas).to_numpy()) if shas is not None else np.arange(len(table))
     what = " ".join(given)
+    if not len(table):
+        raise TargetError(f"--for {what}: no faces found in the target (nothing to curate for)")
+    rows = np.flatnonzero(table["source_sha256"].isin(shas).to_numpy()) if shas is not None else np.arange(len(table))
     if not len(rows):
         raise TargetError(f"--for {what}: no faces found in the target (nothing to curate for)")
     table = table.iloc[rows].reset_index(drop=True)
