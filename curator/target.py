@@ -2,43 +2,51 @@
 
 A face swap draws person A's face over person B's in one video. What A's set
 must teach is the poses, expressions and lighting B shows there, so with
-`--for B` selection takes the target's needs first and A's own diversity
-(curator/curate.py's levels) with what is left:
+`--for B` selection takes the target's needs first, with at most `share` of
+the budget, and A's own diversity (curator/curate.py's levels) with the rest.
+The target's needs, in two levels:
 
-  T1 pose:        every target face gets a selected face within the pose
-                  tolerance (the larger of the yaw and pitch differences at
-                  most 5°: compare's box, the size of a pose bin);
-  T2 expression:  every target face gets, for each of mouth_open, eyes_open
-                  and smile, a selected face within that descriptor's
-                  tolerance (when both workspaces measure expression the
-                  same way);
-  T3 lighting:    the same for lum, light_lr and contrast;
-  T4 proportion:  more faces where the target has more faces: a pose that
-                  fills a third of B's video earns more places than one that
-                  appears once.
+  needs:       one greedy weighted cover, where a target face newly covered
+               is worth compare's gap weight (curator/compare.py) of what
+               covers it: 1 in pose (a selected face within the pose
+               tolerance, the larger of the yaw and pitch differences at
+               most 5°: compare's box), 0.5 in expression and 0.25 in
+               lighting (a selected face within the tolerance of one
+               descriptor, the weight split between the level's three), and
+               CLOSE_WORTH more in pose within half the tolerance. So pose
+               comes first, then expression, then lighting, each target face
+               counting once: a pose that fills a third of B's video weighs a
+               third of the cover.
+  proportion:  more faces where the target has more faces: every target
+               face within the pose tolerance of a candidate counts 1/(k+1)
+               when k selected faces already reach it (D'Hondt's rule), and
+               the level stops when no face is worth one whole target face.
+
+A target face no candidate is within the pose tolerance of is served by the
+nearest candidates there are (within STAND_IN_SLACK of the nearest): the best
+stand-in the footage has, and what compare's "find footage of ..." sentences
+then ask for.
 
 Expression and lighting are covered one descriptor at a time, not jointly
 with pose or with each other: measured on two different people they rarely
 agree in several descriptors at once (on the shared clips one person's
 candidates came within tolerance of another's faces in all three expression
 descriptors for 21-83% of them, in all three lighting ones for 0-20%, but in
-each descriptor alone for 74-100%), and compare's gap score, which this
-selection lowers, measures them the same way, per descriptor.
+each descriptor alone for 74-100%), and compare's gap score measures them the
+same way, per descriptor.
 
-Each level is a greedy weighted cover over *needs*: the target's faces
-collapsed onto a half-tolerance grid, each need weighing the target faces it
-stands for. The face taken next is the one that covers the most target faces
-not yet covered (T4: every target face within reach counts 1/(k+1) when k
-selected faces already reach it, D'Hondt's rule, and T4 stops when no face
-is worth one whole target face), and among the faces within NEAR_BEST of
-that gain, the best quality. The near-duplicate groups and the identity pool
-are curate's; the same-picture rule and (after T1) the 2 s same-track rule of
-curate's selection apply to these picks too. The target's levels take at
-most `share` of the budget; what remains goes to curate's levels, which build
-on what the target's picks already cover.
+A need is the target's faces on a grid of a tenth of a tolerance. The face
+taken next is the one whose gain (the worth of what it newly covers) is
+largest, and among the faces within NEAR_BEST of that gain, the best
+quality. The near-duplicate groups and the identity pool are curate's; the
+same-picture rule of curate's selection applies to these picks too, and the
+2 s same-track rule to the proportion level (curate's L1 is spared it too: a
+turning head crosses poses within a second). curate's levels then run with
+the target's picks taken first, so they build on what the picks cover.
 
 Everything here is functions over tables and arrays, and writes nothing;
-`load_target` is the one that reads (and for footage, extracts) the target.
+`load_target` reads (and for footage, extracts) the target and `record`
+notes it in workspace.json.
 """
 
 from __future__ import annotations
@@ -61,9 +69,9 @@ CELL_GRID = 0.5  # candidates are considered per cell of half a tolerance ...
 PER_CELL = 16  # ... the best this many by quality in each (bounded work on millions of candidates)
 NEAR_BEST = 0.9  # a pick covers at least this share of the best pick's gain; among those, the best quality
 DESCRIPTORS = ("yaw", "pitch", *metrics.EXPRESSION_COLUMNS, *metrics.LIGHT_COLUMNS)
-LEVELS = ("pose", "expression", "lighting", "proportion")
-MIN_PROPORTION_GAIN = 1.0  # T4 takes a face only while it stands for at least one whole target face (D'Hondt)
-STAND_IN_SLACK = 0.2  # a target face no candidate is within tolerance of is served by one at most this much (in tolerances) farther than the nearest
+MIN_PROPORTION_GAIN = 1.0  # the proportion level takes a face only while it stands for a whole target face
+CLOSE_WORTH = 0.25  # a target face newly within half the pose tolerance (2.5°), next to compare's gap weights
+STAND_IN_SLACK = 0.2  # tolerances: a target face beyond every candidate's reach is served by one this close to the nearest
 
 
 class TargetError(CuratorError):
@@ -87,13 +95,34 @@ def tolerances(source: pd.DataFrame, expression: bool = True) -> dict[str, float
     return tol
 
 
-def plan(tol: dict) -> list[tuple[str, list[list[str]]]]:
-    """The target's levels in order, each a list of covers (the descriptors one cover is measured in):
-    pose is one cover of yaw and pitch together; expression and lighting one cover per descriptor."""
-    return [("pose", [["yaw", "pitch"]]),
-            ("expression", [[c] for c in metrics.EXPRESSION_COLUMNS if c in tol]),
-            ("lighting", [[c] for c in metrics.LIGHT_COLUMNS]),
-            ("proportion", [["yaw", "pitch"]])]
+@dataclass(frozen=True)
+class Cover:
+    """One cover of the target's faces: by the descriptors `columns` (in tolerances times `scale`), each target
+    face it newly covers worth `worth` (compare's gap weights: pose 1, expression 0.5, lighting 0.25, split
+    between a level's descriptors). nearest: target faces no candidate is within tolerance of are covered by
+    the nearest candidates there are (stand-ins)."""
+    level: str
+    columns: tuple
+    worth: float = 1.0
+    scale: float = 1.0
+    nearest: bool = False
+
+
+def plan(tol: dict) -> list[tuple[str, list[Cover]]]:
+    """The target's levels in order: (name, its covers). The first level is one greedy cover over pose (yaw
+    and pitch together), each expression descriptor and each lighting descriptor, a target face worth compare's
+    weight of each; the second gives more places where the target has more faces (D'Hondt)."""
+    from .compare import GAP_WEIGHTS
+
+    expression = [c for c in metrics.EXPRESSION_COLUMNS if c in tol]
+    covers = [Cover("pose", ("yaw", "pitch"), GAP_WEIGHTS["pose"], nearest=True)]
+    covers += [Cover("expression", (c,), GAP_WEIGHTS["expression"] / len(expression)) for c in expression]
+    covers += [Cover("lighting", (c,), GAP_WEIGHTS["lighting"] / len(metrics.LIGHT_COLUMNS))
+               for c in metrics.LIGHT_COLUMNS]
+    # within the pose tolerance, closer is still better for the model: a face within half of it is worth
+    # as much again as a lighting descriptor, so it never outbids a face the gap score counts as missing
+    covers.append(Cover("pose_close", ("yaw", "pitch"), CLOSE_WORTH, scale=0.5))
+    return [("needs", covers), ("proportion", [Cover("proportion", ("yaw", "pitch"))])]
 
 
 def scaled(faces: pd.DataFrame, cols: list[str], tol: dict, fill: dict) -> np.ndarray:
@@ -273,45 +302,46 @@ class Level:
     """One level's covers as a single weighted cover: pairs (candidate, need) over the needs of all its covers."""
     a_of: np.ndarray
     n_of: np.ndarray
-    weight: np.ndarray
+    weight: np.ndarray  # per need: the target faces it stands for, times its cover's worth
     count: np.ndarray
     members: list  # per need: the target rows it stands for
-    column: list  # per need: the descriptor of its cover
+    cover: np.ndarray  # per need: its cover (index into the level's covers)
     stand_in: np.ndarray  # per need: no candidate is within tolerance of it
 
 
-def build_level(covers: list[list[str]], a_all: pd.DataFrame, pool: np.ndarray, taken: np.ndarray,
-                t_faces: pd.DataFrame, t_rows: np.ndarray, tol: dict, fill: dict, nearest: bool) -> Level:
+def build_level(covers: list[Cover], a_all: pd.DataFrame, pool: np.ndarray, taken: np.ndarray,
+                t_faces: pd.DataFrame, t_rows: np.ndarray, tol: dict, fill: dict) -> Level:
     """The needs of a level's covers and which of `pool` (and of the faces already `taken`) reach each.
 
-    nearest: target faces that no candidate reaches within tolerance are
-    reached by the candidates within half a tolerance of the nearest one
-    (pose: the best stand-in the footage has)."""
+    A cover with `nearest` lets the candidates within STAND_IN_SLACK of the
+    nearest one reach a need no candidate is within tolerance of (pose: the
+    best stand-in the footage has)."""
     from scipy.spatial import cKDTree
 
-    a_ofs, n_ofs, weights, counts, members, columns, stand = [], [], [], [], [], [], []
+    a_ofs, n_ofs, weights, counts, members, cover_of, stand = [], [], [], [], [], [], []
     offset = 0
-    for cols in covers:
-        pts = scaled(a_all, cols, tol, fill)
-        centres, w, need_of = needs(scaled(t_faces, cols, tol, fill))
+    for k, cv in enumerate(covers):
+        cols, ctol = list(cv.columns), {c: tol[c] * cv.scale for c in cv.columns}
+        pts = scaled(a_all, cols, ctol, fill)
+        centres, w, need_of = needs(scaled(t_faces, cols, ctol, fill))
         radius = np.ones(len(centres))
-        if nearest and len(centres):
+        if cv.nearest and len(centres):
             best = cKDTree(pts).query(centres, k=1, p=np.inf)[0]
             radius = np.maximum(1.0, best + STAND_IN_SLACK)
         a_of, n_of = reach(pts[pool], centres, radius)
         count = np.bincount(reach(pts[taken], centres, radius)[1], minlength=len(centres)).astype(np.float64)
         a_ofs.append(a_of)
         n_ofs.append(n_of + offset)
-        weights.append(w)
+        weights.append(w * cv.worth)
         counts.append(count)
         order = np.argsort(need_of, kind="stable")
         members += np.split(t_rows[order], np.cumsum(np.bincount(need_of, minlength=len(centres)))[:-1])
-        columns += [cols[0]] * len(centres)
+        cover_of.append(np.full(len(centres), k))
         stand.append(radius > 1.0)
         offset += len(centres)
     cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
     return Level(cat(a_ofs, np.int64), cat(n_ofs, np.int64), cat(weights, np.float64), cat(counts, np.float64),
-                 members, columns, cat(stand, bool))
+                 members, cat(cover_of, np.int64), cat(stand, bool))
 
 
 @dataclass
@@ -363,30 +393,33 @@ def select_for(cands: pd.DataFrame, desc: pd.DataFrame, target: pd.DataFrame, bu
     for i in np.flatnonzero(kept):
         taken.add(int(i))
     picks: list[Pick] = []
-    for level, level_covers in plan(tol):
+    for level, covers in plan(tol):
         left = places - len(picks)
         if left <= 0 or not len(t_rows) or not len(back):
             break
         proportional = level == "proportion"
         order = np.flatnonzero(~taken.mask[back])[np.argsort(quality_rank[back][~taken.mask[back]], kind="stable")]
-        keep = max(PER_CELL, left) if proportional else PER_CELL  # T4 may give one pose many places
-        pool = np.unique(np.concatenate([best_per_cell(scaled(eligible, cols, tol, fill), order, keep)
-                                         for cols in level_covers]))
+        keep = max(PER_CELL, left) if proportional else PER_CELL  # proportion may give one pose many places
+        pool = np.unique(np.concatenate([best_per_cell(scaled(eligible, list(cv.columns), tol, fill), order, keep)
+                                         for cv in covers]))
         pool = pool[np.argsort(quality_rank[back[pool]], kind="stable")]
-        lv = build_level(level_covers, eligible, pool, np.flatnonzero(taken.mask[back]), t_faces, t_rows, tol, fill,
-                         nearest=level == "pose")
-        use_time = level != "pose"  # like curate's L1: a turning head crosses poses within a second
+        lv = build_level(covers, eligible, pool, np.flatnonzero(taken.mask[back]), t_faces, t_rows, tol, fill)
 
         def accept(k: int) -> bool:
-            return not taken.repeats(int(back[pool[k]]), use_time)
+            # curate's rules for near repeats; the 2 s rule spares pose picks, as curate's L1 spares each pose
+            # bin's best (a turning head crosses poses within a second)
+            return not taken.repeats(int(back[pool[k]]), use_time=level == "proportion")
 
         for k, took in greedy(len(pool), lv.a_of, lv.n_of, lv.weight, lv.count, quality_rank[back[pool]], left, accept,
                               proportional=proportional, min_gain=MIN_PROPORTION_GAIN if proportional else 1e-9):
             i = int(back[pool[k]])
             taken.add(i)
+            # what the pick is for: the cover it added the most to
+            main = int(np.argmax(np.bincount(lv.cover[took], weights=lv.weight[took], minlength=len(covers))))
+            took = took[lv.cover[took] == main]
             faces = np.unique(np.concatenate([lv.members[j] for j in took])) if len(took) else np.zeros(0, np.int64)
-            picks.append(Pick(i, level, lv.column[took[0]] if len(took) else "yaw", faces,
-                              bool(len(took)) and bool(lv.stand_in[took].all())))
+            cv = covers[main]
+            picks.append(Pick(i, cv.level, cv.columns[0], faces, bool(len(took)) and bool(lv.stand_in[took].all())))
 
     # curate's levels with the target's picks taken first (as if kept): they build on what the picks cover.
     for_target = np.zeros(n, bool)
@@ -398,7 +431,7 @@ def select_for(cands: pd.DataFrame, desc: pd.DataFrame, target: pd.DataFrame, bu
     for p in picks:
         codes[p.index] = len(labels)
         labels.append(pick_reason(p, target, desc.iloc[p.index]))
-    counts = {lv: sum(p.level == lv for p in picks) for lv, _ in plan(tol)}
+    counts = {lv: sum(p.level == lv for p in picks) for lv in dict.fromkeys(c.level for _, cs in plan(tol) for c in cs)}
     return TargetSelection(chosen, codes, labels, for_target, before, counts, places, tol)
 
 
@@ -407,7 +440,7 @@ def pick_reason(p: Pick, target: pd.DataFrame, face: pd.Series) -> str:
     "selected for target: smile 0.12 as in 9 target faces (near frontal (...))"."""
     sub = target.iloc[p.faces]
     n = f"{len(sub)} target face{'s' * (len(sub) != 1)}"
-    if p.level == "pose":
+    if p.level in ("pose", "pose_close"):
         if p.stand_in:
             away = np.maximum(np.abs(sub["yaw"].to_numpy(float) - face["yaw"]),
                               np.abs(sub["pitch"].to_numpy(float) - face["pitch"]))
@@ -448,7 +481,7 @@ def serving(source: pd.DataFrame, target: pd.DataFrame, tol: dict) -> tuple[np.n
     if not s_ok.any() or not t_ok.any():
         return counts, nearest
     fill = medians(source)
-    cols = [c for lv, group in plan(tol)[:3] for cs in group for c in cs]
+    cols = ["yaw", "pitch", *(c for c in metrics.EXPRESSION_COLUMNS if c in tol), *metrics.LIGHT_COLUMNS]
     s_rows, t_rows = np.flatnonzero(s_ok), np.flatnonzero(t_ok)
     s_all, t_all = scaled(source.iloc[s_rows], cols, tol, fill), scaled(target.iloc[t_rows], cols, tol, fill)
     within = cKDTree(s_all[:, :2]).query_ball_point(t_all[:, :2], r=1.0 + 1e-9, p=np.inf)
@@ -489,11 +522,12 @@ def coverage_report(sets: dict[str, pd.DataFrame], target: pd.DataFrame, tol: di
         """Share of the target's faces covered in every cover of `level` (pose: yaw and pitch together)."""
         ok = np.isfinite(faces["yaw"].to_numpy(float)) & np.isfinite(faces["pitch"].to_numpy(float))
         c = np.ones(int(t_ok.sum()), bool)
-        for cols in dict(plan(tol))[level]:
+        for cv in (x for x in plan(tol)[0][1] if x.level == level):
+            cols = list(cv.columns)
             c &= covered(scaled(faces[ok], cols, tol, fill), scaled(target[t_ok], cols, tol, fill))
         return round(float(c.mean()), 4) if len(c) else 1.0
 
-    levels = [lv for lv in ("pose", "expression", "lighting") if dict(plan(tol))[lv]]
+    levels = [lv for lv in ("pose", "expression", "lighting") if any(x.level == lv for x in plan(tol)[0][1])]
     out = {
         "gap_score": {k: c["gap_score"] for k, c in compared.items()},
         "pose_distance_deg": {k: round(pose_distance(v, t_pose), 2) for k, v in sets.items()},
