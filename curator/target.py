@@ -690,9 +690,12 @@ class Target:
 
 
 def default_workspace(beside: Path) -> Path:
-    """Where footage targets are extracted when --for-workspace is not given: BESIDE.for.workspace."""
+    """Where footage targets are extracted when --for-workspace is not given: BESIDE.for.workspace, beside an
+    export folder or a workspace (a workspace's own ".workspace" left out, so `run --out set` and `curate -w
+    set.workspace` share set.for.workspace)."""
     beside = Path(beside)
-    return beside.with_name(beside.name + ".for.workspace")
+    name = beside.name[: -len(".workspace")] if beside.name.endswith(".workspace") else beside.name
+    return beside.with_name(name + ".for.workspace")
 
 
 def is_workspace(path: Path) -> bool:
