@@ -325,7 +325,7 @@ pitch &gt; 0 = looking up. Dashed box: the plausible range (|yaw| ≤ {{ py }}°
 {% for h in holes %}<li class="{{ 'thin' if h.kind == 'thin' else '' }}">{{ h.words }}</li>
 {% endfor %}</ul>{% else %}<p>No holes in the plausible pose range.</p>{% endif %}
 
-{% if s.for_target %}{% set f = s.for_target %}
+{% if s.get('for_target') %}{% set f = s.for_target %}
 <h2>For the target</h2>
 <div class="sub">{{ f.target['for'] | join(', ') }}: {{ f.target.faces }} faces, the person chosen by {{ f.target.identity }}
 (workspace {{ f.target.workspace }}). A target face is served by its nearest {{ f.set }} face within ±{{ f.tolerance.yaw|int }}°
