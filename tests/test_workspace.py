@@ -17,7 +17,8 @@ from curator import api, workspace
 from curator.workspace import (FORMAT_VERSION, RowArray, open_workspace, read_embeddings, read_meta, read_table,
                                read_vectors, shards)
 
-CURATE_COLUMNS = ["face_id", "quality", "dup_group", "pose_cluster", "expr_cluster", "light_cluster", "selected", "reason"]
+CURATE_COLUMNS = ["face_id", "quality", "dup_group", "pose_cluster", "expr_cluster", "light_cluster", "selected", "reason",
+                  "for_target", "target_faces"]
 
 
 @pytest.fixture(scope="module")
