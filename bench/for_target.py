@@ -37,7 +37,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -153,7 +152,6 @@ def main() -> None:
     args = ap.parse_args()
     common.require_testdata()
     from curator import target as targeting
-    from curator.workspace import open_workspace
 
     cache = Path(args.cache or common.default_cache())
     budgets = [int(x) for x in args.budgets.split(",")]

@@ -71,7 +71,8 @@ NEAR_BEST = 0.9  # a pick covers at least this share of the best pick's gain; am
 DESCRIPTORS = ("yaw", "pitch", *metrics.EXPRESSION_COLUMNS, *metrics.LIGHT_COLUMNS)
 MIN_PROPORTION_GAIN = 1.0  # the proportion level takes a face only while it stands for a whole target face
 CLOSE_WORTH = 0.25  # a target face newly within half the pose tolerance (2.5°), next to compare's gap weights
-STAND_IN_SLACK = 0.2  # tolerances: a target face beyond every candidate's reach is served by one this close to the nearest
+# tolerances: a target face beyond every candidate's reach is served by one this close to the nearest one
+STAND_IN_SLACK = 0.2
 
 
 class TargetError(CuratorError):
@@ -543,8 +544,8 @@ def coverage_report(sets: dict[str, pd.DataFrame], target: pd.DataFrame, tol: di
     if "all_candidates" in sets:
         left_out = out["uncovered_share"][main] - out["uncovered_share"]["all_candidates"]
         if left_out > 1e-9:
-            out["notes"].append(f"{left_out:.0%} of the target's faces have a candidate within "
-                                f"{POSE_TOLERANCE_DEG:g}° of pose that the selection left out: raise --budget or --for-share")
+            out["notes"].append(f"{left_out:.0%} of the target's faces have a candidate within {POSE_TOLERANCE_DEG:g}° "
+                                "of pose that the selection left out: raise --budget or --for-share")
     return out
 
 
@@ -632,7 +633,8 @@ def audit_part(fs, target: Target) -> dict:
     needs = []
     for _, b in bins.sort_values("faces", ascending=False).iterrows():
         g = per_bin.get_group(b["bin"])
-        needs.append({"bin": b["bin"], "words": bin_words(b["yaw_from"], b["pitch_from"]), "target_faces": int(b["faces"]),
+        needs.append({"bin": b["bin"], "words": bin_words(b["yaw_from"], b["pitch_from"]),
+                      "target_faces": int(b["faces"]),
                       "served": int(g["served"].sum()), "selected_faces": int(g.loc[g["served"], "by"].nunique())})
     return {
         "target": target.describe(), "set": "selected" if chosen else fs.name, "tolerance": tol,
