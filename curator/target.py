@@ -120,8 +120,8 @@ def plan(tol: dict) -> list[tuple[str, list[Cover]]]:
     covers += [Cover("expression", (c,), GAP_WEIGHTS["expression"] / len(expression)) for c in expression]
     covers += [Cover("lighting", (c,), GAP_WEIGHTS["lighting"] / len(metrics.LIGHT_COLUMNS))
                for c in metrics.LIGHT_COLUMNS]
-    # within the pose tolerance, closer is still better for the model: a face within half of it is worth
-    # as much again as a lighting descriptor, so it never outbids a face the gap score counts as missing
+    # within the pose tolerance, closer is still better for the model: a target face newly within half of it
+    # is worth a quarter of one newly within it (docs/curation.md has the runs that chose this)
     covers.append(Cover("pose_close", ("yaw", "pitch"), CLOSE_WORTH, scale=0.5))
     return [("needs", covers), ("proportion", [Cover("proportion", ("yaw", "pitch"))])]
 
