@@ -28,6 +28,7 @@ LAYERS = [
     ["trainer"],                                          # training: below the stages that apply a model
     ["curator.extract", "curator.identify", "curator.curate", "curator.export", "curator.review", "curator.swap"],
     ["curator.reports"],                                  # audit, compare, evaluate: read sets and apply models
+    ["curator.target"],                                   # curating for a target video: curate, compare and audit together
     ["curator.api"],                                      # one function per command
     ["curator.cli"],                                      # the command line over it
     ["curator.__main__"],

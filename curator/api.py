@@ -38,6 +38,7 @@ from typing import Callable, Iterable, Sequence
 from .models import faces, recognisers
 from . import outputs
 from .models import runtime as runtimes
+from . import target as targeting
 from .curate import COLUMNS as CURATE_COLUMNS
 from .curate import OPTIONAL_COLUMNS as CURATE_OPTIONAL
 from .curate import budget_from
@@ -67,6 +68,8 @@ def run(footage: PathLike | Sequence[PathLike], out: PathLike, *, ref: PathLike 
         workspace: PathLike | None = None, models: str | None = None, fps: float | None = None,
         size: int | None = None, landmarks: str | None = None, consent: str | None = None, force: bool = False,
         engine: str = "local", ray_address: str | None = None, segment_seconds: float | None = None,
+        for_target: PathLike | Sequence[PathLike] | None = None, for_ref: PathLike | Sequence[PathLike] | None = None,
+        for_workspace: PathLike | None = None, for_share: float = targeting.SHARE,
         on_problem: Problem | None = None, on_progress: Progress | None = None, on_total: Total | None = None,
         on_stage: Stage | None = None) -> dict:
     """The whole job: extract FOOTAGE, identify the target, curate BUDGET faces, export them to OUT.
@@ -77,13 +80,20 @@ def run(footage: PathLike | Sequence[PathLike], out: PathLike, *, ref: PathLike 
     held from extract to export, so no other writer gets in between the
     stages. Raises NothingFound when the footage holds no faces at all.
     ENGINE, RAY_ADDRESS and SEGMENT_SECONDS are extract's (`extract`).
-    `on_stage(name, summary)` is called as each stage ends.
+    FOR_TARGET, FOR_REF, FOR_WORKSPACE (default OUT.for.workspace) and
+    FOR_SHARE are curate's (`curate`); the target is read first, into its
+    own workspace, so a target without faces stops the job before the footage
+    is. `on_stage(name, summary)` is called as each stage ends.
     """
     ws_path = Path(workspace) if workspace is not None else default_workspace(out)
     footage = _paths(footage)
+    _check_for(for_target, for_ref, for_workspace, for_share)
+    target_ws = Path(for_workspace) if for_workspace is not None else targeting.default_workspace(out)
     # Before anything is read: the export may replace only an earlier export, never the footage or the workspace.
     folders = [Path(f) for f in footage if Path(f).is_dir()]
     keep = {ws_path: "the workspace", **{Path(f): "input footage" for f in footage}}
+    if for_target:
+        keep.update({target_ws: "the target's workspace", **{Path(f): "the target" for f in _paths(for_target)}})
     if models and Path(models).expanduser().is_dir():
         keep[Path(models)] = "the model pack"
     outputs.check_folder(out, "export", force=force, keep=keep,
@@ -94,17 +104,28 @@ def run(footage: PathLike | Sequence[PathLike], out: PathLike, *, ref: PathLike 
     # The model pack and the reference photos, before hours of footage are decoded: a bad one is one line now.
     references = _references(ref, models) if ref else None
     stage = on_stage or (lambda name, summary: None)
+    target, seen = None, [0]
+    if for_target:
+        def target_total(n: int) -> None:  # one progress bar for both extracts: the target's, then the footage's
+            seen[0] = n
+            if on_total:
+                on_total(n)
+
+        target = targeting.load_target(for_target, for_ref=for_ref, for_workspace=target_ws, default=target_ws,
+                                       source_ws=ws_path, models=models, fps=fps, landmarks=landmarks,
+                                       on_problem=on_problem, on_progress=on_progress, on_total=target_total,
+                                       extract=extract)
     ws = open_workspace(ws_path, create=True)
     with locked(ws, "curator run"):
         ex = _extract(ws, footage, settings=settings, explicit=explicit, models=models, consent=consent, runtime=rt,
                       engine=engine, ray_address=ray_address, on_problem=on_problem, on_progress=on_progress,
-                      on_total=on_total)
+                      on_total=(lambda n: on_total(seen[0] + n)) if on_total else None)
         stage("extract", ex)
         if ex["rows_total"] == 0:
             raise NothingFound("no faces found in the footage")
         ident = _identify(ws, references=references)
         stage("identify", ident)
-        cur = _curate(ws, budget=budget)
+        cur = _curate(ws, budget=budget, target=target, share=for_share)
         stage("curate", cur)
         exp = export_faces(ws, out, force=force)
         stage("export", exp)
@@ -244,7 +265,10 @@ def identities(workspace: PathLike, *, threshold: float | None = None) -> list[d
 
 
 def curate(workspace: PathLike, *, budget: int | None = None, minutes: float | None = None, fps: float = 25.0,
-           seed: int = 0, max_occlusion: float | None = None) -> dict:
+           seed: int = 0, max_occlusion: float | None = None, for_target: PathLike | Sequence[PathLike] | None = None,
+           for_ref: PathLike | Sequence[PathLike] | None = None, for_workspace: PathLike | None = None,
+           for_share: float = targeting.SHARE, on_problem: Problem | None = None, on_progress: Progress | None = None,
+           on_total: Total | None = None) -> dict:
     """Remove near-duplicates among the target's faces and select the most diverse BUDGET (or MINUTES x FPS).
 
     Covered faces (curator/measure/states.py) are ranked last; with MAX_OCCLUSION, faces whose `occlusion` (share of
@@ -252,16 +276,28 @@ def curate(workspace: PathLike, *, budget: int | None = None, minutes: float | N
 
     Runs `identify` with the largest cluster first when no target was chosen.
     Writes `quality`, `dup_group`, `pose_cluster`, `expr_cluster`,
-    `light_cluster`, `selected` and `reason`.
+    `light_cluster`, `selected`, `reason`, `for_target` and `target_faces`.
+
+    FOR_TARGET: the video you will convert, a workspace or footage (videos,
+    folders; several files are one target), extracted into FOR_WORKSPACE
+    (default WS.for.workspace beside the workspace) with the workspace's
+    models. Its person is the one in the FOR_REF photos, else its largest
+    identity. The target's needs (poses, then expression, then lighting,
+    then more faces where it has more) take up to FOR_SHARE of the budget
+    first; the summary's `for_target` says what they still lack
+    (docs/curation.md, "For a target").
     """
     n = budget_from(budget, minutes, fps)
+    _check_for(for_target, for_ref, for_workspace, for_share)
     ws = open_workspace(workspace)
+    target = _target_of(ws, for_target, for_ref, for_workspace, on_problem, on_progress, on_total)
     with locked(ws, "curator curate"):
-        return _curate(ws, budget=n, seed=seed, max_occlusion=max_occlusion)
+        return _curate(ws, budget=n, seed=seed, max_occlusion=max_occlusion, target=target, share=for_share)
 
 
-def _curate(ws, *, budget: int, seed: int = 0, max_occlusion: float | None = None) -> dict:
-    """`curate` on an open workspace whose lock the caller holds."""
+def _curate(ws, *, budget: int, seed: int = 0, max_occlusion: float | None = None,
+            target: targeting.Target | None = None, share: float = targeting.SHARE) -> dict:
+    """`curate` on an open workspace whose lock the caller holds, for `target` (or none)."""
     rec = recognisers.of_workspace(read_meta(ws))
     note = None
     if "is_target" not in table_columns(ws) and table_rows(ws):
@@ -269,16 +305,43 @@ def _curate(ws, *, budget: int, seed: int = 0, max_occlusion: float | None = Non
         note = "no target chosen: used the largest identity cluster (see `curator identities`)"
     # Only the columns curate reads; the appearance vectors come a shard at a time.
     have = set(table_columns(ws))
-    table = read_table(ws, [c for c in CURATE_COLUMNS + CURATE_OPTIONAL if c in have], categories=("source_sha256",))
+    wanted = CURATE_COLUMNS + CURATE_OPTIONAL + (targeting.SOURCE_COLUMNS if target else [])
+    table = read_table(ws, [c for c in wanted if c in have], categories=("source_sha256",))
     emb = read_embeddings(ws, len(table), random_access=True) if len(table) else None
     result = curate_table(table, budget, seed=seed, emb=emb, same_picture=rec.same_picture,
                           appearance=read_vectors(ws, "appearance") if "appearance" in have and len(table) else None,
-                          workers=min(os.cpu_count() or 1, 4), max_occlusion=max_occlusion)
+                          workers=min(os.cpu_count() or 1, 4), max_occlusion=max_occlusion,
+                          for_target=targeting.ForTarget(target.faces, share) if target else None)
     del table
     update_columns(ws, result.columns)
+    targeting.record(ws, target, share)
     if note:
         result.summary["identify"] = note
+    if target:
+        result.summary["for_target"] = {"target": target.describe(), **result.summary["for_target"]}
     return result.summary
+
+
+def _target_of(ws, for_target, for_ref, for_workspace, on_problem=None, on_progress=None,
+               on_total=None) -> targeting.Target | None:
+    """The --for target of workspace `ws`'s curate or audit (None without one): footage is extracted with the
+    workspace's models and landmark method, so that both sides measure pose and expression alike."""
+    if not for_target:
+        return None
+    meta = read_meta(ws)
+    landmarks = (meta.get("settings") or {}).get("landmarks")
+    return targeting.load_target(for_target, for_ref=for_ref, for_workspace=for_workspace,
+                                 default=targeting.default_workspace(ws.root), source_ws=ws.root,
+                                 models=(meta.get("models") or {}).get("path"),
+                                 landmarks="auto" if landmarks == "3d68" else landmarks,
+                                 on_problem=on_problem, on_progress=on_progress, on_total=on_total, extract=extract)
+
+
+def _check_for(for_target, for_ref, for_workspace, for_share) -> None:
+    if not for_target and (for_ref or for_workspace is not None):
+        raise UsageError("--for-ref and --for-workspace describe a --for target; give --for too")
+    if not 0 < for_share <= 1:
+        raise UsageError(f"--for-share is a share of the budget, more than 0 and at most 1, not {for_share}")
 
 
 def export(workspace: PathLike, out: PathLike, *, include_all: bool = False, val: float = 0.1, force: bool = False,
@@ -311,11 +374,21 @@ def verify(workspace: PathLike, *, repair: bool = False) -> dict:
 
 # --- around the set -------------------------------------------------------------------
 
-def audit(workspace: PathLike, *, selected: bool = False, out: PathLike | None = None) -> dict:
-    """An offline HTML report of what the faces cover and their holes in words (OUT, default WS/audit.html)."""
+def audit(workspace: PathLike, *, selected: bool = False, out: PathLike | None = None,
+          for_target: PathLike | Sequence[PathLike] | None = None, for_ref: PathLike | Sequence[PathLike] | None = None,
+          for_workspace: PathLike | None = None, on_problem: Problem | None = None) -> dict:
+    """An offline HTML report of what the faces cover and their holes in words (OUT, default WS/audit.html).
+
+    FOR_TARGET (with FOR_REF and FOR_WORKSPACE as in `curate`): also which
+    selected faces serve that target, how many of its faces each stands for,
+    and what the selection and the footage lack for it.
+    """
     from .reports.audit import audit as audit_report
 
-    return audit_report(open_workspace(workspace), selected=selected, out=out)
+    _check_for(for_target, for_ref, for_workspace, targeting.SHARE)
+    ws = open_workspace(workspace)
+    target = _target_of(ws, for_target, for_ref, for_workspace, on_problem)
+    return audit_report(ws, selected=selected, out=out, target=target, section=targeting)
 
 
 def compare(source: PathLike, target: PathLike, *, out: PathLike | None = None) -> dict:

@@ -43,6 +43,13 @@ LANDMARKS_HELP = ("68-point landmarks: auto (the pack's 3D-68 model when it has 
                   "pip install 'curator-faces[dlib]'; non-commercial model) or none. One method per workspace [default: auto].")
 
 
+FOR_HELP = ("The video you will convert: a workspace, or footage (videos, folders; repeat --for for several files, "
+            "one target). Its poses, expressions and lighting are selected for first (docs/curation.md, \"For a target\").")
+FOR_REF_HELP = "Photo of the target's person (one face) [default: the target's largest identity]. Repeatable."
+FOR_WORKSPACE_HELP = "Where footage given to --for is extracted [default: {}]."
+FOR_SHARE_HELP = "Most of the budget the target's needs may take; the rest keeps the set's own variety."
+
+
 def fail(message: str, code: int = 2) -> None:
     err.print(f"curator: error: {message}", markup=False)
     raise typer.Exit(code)
@@ -249,10 +256,13 @@ def identities(
 
 
 def _curate_line(s: dict) -> str:
+    from .target import summary_line
+
     a, b = s["coverage_before"], s["coverage_after"]
     return (f"{s['selected']} selected of {s['candidates']} target faces ({s['near_duplicates_removed']} near-duplicates); "
             f"pose bins {b.get('pose_bins_covered', 0)}/{a['pose_bins']}, expression {b['expression_coverage']:.0%}, "
-            f"lighting {b['light_coverage']:.0%}" + (f"\n{s['note']}" if s.get("note") else ""))
+            f"lighting {b['light_coverage']:.0%}" + (f"\n{s['note']}" if s.get("note") else "")
+            + (f"\n{summary_line(s['for_target'])}" if s.get("for_target") else ""))
 
 
 @app.command()
@@ -264,11 +274,19 @@ def curate(
     seed: int = typer.Option(0, "--seed", help="Tie-break seed; the same seed gives the same selection."),
     max_occlusion: Optional[float] = typer.Option(
         None, "--max-occlusion", help="Leave out faces more covered than this share (0-1); else covered faces rank last."),
+    for_target: Optional[List[Path]] = typer.Option(None, "--for", help=FOR_HELP),
+    for_ref: Optional[List[Path]] = typer.Option(None, "--for-ref", help=FOR_REF_HELP),
+    for_workspace: Optional[Path] = typer.Option(None, "--for-workspace", help=FOR_WORKSPACE_HELP.format("WS.for.workspace")),
+    for_share: float = typer.Option(0.5, "--for-share", help=FOR_SHARE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print counts and coverage as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (extracting a --for target)."),
 ) -> None:
     """Remove near-duplicates among the target's faces and select the most diverse BUDGET.
 
-    Writes `quality`, `dup_group`, `pose_cluster`, `expr_cluster`, `light_cluster`, `selected` and `reason`.
+    Writes `quality`, `dup_group`, `pose_cluster`, `expr_cluster`, `light_cluster`, `selected`, `reason`,
+    `for_target` and `target_faces`. With --for, the video you will convert comes first: faces near its poses,
+    expressions and lighting (up to --for-share of the budget), then the set's own variety; the summary gives
+    the gap score against it with and without --for, and what footage would close what is left.
 
     Examples:
 
@@ -277,11 +295,17 @@ def curate(
         curator curate -w ws --minutes 9 --fps 25 --json
 
         curator curate -w ws --budget 500 --max-occlusion 0.2
+
+        curator curate -w jane_ws --budget 2000 --for john_interview.mp4    # for the video you will convert
+
+        curator curate -w jane_ws --budget 2000 --for clip1.mp4 --for clip2.mp4 --for-ref john.jpg --json
     """
     from . import api
 
-    with errors_as_lines():
-        summary = api.curate(workspace, budget=budget, minutes=minutes, fps=fps, seed=seed, max_occlusion=max_occlusion)
+    with errors_as_lines(), progress_bar(not quiet and not as_json and bool(for_target), "extract target") as (set_total, advance):
+        summary = api.curate(workspace, budget=budget, minutes=minutes, fps=fps, seed=seed, max_occlusion=max_occlusion,
+                             for_target=for_target, for_ref=for_ref, for_workspace=for_workspace, for_share=for_share,
+                             on_problem=problem, on_progress=advance, on_total=set_total)
     emit(as_json, summary, _curate_line(summary))
 
 
@@ -334,10 +358,16 @@ def run(
     segment_seconds: Optional[float] = typer.Option(None, "--segment-seconds", help=SEGMENT_HELP),
     engine: str = typer.Option("local", "--engine", help=ENGINE_HELP),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    for_target: Optional[List[Path]] = typer.Option(None, "--for", help=FOR_HELP),
+    for_ref: Optional[List[Path]] = typer.Option(None, "--for-ref", help=FOR_REF_HELP),
+    for_workspace: Optional[Path] = typer.Option(None, "--for-workspace", help=FOR_WORKSPACE_HELP.format("OUT.for.workspace")),
+    for_share: float = typer.Option(0.5, "--for-share", help=FOR_SHARE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """The whole job: extract, identify, curate and export in one command.
+
+    With --for, the target video is extracted first (into OUT.for.workspace) and the set is curated for it.
 
     Examples:
 
@@ -346,6 +376,8 @@ def run(
         curator run clip.mp4 --out faceset --models ~/models/buffalo_l --consent "Jane Doe, signed 2026-03-01"
 
         curator run /shared/films/ --out /shared/faceset --ref jane.jpg --engine ray    # extract on Ray (RAY_ADDRESS)
+
+        curator run interviews/ --ref jane.jpg --for john_clip.mp4 --out faceset --budget 3000    # for the video you will convert
     """
     from . import api
 
@@ -353,7 +385,8 @@ def run(
         with progress_bar(not quiet and not as_json, "extract") as (set_total, advance):
             payload = api.run(footage, out, ref=ref, budget=budget, workspace=workspace, models=models, fps=fps,
                               size=size, landmarks=landmarks, consent=consent, force=force, engine=engine,
-                              ray_address=ray_address, segment_seconds=segment_seconds, on_problem=problem,
+                              ray_address=ray_address, segment_seconds=segment_seconds, for_target=for_target,
+                              for_ref=for_ref, for_workspace=for_workspace, for_share=for_share, on_problem=problem,
                               on_progress=advance, on_total=set_total)
     ex, ident, cur, exp = (payload[k] for k in ("extract", "identify", "curate", "export"))
     emit(as_json, payload,
@@ -435,13 +468,18 @@ def audit(
     workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace folder."),
     selected: bool = typer.Option(False, "--selected", help="Only the selected faces (after `curator curate`)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report file [default: WS/audit.html]."),
+    for_target: Optional[List[Path]] = typer.Option(None, "--for", help="The video you will convert (a workspace or footage): "
+                                                     "which selected faces serve it, and what they lack for it."),
+    for_ref: Optional[List[Path]] = typer.Option(None, "--for-ref", help=FOR_REF_HELP),
+    for_workspace: Optional[Path] = typer.Option(None, "--for-workspace", help=FOR_WORKSPACE_HELP.format("WS.for.workspace")),
     as_json: bool = typer.Option(False, "--json", help="Print the report's numbers as JSON on stdout."),
 ) -> None:
     """An offline HTML report of what a face set covers, and its holes in plain words.
 
     Head-pose heatmap, expression, lighting and quality distributions, example
     faces per pose bin, and the holes. Reports the target's faces when `identify` has run, else all faces. The
-    report embeds every image, so it opens offline and can be mailed as one file.
+    report embeds every image, so it opens offline and can be mailed as one file. With --for, a section on the
+    video you will convert: which selected faces serve it, how many of its faces each stands for, what is missing.
 
     Examples:
 
@@ -450,12 +488,15 @@ def audit(
         curator audit -w ws --selected --out selected.html
 
         curator audit -w ws --json | jq '.holes[].words'
+
+        curator audit -w jane_ws --for john_clip.mp4 --json | jq .for_target.look_for
     """
     from . import api
     from .reports.audit import audit_line
 
     with errors_as_lines():
-        summary = api.audit(workspace, selected=selected, out=out)
+        summary = api.audit(workspace, selected=selected, out=out, for_target=for_target, for_ref=for_ref,
+                            for_workspace=for_workspace, on_problem=problem)
     emit(as_json, summary, audit_line(summary))
 
 

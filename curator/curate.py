@@ -571,7 +571,7 @@ OPTIONAL_COLUMNS = ["rejected", "kept", "crop_missing", *STATE_COLUMNS]
 
 def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: float = MIN_FACE_PX,
            emb: np.ndarray | None = None, same_picture: float = DEFAULT.same_picture, appearance=None,
-           workers: int = 1, max_occlusion: float | None = None) -> CurateResult:
+           workers: int = 1, max_occlusion: float | None = None, for_target=None) -> CurateResult:
     """Dedupe and select on a face table that has identify's columns. Pure: reads nothing, writes nothing.
 
     `emb`: the identity embeddings aligned with the table's rows (a memory map
@@ -584,7 +584,10 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
     a source at a time. `workers`: processes for the per-source groups (same
     result for any number). `max_occlusion`: faces whose `occlusion` is above
     it are not candidates (reason names the region); without it, covered
-    faces are candidates ranked last.
+    faces are candidates ranked last. `for_target`: a curator.target.ForTarget
+    (`--for`, handed in by the caller: curate sits below it): selection takes
+    the target's needs first, with at most its share of the budget, and the
+    summary says what they still lack.
     """
     if not len(table):
         raise WorkspaceError("the workspace has no faces")
@@ -657,7 +660,12 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
                           "occluded": region[leaders]})
     if emb is not None and len(emb) != n:
         raise WorkspaceError(f"{len(emb)} embeddings for {n} faces")
-    chosen, codes, select_labels = select_codes(cands, budget, seed, emb, same_picture)
+    if for_target is None:
+        chosen, codes, select_labels = select_codes(cands, budget, seed, emb, same_picture)
+    else:
+        picked = for_target.select(cands, t.iloc[leaders], budget, seed=seed, emb=emb, same_picture=same_picture,
+                                   expression=for_target.methods_match(t))
+        chosen, codes, select_labels = picked.chosen, picked.codes, picked.labels
     del cands
     selected = np.zeros(n, bool)
     selected[leaders] = chosen
@@ -674,6 +682,7 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
         "dup_group": pd.Categorical.from_codes(group_code, categories=leader_ids),
         "pose_cluster": _pose_clusters(t), "expr_cluster": expr, "light_cluster": light,
         "selected": selected, "reason": _categorical(reason, labels),
+        "for_target": np.zeros(n, bool), "target_faces": np.zeros(n, np.int32),
     })
     ref = t.iloc[idx][[c for c in ("yaw", "pitch", *metrics.EXPRESSION_COLUMNS, "eyes_closed", *metrics.LIGHT_COLUMNS)
                        if c in t]]
@@ -688,6 +697,14 @@ def curate(table: pd.DataFrame, budget: int, *, seed: int = 0, min_face_px: floa
     }
     if budget > is_leader.sum():
         summary["note"] = f"budget {budget} is more than the {int(is_leader.sum())} distinct target faces; all are selected"
+    if for_target is not None:  # which faces serve the target, and what it still lacks
+        columns.loc[leaders[picked.for_target], "for_target"] = True
+        columns.loc[selected, "target_faces"] = for_target.serving(t[selected], picked.tol)[0].astype(np.int32)
+        summary["for_target"] = {
+            "share": for_target.share, "places": picked.places,
+            "selected_for_target": int(picked.for_target.sum()), "picks": picked.picks, "tolerance": picked.tol,
+            **for_target.coverage_report({"with_for": t[selected], "without_for": t.iloc[leaders[picked.before]],
+                                          "all_candidates": t.iloc[leaders]}, picked.tol, main="with_for")}
     return CurateResult(columns, summary)
 
 

@@ -19,7 +19,8 @@ from curator.workspace import (FORMAT_VERSION, RowArray, open_workspace, read_em
 
 pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
 
-CURATE_COLUMNS = ["face_id", "quality", "dup_group", "pose_cluster", "expr_cluster", "light_cluster", "selected", "reason"]
+CURATE_COLUMNS = ["face_id", "quality", "dup_group", "pose_cluster", "expr_cluster", "light_cluster", "selected", "reason",
+                  "for_target", "target_faces"]
 
 
 @pytest.fixture(scope="module")

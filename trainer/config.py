@@ -51,6 +51,9 @@ class Config:
     seed: int = option(0, "Random seed: the initial weights and every random draw derive from it.")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "Where to train: auto (a GPU if there is one), cpu or cuda.", per_invocation=True)
     pose_balance: bool = option(False, "Draw faces by inverse frequency of their 10-degree yaw x pitch bin.", negatable=True)
+    for_weights: bool = option(False, "Draw a set curated with curator curate --for by the target faces each face stands "
+                               "for (its manifest's target_faces; a tenth of draws stay even); a set without them as before.",
+                               negatable=True)
     eyes_mouth_weight: float = option(1.0, "Extra loss weight on eyes and mouth (0 = none).")
     resume: bool = option(False, "Continue the run in the run folder exactly where its checkpoint stopped.", per_invocation=True)
     deterministic: bool = option(False, "GPU: no autotuning or TF32, so runs and resumes repeat bit for bit (slower).", per_invocation=True)

@@ -92,8 +92,10 @@ def load_set(folder: str | Path, resolution: int) -> dict:
         margin = float(settings.get("margin", DEFAULT_MARGIN))
     yaw = table["yaw"].to_numpy(float) if "yaw" in table else np.full(len(table), np.nan)
     pitch = table["pitch"].to_numpy(float) if "pitch" in table else np.full(len(table), np.nan)
+    # `curate --for`: how many faces of the target video each face stands for (None: not curated for one)
+    for_target = table["target_faces"].to_numpy(float) if "target_faces" in table else None
     return {"faces": tensor, "yaw": yaw, "pitch": pitch, "margin": margin, "size": size,
-            "has_provenance": prov.is_file(), "files": list(table["file"])}
+            "has_provenance": prov.is_file(), "files": list(table["file"]), "target_faces": for_target}
 
 
 def pose_weights(yaw: np.ndarray, pitch: np.ndarray) -> np.ndarray:
@@ -108,6 +110,26 @@ def pose_weights(yaw: np.ndarray, pitch: np.ndarray) -> np.ndarray:
     counts = pd.Series(bins).value_counts()
     w = 1.0 / counts.loc[bins].to_numpy(float)
     return w / w.sum()
+
+
+EVEN_SHARE = 0.1  # of draws by target weights, spread evenly over every face (docs/trainer.md)
+
+
+def target_weights(target_faces: np.ndarray | None, even: float = EVEN_SHARE) -> np.ndarray | None:
+    """Sampling weight per face of a set curated `--for` a video: its share of the target faces it stands for
+    (`target_faces`, curator/target.py), mixed with `even` of a uniform draw, normalised to sum 1. None when the
+    set carries no such weights (not curated for a target, or none of its training faces serves it).
+
+    The uniform part keeps every face in rotation: a face that serves no target face still teaches the
+    encoder and the decoder what the person looks like.
+    """
+    if target_faces is None:
+        return None
+    w = np.nan_to_num(np.asarray(target_faces, float), nan=0.0).clip(0)
+    if not len(w) or w.sum() <= 0:
+        return None
+    p = (1 - even) * w / w.sum() + even / len(w)
+    return p / p.sum()
 
 
 # --- masks from the template --------------------------------------------------------

@@ -40,7 +40,7 @@ from curator.fs.atomic import write_json
 
 from . import TrainError, checkpoint
 from .config import argument_parser, given, parse_duration, resolve_config
-from .data import batch, eyes_mouth_mask, face_mask, load_set, plain, pose_weights
+from .data import batch, eyes_mouth_mask, face_mask, load_set, plain, pose_weights, target_weights
 from .loss import face_loss
 from .model import FaceSwap
 
@@ -158,6 +158,20 @@ def _run_lock(out, master: bool):
             folder.rmdir()
 
 
+def draws(s: dict, cfg, name: str, note, device) -> torch.Tensor | None:
+    """How a set's faces are drawn: by its target weights (--for-weights, a set curated `--for` a video), else by
+    inverse pose-bin frequency (--pose-balance), else uniformly (None)."""
+    if cfg.for_weights:
+        w = target_weights(s["target_faces"])
+        if w is not None:
+            return torch.from_numpy(w).float().to(device)
+        note(f"{name} carries no target weights (not curated with --for, or none of its training faces serves the "
+             "target); its faces are drawn " + ("by pose" if cfg.pose_balance else "evenly"))
+    if cfg.pose_balance:
+        return torch.from_numpy(pose_weights(s["yaw"], s["pitch"])).float().to(device)
+    return None
+
+
 def train(overrides: dict) -> dict:
     """Train with these options and return a JSON-ready summary (the dict at the end of `_train`).
 
@@ -241,8 +255,10 @@ def _train(overrides: dict, device: torch.device, rank: int, world: int, ddp: bo
     faces_a, faces_b = set_a["faces"].to(device), set_b["faces"].to(device)
     mask = torch.from_numpy(face_mask(R, set_a["margin"])).to(device)
     weight = mask * (1 + cfg.eyes_mouth_weight * torch.from_numpy(eyes_mouth_mask(R, set_a["margin"])).to(device))
-    draw_a = torch.from_numpy(pose_weights(set_a["yaw"], set_a["pitch"])).float().to(device) if cfg.pose_balance else None
-    draw_b = torch.from_numpy(pose_weights(set_b["yaw"], set_b["pitch"])).float().to(device) if cfg.pose_balance else None
+    if cfg.for_weights and all(target_weights(s["target_faces"]) is None for s in (set_a, set_b)):
+        raise TrainError("--for-weights: neither export carries target weights (manifest column target_faces, written "
+                         "by `curator curate --for VIDEO`); curate a set for the video you will convert, or leave it out")
+    draw_a, draw_b = (draws(s, cfg, name, note, device) for name, s in (("A", set_a), ("B", set_b)))
     k = min(4, len(faces_a), len(faces_b))  # preview: the same few faces every time, spread over each set
     show_a = plain(faces_a[torch.linspace(0, len(faces_a) - 1, k).long()])
     show_b = plain(faces_b[torch.linspace(0, len(faces_b) - 1, k).long()])

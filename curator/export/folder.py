@@ -111,6 +111,8 @@ def export(ws: Workspace, out: str | os.PathLike, *, include_all: bool = False, 
                                   "consent": meta["sources"].get(sha, {}).get("consent"), "faces": int(n)}
                             for sha, n in rows.groupby("source_sha256").size().items()},
             }
+            if meta.get("curated_for"):  # `curate --for`: the video the set was curated for, by file hash
+                provenance["curated_for"] = meta["curated_for"]
             files, fmt_info = _write_faces(fmt, ws, rows, names, tmp, meta, row_emb, split, provenance, face_size)
             if fmt_info:
                 provenance[fmt] = fmt_info

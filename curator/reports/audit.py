@@ -27,7 +27,7 @@ import pandas as pd
 from ..measure import metrics
 from ..errors import CuratorError
 from ..measure.metrics import PLAUSIBLE_PITCH, PLAUSIBLE_YAW, known_pose, pose_counts
-from .page import check_out, heatmap_png, histograms_png, render_page, thumbnail, write_report
+from .page import check_out, heatmap_png, histograms_png, public, render_page, thumbnail, write_report
 from ..workspace import Workspace, inputs_of, report_path, read_table, table_columns
 from .state_words import state_summary
 
@@ -323,6 +323,30 @@ pitch &gt; 0 = looking up. Dashed box: the plausible range (|yaw| ≤ {{ py }}°
 {% for h in holes %}<li class="{{ 'thin' if h.kind == 'thin' else '' }}">{{ h.words }}</li>
 {% endfor %}</ul>{% else %}<p>No holes in the plausible pose range.</p>{% endif %}
 
+{% if s.get('for_target') %}{% set f = s.for_target %}
+<h2>For the target</h2>
+<div class="sub">{{ f.target['for'] | join(', ') }}: {{ f.target.faces }} faces, the person chosen by {{ f.target.identity }}
+(workspace {{ f.target.workspace }}). A target face is served by its nearest {{ f.set }} face within ±{{ f.tolerance.yaw|int }}°
+of yaw and pitch (docs/curation.md, "For a target").</div>
+<div class="nums">
+ <div class="num big"><b>{{ '%.3f' % f.gap_score.selected }}</b><span>gap score ({{ '%.3f' % f.gap_score.all_candidates }} with every candidate)</span></div>
+ <div class="num"><b>{{ f.faces_serving }}</b><span>of {{ f.faces }} {{ f.set }} faces serve it</span></div>
+ <div class="num"><b>{{ pct(f.uncovered_share.selected) }}</b><span>of its faces served by none</span></div>
+ {% if f.taken_for_target is not none %}<div class="num"><b>{{ f.taken_for_target }}</b><span>selected for it (curate --for)</span></div>{% endif %}
+</div>
+<img class="chart" alt="target heatmap" src="{{ ft.heatmap }}">
+<h3>Its poses, most faces first</h3>
+<ul>{% for n in f.needs %}<li>{{ n.words }}: {{ n.target_faces }} target face(s), {{ n.served }} served by {{ n.selected_faces }} {{ f.set }} face(s)</li>
+{% endfor %}</ul>
+<h3>What to look for</h3>
+{% if f.look_for %}<ul>{% for l in f.look_for %}<li>{{ l }}</li>{% endfor %}</ul>
+{% else %}<p>Nothing: the footage has faces near every target face's pose{{ ', expression' if f.expression_compared else '' }} and lighting.</p>{% endif %}
+{% for n in f.notes %}<div class="note">{{ n }}</div>{% endfor %}
+<h3>The {{ f.set }} faces standing for most of it</h3>
+<div class="row">{% for t in ft.thumbs %}<figure><img src="{{ t.src }}" alt="{{ t.title }}" width="72" height="72">
+<figcaption>{{ t.title }}</figcaption></figure>{% endfor %}</div>
+{% endif %}
+
 <h2>Expression</h2>
 <img class="chart" alt="expression histograms" src="{{ expression }}">
 <div class="sub">Method {{ s.expression_method | join(', ') }} (the scale depends on it). Dashed lines: tertile edges
@@ -356,8 +380,11 @@ def _tertile_words(t: dict) -> str:
     return " ".join(f"{c}: {v['low']} low / {v['mid']} mid / {v['high']} high." for c, v in t["columns"].items())
 
 
-def render_audit(fs: FaceSet, summary: dict) -> str:
+def render_audit(fs: FaceSet, summary: dict, target=None, section=None) -> str:
     faces = fs.faces
+    ft = {}
+    if target is not None:  # `audit --for`: curator/target.py (the `section` handed in) says what it shows
+        ft = section.audit_pictures(fs, target, summary["for_target"])
     exp_edges = {c: v["edges"] for c, v in summary["expression"]["columns"].items()}
     light_edges = {c: v["edges"] for c, v in summary["lighting"]["columns"].items()}
     examples = _examples_per_bin(faces)
@@ -375,17 +402,25 @@ def render_audit(fs: FaceSet, summary: dict) -> str:
         quality=histograms_png(faces, QUALITY_COLUMNS, log=("sharpness",),
                                titles={"sharpness": "sharpness (log)", "face_px": "face_px (source pixels)",
                                        "det_score": "det_score"}),
-        tertiles=_tertile_words, py=int(PLAUSIBLE_YAW), pp=int(PLAUSIBLE_PITCH), per=THUMBS_PER_STRIP,
+        tertiles=_tertile_words, py=int(PLAUSIBLE_YAW), pp=int(PLAUSIBLE_PITCH), per=THUMBS_PER_STRIP, ft=ft,
     )
 
 
 # --- the command's body (the CLI stays thin) -------------------------------------------
 
-def audit(ws: Workspace, *, selected: bool = False, out: str | os.PathLike | None = None) -> dict:
+def audit(ws: Workspace, *, selected: bool = False, out: str | os.PathLike | None = None, target=None,
+          section=None) -> dict:
+    """`target`: a curator.target.Target (`audit --for`), with `section`, the module that draws its part
+    (curator.target, handed in by the caller: it sits above the reports)."""
     out = check_out(out or report_path(ws, "audit.html"), "audit", inputs_of(ws))
     fs = load_faces(ws, "selected" if selected else "default")
     summary = audit_summary(fs)
-    summary["report"] = str(write_report(out, render_audit(fs, summary)))
+    if target is not None:
+        summary["for_target"] = section.audit_part(fs, target)
+    summary["report"] = str(write_report(out, render_audit(fs, summary, target, section)))
+    if target is not None:
+        summary["for_target"] = public(summary["for_target"])
+        summary["for_target"]["line"] = section.audit_line(summary["for_target"])
     return summary
 
 
@@ -396,4 +431,5 @@ def audit_line(s: dict) -> str:
             + (f"; selection covers {cov['pose_coverage']:.0%} of pose bins, {cov['expression_coverage']:.0%} of "
                f"expression and {cov['light_coverage']:.0%} of lighting cells" if cov else "")
             + "".join(f"\n  {h}" for h in holes[:8])
-            + "".join(f"\n  {st['words']}" for st in s.get("states", [])) + f"\nreport: {s['report']}")
+            + "".join(f"\n  {st['words']}" for st in s.get("states", []))
+            + (f"\n{s['for_target']['line']}" if s.get("for_target") else "") + f"\nreport: {s['report']}")

@@ -37,7 +37,7 @@ DERIVED = ("dup_group_size", "pose_bin_faces")
 # Fields people filter and sort on in the App: indexed so that stays fast at 100k+ faces.
 INDEXED = ("yaw", "pitch", "roll", "quality", "sharpness", "face_px", "det_score", "selected", "dup_group",
            "dup_group_size", "is_target", "identity_cluster", "identity_score", "pose_cluster", "pose_bin_faces",
-           "expr_cluster", "light_cluster", "source_sha256", "crop_missing", "tags")
+           "expr_cluster", "light_cluster", "source_sha256", "crop_missing", "for_target", "target_faces", "tags")
 EMBEDDINGS_KEY = "identity_pca"
 POSE_KEY = "pose"
 LOW_QUALITY_SHARE = 0.10  # "low quality": the worst tenth by quality (or sharpness before curate), and too small

@@ -34,7 +34,8 @@ SHARD_ROWS = 100_000
 # the stage that writes it; columns not listed go to "other".
 COLUMN_GROUPS = {
     "identify": ("identity_cluster", "identity_score", "track_id", "is_target"),
-    "curate": ("quality", "dup_group", "pose_cluster", "expr_cluster", "light_cluster", "selected", "reason"),
+    "curate": ("quality", "dup_group", "pose_cluster", "expr_cluster", "light_cluster", "selected", "reason",
+               "for_target", "target_faces"),
     "review": ("rejected", "kept", "review_tags"),
     "verify": ("crop_missing",),
 }
