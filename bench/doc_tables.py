@@ -347,6 +347,43 @@ def states_auc(d: dict) -> str:
                   "`none` (5 keypoints)", "target"], rows)
 
 
+def _sign(x: float, digits: int) -> str:
+    return f"{x:+.{digits}f}"
+
+
+def for_target_pairs(d: dict, budget: int = 20) -> str:
+    """bench/for_target.py: each source/target pair at one budget and the default share."""
+    share = str(d["default_share"])
+    rows = []
+    for r in d["rows"]:
+        if r["budget"] != budget:
+            continue
+        x = r["shares"][share]
+        g, dist, unc = x["gap_score"], x["pose_distance_deg"], x["uncovered_share"]
+        rows.append([r["source"], f"`{Path(r['target']).name}`", r["target_faces"], f"{g['without_for']:.3f}",
+                     f"**{g['with_for']:.3f}**", f"{g['all_candidates']:.3f}", f"{dist['without_for']:.2f}",
+                     f"**{dist['with_for']:.2f}**", f"{dist['all_candidates']:.2f}",
+                     f"{unc['without_for']:.0%} → {unc['with_for']:.0%} ({unc['all_candidates']:.0%})",
+                     f"{x['pose_bins_kept']:.0%}"])
+    return table(["A", "target (B)", "B faces", "gap without", "gap with `--for`", "gap, all", "distance without (°)",
+                  "distance with `--for`", "distance, all", "B faces with nothing within 5°", "pose bins kept"], rows)
+
+
+def for_target_summary(d: dict) -> str:
+    """bench/for_target.py: medians over the pairs, per budget and share."""
+    rows = []
+    for budget, by_share in d["summary"].items():
+        for share, m in by_share.items():
+            mark = f"**{share}**" if float(share) == float(d["default_share"]) else share
+            rows.append([budget, mark, f"{m['median_gap_without_for']:.3f} → {m['median_gap_with_for']:.3f}",
+                         f"{m['gap_lower']} / {m['gap_same']} / {m['gap_higher']}", _sign(m["largest_gap_rise"], 3),
+                         f"{m['median_distance_without_for']:.2f} → {m['median_distance_with_for']:.2f}",
+                         f"{m['distance_lower']} / {m['distance_same']} / {m['distance_higher']}",
+                         _sign(m["largest_distance_rise"], 2), f"{m['min_pose_bins_kept']:.0%}"])
+    return table(["budget", "share", "gap score", "pairs lower / same / higher", "largest rise", "pose distance (°)",
+                  "pairs lower / same / higher", "largest rise", "pose bins kept, least"], rows)
+
+
 # --- which doc holds what --------------------------------------------------------------------------------------
 
 def curate_markdown(d: dict) -> str:
@@ -386,6 +423,8 @@ def expected() -> dict[str, list[tuple[str, str]]]:
             ("curate: scale", curate_scale(curate)),
             ("curate: scale, format 1", curate_scale_format1(load("curate_scale_format1.json"))),
             ("states: ROC AUC per state", states_auc(load("states.json"))),
+            ("for target: each pair at 20 faces", for_target_pairs(load("for_target.json"))),
+            ("for target: budgets and shares", for_target_summary(load("for_target.json"))),
             *((f"thesis: table {i + 1}", t) for i, t in enumerate(thesis_tables(load("thesis.json")))),
         ],
         "bench_curate.md": [("the whole page", curate_markdown(curate))],

@@ -44,7 +44,7 @@ def test_the_script_exits_nonzero_only_on_problems():
 
 # A path into a workspace: its root joined with a name, or its files named. Only curator/workspace/ may do either
 # (an export's own embeddings.npy or a summary's "identities" key are not the workspace's).
-WORKSPACE_FILES = re.compile(r"""\.root\s*/|["']workspace\.json["']|["'](identities|staging|crops)["']\s*/|/\s*["'](crops|staging|identities)["']""")
+WORKSPACE_FILES = re.compile(r"""\.root\s*/|/\s*["']workspace\.json["']|["'](identities|staging|crops)["']\s*/|/\s*["'](crops|staging|identities)["']""")
 
 
 def test_only_the_workspace_package_names_the_workspace_files():
