@@ -44,7 +44,8 @@ LOW_QUALITY_SHARE = 0.10  # "low quality": the worst tenth by quality (or sharpn
 ADD_BATCH = 2000  # samples per insert: bounded memory on 100k+ new faces
 SHOWN_MISSING = 5  # missing crops named one per line before the rest are summarised
 
-VIEWS = ("selected", "rejected", "kept", "near-duplicate groups", "rare poses", "low quality", "other identities")
+VIEWS = ("selected", "rejected", "kept", "near-duplicate groups", "rare poses", "low quality", "other identities",
+         "eyes closed", "mouth open", "covered")
 
 
 def field_name(column: str) -> str:
