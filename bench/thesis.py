@@ -9,13 +9,16 @@
 
 The protocol (docs/benchmarks.md, "Does curation make better models?"):
 
-1. Side A's footage (--footage, with --ref to pick the person; default: the
-   man of pc_avs Pose_Source_741400163) and the evaluation footage (--target,
-   default: the same man in another source file, pc_avs Audio_Source_00104)
-   are extracted into two workspaces (`curator extract`, `curator identify`).
-   Side B (--b) is one fixed `curator run` export of another person.
-2. Evaluation faces: the target workspace's faces of the person (at most
-   --eval-faces, evenly in time). No training face may come from footage near
+1. Side A's footage (--footage, with --ref to pick the person) and the
+   evaluation footage (--target) are extracted (`curator extract` of every
+   frame, `curator identify`). --target is other files of the same person,
+   or windows FILE@FROM-TO of the footage. Default: one woman's 33.6 s studio
+   clip (liveportrait/driving_d6; the shared clips hold no one else with
+   this much footage of one look): evaluation on its last 9.6 s (@24-),
+   training faces from what lies 10 s or more before them. Side B (--b) is
+   one fixed `curator run` export of another person.
+2. Evaluation faces: the person's faces in the --target files or windows (at
+   most --eval-faces, evenly in time). No training face may come from footage near
    them: for every set, each evaluation face's distance in time to the nearest
    training face of the same source file must be at least MIN_GAP_S (10 s);
    a face of another source file is at no distance at all (null in the
@@ -69,8 +72,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 REPO = common.REPO
-DEFAULT_FOOTAGE = ["pc_avs/Pose_Source_741400163.mp4"]
-DEFAULT_TARGET = ["pc_avs/Audio_Source_00104.mp4"]
+# One woman, 33.6 s at 30 fps, one studio session: every expression and some head turns. The evaluation
+# faces are its last 9.6 s; the training faces come from its first 14 s (10 s or more before them).
+DEFAULT_FOOTAGE = ["liveportrait/driving_d6.mp4"]
+DEFAULT_TARGET = ["liveportrait/driving_d6.mp4@24-"]
 DEFAULT_B = ["liveportrait/driving_d12.mp4"]
 MIN_GAP_S = 10.0          # an evaluation face is at least this far in time from every training face of its source
 MIN_BIN_FACES = 5         # pose bins with fewer evaluation faces are merged into one
@@ -186,6 +191,46 @@ def resolve(files: list[str]) -> list[str]:
     return out
 
 
+def parse_spec(spec: str) -> tuple[str, float, float]:
+    """FILE or FILE@FROM-TO (seconds; either end may be left out): (resolved path, from, to)."""
+    path, _, window = spec.partition("@")
+    lo, _, hi = window.partition("-") if window else ("", "", "")
+    try:
+        return resolve([path])[0], float(lo) if lo else 0.0, float(hi) if hi else math.inf
+    except ValueError:
+        sys.exit(f"bench/thesis.py: {spec}: a time window is FILE@FROM-TO in seconds, e.g. clip.mp4@24-")
+
+
+def in_specs(table: pd.DataFrame, specs: list[tuple[str, float, float]]) -> np.ndarray:
+    """Faces inside any of the (file, from, to) windows."""
+    src, t = table["source_path"].to_numpy(), table["time_s"].to_numpy(float)
+    inside = np.zeros(len(table), bool)
+    for path, lo, hi in specs:
+        inside |= (src == path) & (t >= lo) & (t <= hi)
+    return inside
+
+
+def cut(path: str, lo: float, hi: float, out: Path) -> Path:
+    """The frames of `path` between lo and hi seconds as a video file of their own (for curate's --for)."""
+    import av
+
+    if out.is_file():
+        return out
+    tmp = out.with_name(".tmp-" + out.name)
+    with av.open(path) as src, av.open(str(tmp), "w") as dst:
+        vin = src.streams.video[0]
+        vout = dst.add_stream("libx264", rate=vin.average_rate or 25)
+        vout.width, vout.height, vout.pix_fmt = vin.codec_context.width, vin.codec_context.height, "yuv420p"
+        for frame in src.decode(vin):
+            if frame.time is not None and lo <= frame.time <= hi:
+                for pkt in vout.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")):
+                    dst.mux(pkt)
+        for pkt in vout.encode(None):
+            dst.mux(pkt)
+    os.replace(tmp, out)
+    return out
+
+
 def extract(ws: Path, files: list[str], refs: list[str], args) -> Path:
     """`curator extract` + `curator identify` once; reused while the files and settings are the same."""
     stamp = ws / "bench_thesis.json"
@@ -291,8 +336,8 @@ def crop_features(ws: Path, table: pd.DataFrame, rows: np.ndarray, cache: Path) 
 class Context:
     """What every method may look at: the footage workspace, its table and embeddings, the features."""
 
-    def __init__(self, args, work: Path, ws: Path, table: pd.DataFrame, emb: np.ndarray, target_ws: Path):
-        self.args, self.work, self.ws, self.table, self.emb, self.target_ws = args, work, ws, table, emb, target_ws
+    def __init__(self, args, work: Path, ws: Path, table: pd.DataFrame, emb: np.ndarray, for_target: list[str]):
+        self.args, self.work, self.ws, self.table, self.emb, self.for_target = args, work, ws, table, emb, for_target
         self.features: pd.DataFrame | None = None
         self._fo = None
 
@@ -328,7 +373,8 @@ def sel_curator(ctx: Context, pool: np.ndarray, n: int, r: int) -> tuple[np.ndar
 
 
 def sel_curator_for(ctx: Context, pool: np.ndarray, n: int, r: int) -> tuple[np.ndarray, dict]:
-    """curator's selection for the evaluation footage: `curator.api.curate(ws, budget, for_=TARGET)` (issue 24).
+    """curator's selection for the evaluation footage: `curator.api.curate(ws, budget, for_=TARGET)` (issue 24),
+    TARGET the --target files (a window of a file cut into a file of its own).
 
     The pool is marked as the workspace's target for the call, and the
     workspace's own identity column put back after it."""
@@ -343,7 +389,7 @@ def sel_curator_for(ctx: Context, pool: np.ndarray, n: int, r: int) -> tuple[np.
     with locked(w, "bench/thesis.py"):
         update_columns(w, pd.DataFrame({"face_id": ctx.table["face_id"], "is_target": mask}))
     try:
-        api.curate(str(ctx.ws), budget=n, for_=str(ctx.target_ws))
+        api.curate(str(ctx.ws), budget=n, for_=ctx.for_target[0] if len(ctx.for_target) == 1 else ctx.for_target)
         got = read_table(open_workspace(ctx.ws))
         sel = got.set_index("face_id").loc[ctx.table["face_id"], "selected"].fillna(False).to_numpy(bool)
     finally:
@@ -408,7 +454,9 @@ SELECT = {"curator": sel_curator, "curator-for": sel_curator_for, "dfl-sort-best
 
 def prepare(args, work: Path) -> dict:
     """Workspaces, evaluation faces, every repeat's pool and sets (face ids, leak distances) and their exports."""
-    footage, target, bfiles = resolve(args.footage), resolve(args.target), resolve(args.b)
+    fspecs, tspecs = [parse_spec(x) for x in args.footage], [parse_spec(x) for x in args.target]
+    footage, target = list(dict.fromkeys(p for p, _, _ in fspecs)), list(dict.fromkeys(p for p, _, _ in tspecs))
+    bfiles = resolve(args.b)
     refs = resolve(args.ref) if args.ref else []
     ws_a = extract(work / "ws_a", footage, refs, args)
     same = set(footage) & set(target)
@@ -420,8 +468,8 @@ def prepare(args, work: Path) -> dict:
     if ws_t != ws_a:
         single_person(ttable, "--target", bool(refs))
 
-    # Evaluation faces: the person's faces in the target files, evenly in time, at most --eval-faces.
-    tsel = np.flatnonzero(ttable["is_target"].fillna(False).to_numpy(bool) & ttable["source_path"].isin(target).to_numpy())
+    # Evaluation faces: the person's faces in the target windows, evenly in time, at most --eval-faces.
+    tsel = np.flatnonzero(ttable["is_target"].fillna(False).to_numpy(bool) & in_specs(ttable, tspecs))
     tsel = time_order(ttable, tsel, target)
     if len(tsel) > args.eval_faces:
         tsel = tsel[np.floor((np.arange(args.eval_faces) + 0.5) * len(tsel) / args.eval_faces).astype(int)]
@@ -430,18 +478,27 @@ def prepare(args, work: Path) -> dict:
     ev_src, ev_t = ttable["source_sha256"].to_numpy()[tsel], ttable["time_s"].to_numpy(float)[tsel]
     evaluation = export_rows(ws_t, ttable, tsel, work / "evaluation")
 
-    # Candidates: the person's faces in the footage files, none within MIN_GAP_S of an evaluation face.
-    cand = np.flatnonzero(table["is_target"].fillna(False).to_numpy(bool) & table["source_path"].isin(footage).to_numpy())
+    # Candidates: the person's faces in the footage windows, none within MIN_GAP_S of an evaluation face.
+    cand = np.flatnonzero(table["is_target"].fillna(False).to_numpy(bool) & in_specs(table, fspecs))
     d = nearest_training_s(table["source_sha256"].to_numpy()[cand], table["time_s"].to_numpy(float)[cand], ev_src, ev_t)
     cand = time_order(table, cand[d >= MIN_GAP_S], footage)
+    if not len(cand):
+        sys.exit(f"bench/thesis.py: no face of --footage is {MIN_GAP_S:g} s or more from the evaluation faces")
     log(f"{len(cand)} candidate faces in --footage, {len(tsel)} evaluation faces in --target"
         + (f" ({len(same)} files in both: faces within {MIN_GAP_S:g} s of an evaluation face left out)" if same else ""))
+    # curate --for gets the evaluation footage as files: a target window is cut into a file of its own.
+    (work / "target_cuts").mkdir(exist_ok=True)
+    for_target = [p if (lo, hi) == (0.0, math.inf) else
+                  str(cut(p, lo, hi, work / "target_cuts" / f"{Path(p).stem}_{lo:g}-{hi:g}.mp4"))
+                  for p, lo, hi in tspecs]
 
-    ctx = Context(args, work, ws_a, table, emb, ws_t)
+    ctx = Context(args, work, ws_a, table, emb, for_target)
     ctx.features = crop_features(ws_a, table, cand, work / "features.parquet")
     sets_dir = work / "sets"
     sets_dir.mkdir(exist_ok=True)
-    info = {"footage": footage, "target": target, "b": bfiles, "refs": refs, "extract_fps": args.extract_fps,
+    windows_json = lambda specs: [[p, lo, None if hi == math.inf else hi] for p, lo, hi in specs]  # noqa: E731
+    info = {"footage": windows_json(fspecs), "target": windows_json(tspecs), "for_target": for_target,
+            "b": bfiles, "refs": refs, "extract_fps": args.extract_fps,
             "crop_size": CROP_SIZE, "min_gap_s": MIN_GAP_S, "candidates": int(len(cand)),
             "evaluation": {"faces": int(len(tsel)), "face_id": ttable["face_id"].to_numpy()[tsel].tolist(),
                            "source": ttable["source_path"].to_numpy()[tsel].tolist(),
@@ -472,18 +529,17 @@ def prepare_repeat(ctx: Context, r: int, pool: np.ndarray, window: tuple[int, in
                    args) -> dict:
     """One repeat's pool, every method's set at every budget (or why not), the leak check, the exports."""
     path = sets_dir / f"r{r}.json"
-    key = {"budgets": args.budgets, "methods": args.methods, "window": list(window), "version": VERSION}
-    if path.is_file():
-        got = json.loads(path.read_text())
-        if got.get("key") == key:
-            return got
+    key = {"window": list(window), "version": VERSION}
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if old.get("key") != key:
+        old = {}
     t = ctx.table
     ids = t["face_id"].to_numpy()
     src, tim = t["source_sha256"].to_numpy(), t["time_s"].to_numpy(float)
     val = pool[9::10]  # the whole pool's validation tenth (convergence only)
     train_all = np.setdiff1d(pool, val)
     rec = {"key": key, "window": list(window), "pool": ids[pool].tolist(),
-           "time_span_s": [float(tim[pool].min()), float(tim[pool].max())], "sets": {}}
+           "time_span_s": [float(tim[pool].min()), float(tim[pool].max())], "sets": dict(old.get("sets", {}))}
 
     def add(name: str, rows: np.ndarray, extra: dict) -> None:
         rows = np.sort(np.asarray(rows, int))
@@ -495,11 +551,14 @@ def prepare_repeat(ctx: Context, r: int, pool: np.ndarray, window: tuple[int, in
                              "min_eval_distance_s": None if not np.isfinite(dist.min()) else round(float(dist.min()), 2)}
         export_rows(ctx.ws, t, rows, sets_dir / f"r{r}" / name)
 
-    add(REFERENCE, train_all, {"validation_face_id": ids[val].tolist()})
-    export_rows(ctx.ws, t, np.sort(val), sets_dir / f"r{r}" / f"{REFERENCE}_val")
+    if REFERENCE not in rec["sets"]:
+        add(REFERENCE, train_all, {"validation_face_id": ids[val].tolist()})
+        export_rows(ctx.ws, t, np.sort(val), sets_dir / f"r{r}" / f"{REFERENCE}_val")
     for n in args.budgets:
         for m in args.methods:
             name = f"n{n}_{m}"
+            if name in rec["sets"] and "not_available" not in rec["sets"][name]:
+                continue  # made by an earlier prepare (a set not available then is tried again)
             try:
                 rows, extra = SELECT[m](ctx, pool, n, r)
             except NotAvailable as e:
@@ -549,16 +608,30 @@ def training_config(args) -> dict:
 
 def run_keys(info: dict, args) -> list[tuple[str, int, str]]:
     """(key, repeat, set name) of every run, repeat by repeat, so an interrupted experiment has whole repeats."""
+    wanted = [f"n{n}_{m}" for n in args.budgets for m in args.methods] + [REFERENCE]
     keys = []
     for r in range(args.repeats):
         rec = info["repeats"].get(r) or info["repeats"].get(str(r))
-        for name, s in rec["sets"].items():
+        if rec is None:
+            sys.exit(f"bench/thesis.py: repeat {r} is not prepared; run --stage prepare with --repeats {args.repeats}")
+        for name in wanted:
+            s = rec["sets"].get(name)
+            if s is None:
+                sys.exit(f"bench/thesis.py: repeat {r} has no set {name}; run --stage prepare with these --budgets")
             if "not_available" not in s:
                 keys.append((f"r{r}_{name}", r, name))
     return keys
 
 
-def train(args, a: Path, b: str, run: Path, steps: int, seed: int, resume: bool) -> float:
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def train(args, a: Path, b: str, run: Path, steps: int, seed: int, resume: bool) -> tuple[float, float]:
+    """Train (or go on training) one run; (wall seconds, CPU seconds of the trainer)."""
     cmd = [sys.executable, "-m", "trainer", "--a", str(a), "--b", b, "--out", str(run), "--resolution", str(args.size),
            "--width", str(args.width), "--latent", str(args.latent), "--batch", str(args.batch), "--lr", str(args.lr),
            "--steps", str(steps), "--seed", str(seed), "--device", args.device, "--save-every", str(steps),
@@ -566,11 +639,11 @@ def train(args, a: Path, b: str, run: Path, steps: int, seed: int, resume: bool)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"training {run.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _children_cpu() - c0
 
 
 def validation_l1(run: Path, faces: Path, device: str) -> float:
@@ -596,11 +669,12 @@ def do_run(args, info: dict, key: str, r: int, name: str, runs: Path) -> dict:
     sets = Path(info["paths"]["sets"]) / f"r{r}"
     run = runs / key
     shutil.rmtree(run, ignore_errors=True)
-    seconds, curve = 0.0, []
+    seconds, cpu, curve = 0.0, 0.0, []
     if name == REFERENCE:  # the whole pool: chunks of --steps until the validation L1 stops falling
         best = math.inf
         for k in range(1, args.pool_chunks + 1):
-            seconds += train(args, sets / name, info["paths"]["b"], run, k * args.steps, r, resume=k > 1)
+            wall, c = train(args, sets / name, info["paths"]["b"], run, k * args.steps, r, resume=k > 1)
+            seconds, cpu = seconds + wall, cpu + c
             v = validation_l1(run, sets / f"{REFERENCE}_val", args.device)
             curve.append({"steps": k * args.steps, "validation_l1": round(v, 5)})
             log(f"  {key}: {k * args.steps} steps, validation L1 {v:.4f}")
@@ -610,9 +684,9 @@ def do_run(args, info: dict, key: str, r: int, name: str, runs: Path) -> dict:
         converged = len(curve) < args.pool_chunks or (len(curve) > 1 and
                                                       curve[-1]["validation_l1"] > min(c["validation_l1"] for c in curve[:-1]) * (1 - PLATEAU))
     else:
-        seconds = train(args, sets / name, info["paths"]["b"], run, args.steps, r, resume=False)
+        seconds, cpu = train(args, sets / name, info["paths"]["b"], run, args.steps, r, resume=False)
         converged = None
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     s = evaluate(run, info["paths"]["evaluation"], side="a", out=run / "evaluate.html", models=str(args.models),
                  device=args.device)
     per_face = s["_per_face"]
@@ -620,6 +694,8 @@ def do_run(args, info: dict, key: str, r: int, name: str, runs: Path) -> dict:
     last = json.loads((run / "loss.jsonl").read_text().splitlines()[-1])
     rec = {"key": key, "repeat": r, "set": name, "seed": r, "config": training_config(args),
            "steps": last["step"], "train_s": round(seconds, 1), "evaluate_s": round(time.perf_counter() - t0, 1),
+           "train_cpu_s": round(cpu, 1), "evaluate_cpu_s": round(time.process_time() - c0, 1),
+           "loadavg": common.loadavg(),
            "loss": last["loss"], "loss_a": last["loss_a"], "convergence": curve or None, "converged": converged,
            "run_id": s["run_id"], "machine": common.machine_info(), "git": common.git_rev(),
            "per_face": {"face_id": face_ids,
@@ -696,15 +772,24 @@ def report(args, info: dict, runs: Path) -> dict:
                           "repeats": args.repeats, "methods": list(args.methods), "min_gap_s": MIN_GAP_S,
                           "min_bin_faces": MIN_BIN_FACES},
         "machine": recs[-1]["machine"] if recs else common.machine_info(), "git": common.git_rev(),
-        "footage": {k: info[k] for k in ("footage", "target", "b", "refs", "extract_fps", "crop_size", "candidates")},
+        "footage": {k: _finite(info[k]) for k in ("footage", "target", "for_target", "b", "refs", "extract_fps", "crop_size",
+                                              "candidates")},
         "evaluation": {**ev, "pose_groups": counts},
         "sets": info["repeats"],
-        "runs": {rec["key"]: {k: rec[k] for k in ("repeat", "set", "seed", "steps", "train_s", "evaluate_s", "loss_a",
-                                                  "convergence", "converged", "run_id", "git")}
+        "runs": {rec["key"]: {k: rec.get(k) for k in ("repeat", "set", "seed", "steps", "train_s", "evaluate_s",
+                                                      "train_cpu_s", "evaluate_cpu_s", "loadavg", "loss_a",
+                                                      "convergence", "converged", "run_id", "git")}
                  | {"figures": {k: _r(v) for k, v in figs[(rec["set"], rec["repeat"])].items()}} for rec in recs},
         "table": table,
     }
     return out
+
+
+def _finite(v):
+    """JSON without Infinity: an open end of a time window is null."""
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _nanmean(v) -> float | None:
@@ -755,15 +840,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", choices=("all", "prepare", "run", "report"), default="all")
-    ap.add_argument("--footage", nargs="+", default=DEFAULT_FOOTAGE, help="side A's footage (files; shared clip names work)")
+    ap.add_argument("--footage", nargs="+", default=DEFAULT_FOOTAGE,
+                    help="side A's footage: FILE or FILE@FROM-TO seconds (shared clip names work)")
     ap.add_argument("--ref", nargs="*", default=[], help="reference photo(s) of side A's person")
     ap.add_argument("--target", nargs="+", default=DEFAULT_TARGET,
-                    help="the evaluation footage, and the --for target (other files of the same person)")
+                    help="the evaluation footage and the --for target: other files of the same person, or "
+                         "FILE@FROM-TO windows of the footage (training faces are kept 10 s away)")
     ap.add_argument("--b", nargs="+", default=DEFAULT_B, help="side B's footage")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budgets", type=lambda v: [int(x) for x in v.split(",")], default=[20, 50])
     ap.add_argument("--methods", type=lambda v: v.split(","), default=list(METHODS))
-    ap.add_argument("--steps", type=int, default=None, help="training steps per run [default: 300 at 64 px, 2000 at 128]")
+    ap.add_argument("--steps", type=int, default=None, help="training steps per run [default: 1000 at 64 px, 2000 at 128]")
     ap.add_argument("--size", type=int, choices=(64, 128), default=64, help="training resolution")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--width", type=int, default=None, help="network width [16 at 64 px, 32 at 128]")
@@ -773,7 +860,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="OMP threads per training run [1 on cpu]")
     ap.add_argument("--pool-chunks", type=int, default=6, help="the whole pool: at most this many chunks of --steps")
     ap.add_argument("--pool-fraction", type=float, default=0.6, help="share of the candidate faces in each repeat's pool")
-    ap.add_argument("--eval-faces", type=int, default=150, help="at most this many evaluation faces, evenly in time")
+    ap.add_argument("--eval-faces", type=int, default=100, help="at most this many evaluation faces, evenly in time")
     ap.add_argument("--extract-fps", type=float, default=None, help="frames per second analysed [default: every frame]")
     ap.add_argument("--models", default=str(common.PACK_SMALL), help="InsightFace model pack")
     ap.add_argument("--work", type=Path, default=None, help="work folder [CACHE/thesis-v2]")
@@ -786,7 +873,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="1 repeat, budgets 10,20, 30 steps, 2 pool chunks, 40 evaluation faces, own work folder")
     args = ap.parse_args(argv)
     big = args.size == 128
-    for k, (at128, at64) in {"steps": (2000, 300), "width": (32, 16), "latent": (512, 256), "batch": (16, 8),
+    for k, (at128, at64) in {"steps": (2000, 1000), "width": (32, 16), "latent": (512, 256), "batch": (16, 8),
                              "lr": (5e-4, 1e-3)}.items():
         if getattr(args, k) is None:
             setattr(args, k, at128 if big else at64)
