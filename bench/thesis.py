@@ -336,8 +336,10 @@ def crop_features(ws: Path, table: pd.DataFrame, rows: np.ndarray, cache: Path) 
 class Context:
     """What every method may look at: the footage workspace, its table and embeddings, the features."""
 
-    def __init__(self, args, work: Path, ws: Path, table: pd.DataFrame, emb: np.ndarray, for_target: list[str]):
-        self.args, self.work, self.ws, self.table, self.emb, self.for_target = args, work, ws, table, emb, for_target
+    def __init__(self, args, work: Path, ws: Path, table: pd.DataFrame, emb: np.ndarray, for_target: list[str],
+                 for_faces: pd.DataFrame):
+        self.args, self.work, self.ws, self.table, self.emb = args, work, ws, table, emb
+        self.for_target, self.for_faces = for_target, for_faces  # the --target footage: files, and its faces
         self.features: pd.DataFrame | None = None
         self._fo = None
 
@@ -373,30 +375,47 @@ def sel_curator(ctx: Context, pool: np.ndarray, n: int, r: int) -> tuple[np.ndar
 
 
 def sel_curator_for(ctx: Context, pool: np.ndarray, n: int, r: int) -> tuple[np.ndarray, dict]:
-    """curator's selection for the evaluation footage: `curator.api.curate(ws, budget, for_=TARGET)` (issue 24),
-    TARGET the --target files (a window of a file cut into a file of its own).
+    """curator's selection for the evaluation footage (issue 24, `curate --for TARGET`), through whichever form
+    this build has: the pure `curator.curate.curate(..., for_faces=TARGET_FACES)` given the person's faces of
+    the --target windows, else `curator.api.curate(ws, budget=N, for_target=FILES)` (or `for_=`) given the
+    --target files, a window cut into a file of its own. Neither: NotAvailable, and nothing stands in."""
+    from curator import api
+    from curator import curate as curate_mod
 
-    The pool is marked as the workspace's target for the call, and the
-    workspace's own identity column put back after it."""
+    if "for_faces" in inspect.signature(curate_mod.curate).parameters:
+        t2 = ctx.table.copy()
+        mask = np.zeros(len(t2), bool)
+        mask[pool] = True
+        t2["is_target"] = mask
+        sel = curate_mod.curate(t2, n, emb=ctx.emb, for_faces=ctx.for_faces).columns["selected"].to_numpy(bool)
+        return np.flatnonzero(sel), {"via": "curator.curate.curate(for_faces=)", "target_faces": int(len(ctx.for_faces))}
+    params = inspect.signature(api.curate).parameters
+    kw = next((k for k in ("for_target", "for_") if k in params), None)
+    if kw is None:
+        raise NotAvailable("not available in this build (curator.curate.curate has no for_faces, "
+                           "curator.api.curate no for_target)")
+    return _curate_for_via_api(ctx, pool, n, kw), {"via": f"curator.api.curate({kw}=)"}
+
+
+def _curate_for_via_api(ctx: Context, pool: np.ndarray, n: int, kw: str) -> np.ndarray:
+    """api.curate on the footage workspace with the pool marked as its target; identify's column put back after."""
     from curator import api
     from curator.workspace import locked, open_workspace, read_table, update_columns
 
-    if "for_" not in inspect.signature(api.curate).parameters:
-        raise NotAvailable("not available in this build (curator.api.curate has no for_)")
     w = open_workspace(ctx.ws)
     mask = np.zeros(len(ctx.table), bool)
     mask[pool] = True
     with locked(w, "bench/thesis.py"):
         update_columns(w, pd.DataFrame({"face_id": ctx.table["face_id"], "is_target": mask}))
     try:
-        api.curate(str(ctx.ws), budget=n, for_=ctx.for_target[0] if len(ctx.for_target) == 1 else ctx.for_target)
+        api.curate(str(ctx.ws), budget=n, **{kw: ctx.for_target[0] if len(ctx.for_target) == 1 else ctx.for_target})
         got = read_table(open_workspace(ctx.ws))
         sel = got.set_index("face_id").loc[ctx.table["face_id"], "selected"].fillna(False).to_numpy(bool)
     finally:
         with locked(w, "bench/thesis.py"):
             update_columns(w, pd.DataFrame({"face_id": ctx.table["face_id"],
                                             "is_target": ctx.table["is_target"].fillna(False).to_numpy(bool)}))
-    return np.flatnonzero(sel), {}
+    return np.flatnonzero(sel)
 
 
 def _features(ctx: Context, pool: np.ndarray) -> pd.DataFrame:
@@ -492,7 +511,8 @@ def prepare(args, work: Path) -> dict:
                   str(cut(p, lo, hi, work / "target_cuts" / f"{Path(p).stem}_{lo:g}-{hi:g}.mp4"))
                   for p, lo, hi in tspecs]
 
-    ctx = Context(args, work, ws_a, table, emb, for_target)
+    target_faces = ttable[ttable["is_target"].fillna(False).to_numpy(bool) & in_specs(ttable, tspecs)].reset_index(drop=True)
+    ctx = Context(args, work, ws_a, table, emb, for_target, target_faces)
     ctx.features = crop_features(ws_a, table, cand, work / "features.parquet")
     sets_dir = work / "sets"
     sets_dir.mkdir(exist_ok=True)

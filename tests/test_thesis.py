@@ -192,3 +192,15 @@ def test_image_embeddings_separate_different_pictures_more_than_near_copies():
     e = baselines.image_embeddings(np.stack([a, near, b, c]), dims=3)
     assert e.shape == (4, 3)
     assert e[0] @ e[1] > e[0] @ e[2]
+
+
+def test_time_windows_pick_faces_of_their_own_file_only():
+    path, lo, hi = thesis.parse_spec("liveportrait/driving_d6.mp4@24-")  # a shared clip by name, open-ended window
+    assert Path(path).is_file() and path.endswith("driving_d6.mp4") and lo == 24.0 and math.isinf(hi)
+    assert thesis.parse_spec("liveportrait/driving_d6.mp4@2.5-7")[1:] == (2.5, 7.0)
+    import pandas as pd
+
+    table = pd.DataFrame({"source_path": [path, path, path, "/elsewhere.mp4"], "time_s": [10.0, 23.9, 30.0, 30.0]})
+    assert thesis.in_specs(table, [(path, lo, hi)]).tolist() == [False, False, True, False]
+    with pytest.raises(SystemExit):
+        thesis.parse_spec("liveportrait/driving_d6.mp4@late-")
