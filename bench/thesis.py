@@ -870,7 +870,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budgets", type=lambda v: [int(x) for x in v.split(",")], default=[20, 50])
     ap.add_argument("--methods", type=lambda v: v.split(","), default=list(METHODS))
-    ap.add_argument("--steps", type=int, default=None, help="training steps per run [default: 1000 at 64 px, 2000 at 128]")
+    ap.add_argument("--steps", type=int, default=None, help="training steps per run [default: 2000]")
     ap.add_argument("--size", type=int, choices=(64, 128), default=64, help="training resolution")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--width", type=int, default=None, help="network width [16 at 64 px, 32 at 128]")
@@ -893,7 +893,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="1 repeat, budgets 10,20, 30 steps, 2 pool chunks, 40 evaluation faces, own work folder")
     args = ap.parse_args(argv)
     big = args.size == 128
-    for k, (at128, at64) in {"steps": (2000, 1000), "width": (32, 16), "latent": (512, 256), "batch": (16, 8),
+    for k, (at128, at64) in {"steps": (2000, 2000), "width": (32, 16), "latent": (512, 256), "batch": (16, 8),
                              "lr": (5e-4, 1e-3)}.items():
         if getattr(args, k) is None:
             setattr(args, k, at128 if big else at64)
