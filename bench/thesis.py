@@ -777,7 +777,9 @@ def report(args, info: dict, runs: Path) -> dict:
                 row["not_available"] = next(x for x in na if x)
             for fig in (*FIGURES, "ssim", "identity", "pose_error_deg"):
                 vals = [figs[(name, r)][fig] for r in have]
-                row[fig] = {"mean": _r(np.mean(vals)) if vals else None, "per_repeat": [_r(v) for v in vals]}
+                known = [v for v in vals if v is not None]  # a figure evaluate could not measure is None
+                row[fig] = {"mean": _r(np.mean(known)) if known else None,
+                            "per_repeat": [None if v is None else _r(v) for v in vals]}
                 if m != "curator" and fig in FIGURES:
                     pairs = [r for r in have if (f"n{n}_curator", r) in figs]
                     d = paired_ci([figs[(name, r)][fig] - figs[(f"n{n}_curator", r)][fig] for r in pairs])

@@ -204,3 +204,36 @@ def test_time_windows_pick_faces_of_their_own_file_only():
     assert thesis.in_specs(table, [(path, lo, hi)]).tolist() == [False, False, True, False]
     with pytest.raises(SystemExit):
         thesis.parse_spec("liveportrait/driving_d6.mp4@late-")
+
+
+def test_report_pairs_each_baseline_with_curator_in_the_same_repeat(tmp_path):
+    """Repeats differ a lot (0.1 to 0.9), the baseline is worse by 0.018-0.022 within each: only a paired
+    difference sees it. The report must find +0.02 with an interval above zero, from the runs' files alone."""
+    import argparse
+    import json
+
+    ev_ids = [f"e{i}" for i in range(20)]
+    info = {"evaluation": {"faces": 20, "face_id": ev_ids, "yaw": [0.0] * 10 + [25.0] * 10, "pitch": [0.0] * 20},
+            "footage": [], "target": [], "for_target": [], "b": [], "refs": [], "extract_fps": None,
+            "crop_size": 128, "candidates": 100,
+            "repeats": {str(r): {"sets": {"n20_curator": {}, "n20_uniform": {}, "all": {}}} for r in range(3)}}
+    args = argparse.Namespace(budgets=[20], methods=["curator", "uniform"], repeats=3, size=64, width=16, latent=256,
+                              batch=8, lr=1e-3, steps=10, pool_chunks=2, device="cpu")
+    base, delta = [0.1, 0.5, 0.9], [0.018, 0.020, 0.022]
+    for r in range(3):
+        for name, v in (("n20_curator", base[r]), ("n20_uniform", base[r] + delta[r])):
+            rec = {"key": f"r{r}_{name}", "repeat": r, "set": name, "seed": r, "steps": 10, "train_s": 1.0,
+                   "evaluate_s": 1.0, "loss_a": 0.1, "convergence": None, "converged": None, "run_id": "x", "git": "x",
+                   "config": thesis.training_config(args), "machine": {"cpu_model": "test", "date": "today"},
+                   "per_face": {"face_id": ev_ids[::-1], "l1": [v] * 20, "ssim": [0.5] * 20}}
+            (tmp_path / f"r{r}_{name}.json").write_text(json.dumps(rec))
+    res = thesis.report(args, info, tmp_path)
+    row = res["table"]["N=20"]["uniform"]
+    assert row["repeats"] == [0, 1, 2]
+    for fig in thesis.FIGURES:
+        d = row[fig]["minus_curator"]
+        assert d["n"] == 3 and d["wins"] == 3
+        assert d["mean"] == pytest.approx(0.02, abs=1e-5) and 0 < d["lo"] < 0.02 < d["hi"]
+    assert res["table"]["N=20"]["all"]["repeats"] == []  # the whole pool has no run yet: reported as missing
+    assert res["status"] == {"runs_done": 6, "runs_planned": 9, "repeats_with_runs": [0, 1, 2]}
+    assert "| uniform | 3 |" in thesis.render_markdown(res)
