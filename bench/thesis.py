@@ -736,7 +736,8 @@ def run_all(args, info: dict, runs: Path) -> None:
     if cfg_path.is_file() and json.loads(cfg_path.read_text()) != cfg:
         sys.exit(f"bench/thesis.py: {runs} holds runs of another configuration ({cfg_path}); give another --runs")
     cfg_path.write_text(json.dumps(cfg))
-    todo = [k for k in run_keys(info, args) if not (runs / f"{k[0]}.json").is_file()]
+    todo = [k for k in run_keys(info, args) if not (runs / f"{k[0]}.json").is_file()
+            and (not args.only_repeats or k[1] in args.only_repeats)]
     log(f"{len(todo)} runs to do in {runs}")
     for i, (key, r, name) in enumerate(todo[: args.max_runs or None]):
         t0 = time.perf_counter()
@@ -888,6 +889,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, default=None, help="work folder [CACHE/thesis-v2]")
     ap.add_argument("--runs", type=Path, default=None, help="per-run results folder [WORK/runs-SIZEpx-STEPS]")
     ap.add_argument("--max-runs", type=int, default=0, help="stop after this many runs (0: all)")
+    ap.add_argument("--only-repeats", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="run only these repeats (two processes on disjoint repeats share a runs folder safely)")
     ap.add_argument("--keep-models", action="store_true", help="keep each run's model folder")
     ap.add_argument("--out", type=Path, default=None, help="results JSON [bench/results/thesis.json]")
     ap.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
