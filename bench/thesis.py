@@ -1,6 +1,6 @@
 """Does a curated set train a better swap, by a margin the noise cannot explain?
 
-    python bench/thesis.py --smoke                                  # every method end to end, minutes
+    python bench/thesis.py --smoke                                  # every method end to end, ~15 min
     python bench/thesis.py --stage prepare                          # footage, faces, every repeat's sets
     nohup nice -n 15 python bench/thesis.py --stage run --runs /work/thesis-runs &   # resumable, run by run
     python bench/thesis.py --stage report --runs /work/thesis-runs  # tables -> bench/results/thesis.json
@@ -21,8 +21,8 @@ The protocol (docs/benchmarks.md, "Does curation make better models?"):
    most --eval-faces, evenly in time). No training face may come from footage near
    them: for every set, each evaluation face's distance in time to the nearest
    training face of the same source file must be at least MIN_GAP_S (10 s);
-   a face of another source file is at no distance at all (null in the
-   results). Checked for every set before anything trains (`leak_check`); the
+   training faces of other source files have no time distance to it (null
+   in the results). Checked for every set before anything trains (`leak_check`); the
    distances and every set's face ids are stored.
 3. Repeats: repeat r draws its pool from its own window of the footage (a
    contiguous --pool-fraction of the candidate faces in time order, windows
