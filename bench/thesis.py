@@ -548,6 +548,8 @@ def load_prepared(work: Path) -> dict:
 def prepare_repeat(ctx: Context, r: int, pool: np.ndarray, window: tuple[int, int], ev_src, ev_t, sets_dir: Path,
                    args) -> dict:
     """One repeat's pool, every method's set at every budget (or why not), the leak check, the exports."""
+    from curator import metrics
+
     path = sets_dir / f"r{r}.json"
     key = {"window": list(window), "version": VERSION}
     old = json.loads(path.read_text()) if path.is_file() else {}
@@ -589,6 +591,9 @@ def prepare_repeat(ctx: Context, r: int, pool: np.ndarray, window: tuple[int, in
                 extra = {**extra, "short": f"{len(rows)} faces, not {n}"}
             add(name, rows, extra)
             log(f"repeat {r} N={n} {m}: {len(rows)} faces")
+    for s in rec["sets"].values():  # what each set holds, in curate's 10-degree pose bins (kept with the ids)
+        if "face_id" in s and "pose_bins" not in s:
+            s["pose_bins"] = pd.Series(metrics.pose_labels(t.set_index("face_id").loc[s["face_id"]])).value_counts().to_dict()
     path.write_text(json.dumps(rec, default=_json_default))
     return rec
 
