@@ -632,19 +632,20 @@ def training_config(args) -> dict:
 
 
 def run_keys(info: dict, args) -> list[tuple[str, int, str]]:
-    """(key, repeat, set name) of every run, repeat by repeat, so an interrupted experiment has whole repeats."""
-    wanted = [f"n{n}_{m}" for n in args.budgets for m in args.methods] + [REFERENCE]
+    """(key, repeat, set name) of every run: the first budget in every repeat, then the next budget, then the
+    whole pool; so a partial experiment already has paired repeats at one budget."""
+    order = [(r, f"n{n}_{m}") for n in args.budgets for r in range(args.repeats) for m in args.methods]
+    order += [(r, REFERENCE) for r in range(args.repeats)]
     keys = []
-    for r in range(args.repeats):
+    for r, name in order:
         rec = info["repeats"].get(r) or info["repeats"].get(str(r))
         if rec is None:
             sys.exit(f"bench/thesis.py: repeat {r} is not prepared; run --stage prepare with --repeats {args.repeats}")
-        for name in wanted:
-            s = rec["sets"].get(name)
-            if s is None:
-                sys.exit(f"bench/thesis.py: repeat {r} has no set {name}; run --stage prepare with these --budgets")
-            if "not_available" not in s:
-                keys.append((f"r{r}_{name}", r, name))
+        s = rec["sets"].get(name)
+        if s is None:
+            sys.exit(f"bench/thesis.py: repeat {r} has no set {name}; run --stage prepare with these --budgets")
+        if "not_available" not in s:
+            keys.append((f"r{r}_{name}", r, name))
     return keys
 
 
