@@ -735,6 +735,26 @@ def do_run(args, info: dict, key: str, r: int, name: str, runs: Path) -> dict:
     return rec
 
 
+def claim(runs: Path, key: str) -> bool:
+    """Take the run for this process (a lock file holding its pid); False if a live process holds it."""
+    lock = runs / f".{key}.lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            pid = int(lock.read_text())
+            if pid <= 0:
+                raise ValueError(pid)
+            os.kill(pid, 0)
+            return False  # its holder is alive
+        except (ValueError, ProcessLookupError, FileNotFoundError):
+            lock.unlink(missing_ok=True)  # left by a process that died
+            return claim(runs, key)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
 def run_all(args, info: dict, runs: Path) -> None:
     runs.mkdir(parents=True, exist_ok=True)
     cfg_path = runs / "config.json"
@@ -746,8 +766,13 @@ def run_all(args, info: dict, runs: Path) -> None:
             and (not args.only_repeats or k[1] in args.only_repeats)]
     log(f"{len(todo)} runs to do in {runs}")
     for i, (key, r, name) in enumerate(todo[: args.max_runs or None]):
+        if (runs / f"{key}.json").is_file() or not claim(runs, key):
+            continue  # finished or being run by another process on the same runs folder
         t0 = time.perf_counter()
-        rec = do_run(args, info, key, r, name, runs)
+        try:
+            rec = do_run(args, info, key, r, name, runs)
+        finally:
+            (runs / f".{key}.lock").unlink(missing_ok=True)
         log(f"run {i + 1}/{len(todo)} {key}: train {rec['train_s']:.0f} s, evaluate {rec['evaluate_s']:.0f} s, "
             f"total {time.perf_counter() - t0:.0f} s")
 
@@ -896,7 +921,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=Path, default=None, help="per-run results folder [WORK/runs-SIZEpx-STEPS]")
     ap.add_argument("--max-runs", type=int, default=0, help="stop after this many runs (0: all)")
     ap.add_argument("--only-repeats", type=lambda v: [int(x) for x in v.split(",")], default=None,
-                    help="run only these repeats (two processes on disjoint repeats share a runs folder safely)")
+                    help="run only these repeats (processes sharing a runs folder never take the same run: lock files)")
     ap.add_argument("--keep-models", action="store_true", help="keep each run's model folder")
     ap.add_argument("--out", type=Path, default=None, help="results JSON [bench/results/thesis.json]")
     ap.add_argument("--markdown", type=Path, default=None, help="also write the tables here")

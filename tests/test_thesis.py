@@ -237,3 +237,12 @@ def test_report_pairs_each_baseline_with_curator_in_the_same_repeat(tmp_path):
     assert res["table"]["N=20"]["all"]["repeats"] == []  # the whole pool has no run yet: reported as missing
     assert res["status"] == {"runs_done": 6, "runs_planned": 9, "repeats_with_runs": [0, 1, 2]}
     assert "| uniform | 3 |" in thesis.render_markdown(res)
+
+
+def test_a_run_is_claimed_by_one_process_and_a_dead_holder_releases_it(tmp_path):
+    assert thesis.claim(tmp_path, "r0_n20_curator")
+    assert not thesis.claim(tmp_path, "r0_n20_curator")  # this process holds it, alive
+    (tmp_path / ".r1_n20_curator.lock").write_text("2147483647")  # no such process
+    assert thesis.claim(tmp_path, "r1_n20_curator")
+    (tmp_path / ".r2_n20_curator.lock").write_text("")  # a holder that died before writing its pid
+    assert thesis.claim(tmp_path, "r2_n20_curator")
