@@ -761,7 +761,10 @@ def run_all(args, info: dict, runs: Path) -> None:
     cfg = {"training": training_config(args), "budgets": args.budgets, "methods": list(args.methods)}
     if cfg_path.is_file() and json.loads(cfg_path.read_text()) != cfg:
         sys.exit(f"bench/thesis.py: {runs} holds runs of another configuration ({cfg_path}); give another --runs")
-    cfg_path.write_text(json.dumps(cfg))
+    if not cfg_path.is_file():  # written whole (another process may be reading it)
+        tmp = runs / f".config.json.{os.getpid()}"
+        tmp.write_text(json.dumps(cfg))
+        os.replace(tmp, cfg_path)
     todo = [k for k in run_keys(info, args) if not (runs / f"{k[0]}.json").is_file()
             and (not args.only_repeats or k[1] in args.only_repeats)]
     log(f"{len(todo)} runs to do in {runs}")
