@@ -6,7 +6,10 @@
 # That machine has PyTorch with CUDA but no test data and no network: what it needs
 # travels in .device/ (ignored by git): whl/ (av, insightface, onnx2torch wheels for
 # its Python), pack-small/ (the shared model pack) and footage/ (720p and 1080p H.264
-# built here by `python bench/extract.py --gpu-footage .device/footage`). Every result
+# built here by `python bench/extract.py --gpu-footage .device/footage`) and, for
+# thesis, thesis/: a folder prepared here by `python bench/thesis.py --stage prepare
+# --work .device/thesis` (its ws_a, ws_target and b.workspace folders can be deleted
+# before the copy: the run stage reads only prepared.json, sets/, evaluation/ and b/). Every result
 # is written to OUT_DIR as it is measured, so a run cut short keeps what it finished.
 set -uo pipefail
 out=${1:?usage: bench/gpu_run.sh OUT_DIR [extract|train|thesis ...]}
@@ -32,8 +35,13 @@ for part in $parts; do
         --repeats 2 --synthetic /tmp/train-sets --resume-check 30 --out "$out/train_gpu.json" 2>&1 | tail -20
       timeout 60 python3 bench/augment.py --device cuda --out "$out/augment_cuda.json" 2>&1 | tail -5 ;;
     thesis)
-      timeout 400 python3 bench/thesis.py --device cuda --resolution 128 --out "$out/thesis_gpu.json" \
-        2>&1 | tee "$out/thesis_gpu.log" | tail -30 ;;
+      # 128 px, one repeat's runs at a time (resumable: THESIS_RUNS keeps finished runs across calls);
+      # then the report of every run finished so far.
+      runs=${THESIS_RUNS:-$out/thesis-runs}
+      timeout ${THESIS_TIMEOUT:-480} python3 bench/thesis.py --stage run --size 128 --device cuda --work .device/thesis \
+        --runs "$runs" --models .device/pack-small --max-runs ${THESIS_MAX_RUNS:-0} 2>&1 | tee "$out/thesis_gpu.log" | tail -30
+      python3 bench/thesis.py --stage report --size 128 --device cuda --work .device/thesis --runs "$runs" \
+        --out "$out/thesis_gpu.json" --markdown "$out/thesis_gpu.md" 2>&1 | tail -30 ;;
   esac
 done
 ls -la "$out"
