@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,15 +34,20 @@ PACK = TESTDATA / "models" / "pack-small"
 VIDEOS = TESTDATA / "videos"
 IMAGES = TESTDATA / "images"
 
-def _bench_common():
-    """bench/common.py (bench/ holds scripts, not a package): its footage helpers serve the tests too."""
+def load_script(relative: str, name: str):
+    """A script of the repository that is not in a package (bench/*.py, .ci/*.py) as module `name`, loaded once."""
     import importlib.util
 
-    if "bench_common" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_common", ROOT / "bench" / "common.py")
-        sys.modules["bench_common"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["bench_common"])
-    return sys.modules["bench_common"]
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def _bench_common():
+    """bench/common.py: its footage helpers serve the tests too."""
+    return load_script("bench/common.py", "bench_common")
 
 
 loop_video = _bench_common().loop_remux  # a clip remuxed N times back to back: long footage in seconds
@@ -142,3 +148,15 @@ def chromium_screenshot(url: str, shot: Path, profile: Path, window: str, *extra
     """A real headless Chromium, with the flags that work on these machines, saving a screenshot of `url`."""
     return subprocess.run([find_chromium(purpose), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}",
                            f"--window-size={window}", *extra, url], capture_output=True, text=True, timeout=120)
+
+
+def save_frame(video: Path, index: int, out: Path) -> Path:
+    """Frame `index` of `video` (every frame decoded, none skipped) written as an image to `out`."""
+    from curator import media
+
+    for sf in media.sample_video(video, fps=None, every=1, static_threshold=-1.0):
+        if sf.index == index:
+            cv2.imwrite(str(out), sf.image)
+            return out
+    raise AssertionError(f"{video} has no frame {index}")
+

@@ -3,23 +3,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, load_script
 
 pytestmark = pytest.mark.pure
 
 
 def _graph():
-    spec = importlib.util.spec_from_file_location("import_graph", ROOT / ".ci" / "import_graph.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(".ci/import_graph.py", "import_graph")
 
 
 def test_import_graph_has_no_cycle_and_no_upward_or_sideways_import():

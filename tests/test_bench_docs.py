@@ -8,24 +8,18 @@ without ../shared/testdata, `python -m pytest -m pure`).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, load_script
+
 pytestmark = pytest.mark.pure
 
 
 def doc_tables():
-    if "doc_tables" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("doc_tables", ROOT / "bench" / "doc_tables.py")
-        sys.modules["doc_tables"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["doc_tables"])
-    return sys.modules["doc_tables"]
+    return load_script("bench/doc_tables.py", "doc_tables")
 
 
 EXPECTED = doc_tables().expected()

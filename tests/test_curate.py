@@ -14,21 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import IMAGES, PACK, clip, curator, curator_json, loop_video, one_line_error, table_files
+from helpers import IMAGES, PACK, clip, curator, curator_json, loop_video, one_line_error, save_frame, table_files
 from curator.models import faces, recognisers
 from curator import identify, media
 from curator.curate import curate as do_curate
 from curator.workspace import open_workspace, read_embeddings, read_table, update_columns
 
 pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
-
-
-def save_frame(video: Path, index: int, out: Path) -> Path:
-    for sf in media.sample_video(video, fps=None, every=1, static_threshold=-1.0):
-        if sf.index == index:
-            cv2.imwrite(str(out), sf.image)
-            return out
-    raise AssertionError(f"{video} has no frame {index}")
 
 
 def mirror_video(src: Path, dst: Path) -> None:

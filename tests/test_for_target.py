@@ -15,14 +15,12 @@ import re
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from helpers import clip, curator, curator_json, one_line_error, table, table_files
-from curator import media
+from helpers import clip, curator, curator_json, one_line_error, save_frame, table, table_files
 from curator.workspace import open_workspace, read_meta
 
 pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
@@ -129,14 +127,6 @@ def test_run_for_footage_extracts_the_target_beside_the_export(tmp_path):
     assert manifest["target_faces"].sum() > 0
 
 
-def frame_of(video: Path, index: int, out: Path) -> Path:
-    for sf in media.sample_video(video, fps=None, every=1, static_threshold=-1.0):
-        if sf.index == index:
-            cv2.imwrite(str(out), sf.image)
-            return out
-    raise AssertionError(f"{video} has no frame {index}")
-
-
 def test_several_target_files_are_one_target_and_for_ref_picks_its_person(pair, tmp_path):
     a, _ = pair
     ws = copy(a, tmp_path / "A")
@@ -150,7 +140,7 @@ def test_several_target_files_are_one_target_and_for_ref_picks_its_person(pair, 
     # Another file of another person into the same target workspace: only the files named are the target,
     # and --for-ref chooses between the people in them.
     other = clip("face_2.mp4")
-    ref = frame_of(other, 30, tmp_path / "her.png")
+    ref = save_frame(other, 30, tmp_path / "her.png")
     s = curator_json("curate", "-w", ws, "--budget", "8", "--for", one, "--for", other, "--for-workspace", where,
                      "--for-ref", ref)
     assert set(s["for_target"]["target"]["sources"]) == {sha256(other)}
