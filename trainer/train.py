@@ -136,26 +136,22 @@ def mark_run_folder(run: Path) -> None:
 @contextmanager
 def _run_lock(out, master: bool):
     """One training run per folder: rank 0 holds the folder's lock (curator.fs.lock, as a workspace does)."""
-    from curator.fs.lock import Locked, exclusive
+    from curator.fs.lock import exclusive
 
     if not (master and out):
         yield
         return
     folder = Path(out).resolve()
     existed = folder.exists()
-    try:
-        guard = exclusive(folder / ".lock", "curator train", f"run folder {folder}")
-        guard.__enter__()
-    except Locked as e:
-        raise TrainError(str(e)) from None
-    try:
-        yield
-    finally:
-        guard.__exit__(None, None, None)
-        # A run that never started leaves no folder behind (only the lock would be in it).
-        if not existed and [p.name for p in folder.iterdir()] == [".lock"]:
-            (folder / ".lock").unlink()
-            folder.rmdir()
+    with exclusive(folder / ".lock", "curator train", f"run folder {folder}", error=TrainError):
+        try:
+            yield
+        finally:
+            # A run that never started leaves no folder behind (only our lock would be in it). Only the holder
+            # cleans up: a refused second trainer never touches the folder of the run that holds it.
+            if not existed and [p.name for p in folder.iterdir()] == [".lock"]:
+                (folder / ".lock").unlink()
+                folder.rmdir()
 
 
 def draws(s: dict, cfg, name: str, note, device) -> torch.Tensor | None:

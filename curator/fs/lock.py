@@ -20,16 +20,13 @@ from ..errors import CuratorError
 
 
 class Locked(CuratorError):
-    """The folder is held by another writer; `holder` says who."""
-
-    def __init__(self, message: str, holder: dict):
-        super().__init__(message)
-        self.holder = holder
+    """The folder is held by another writer."""
 
 
 @contextmanager
-def exclusive(lock_file: Path, command: str, what: str) -> Iterator[None]:
-    """Hold `lock_file`, or raise Locked saying that `what` is in use by its holder."""
+def exclusive(lock_file: Path, command: str, what: str, error: type[Exception] = Locked) -> Iterator[None]:
+    """Hold `lock_file`, or raise `error` saying that `what` is in use by its holder (each owner of a lock raises
+    its own kind: WorkspaceLocked, TrainError)."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -37,10 +34,10 @@ def exclusive(lock_file: Path, command: str, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
-            raise Locked(
+            raise error(
                 f"{what} is in use by `{holder.get('command', '?')}` "
                 f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}); "
-                "wait for it to finish", holder) from None
+                "wait for it to finish") from None
         since = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         info = json.dumps({"command": command, "pid": os.getpid(), "host": socket.gethostname(), "since": since})
         os.ftruncate(fd, 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-from ..fs.lock import Locked, exclusive
+from ..fs.lock import exclusive
 from .meta import LOCK, Workspace, WorkspaceLocked
 from .upgrade import remove_leftovers
 from .write import ensure_current
@@ -19,16 +19,8 @@ def locked(ws: Workspace, command: str) -> Iterator[None]:
     extract to export, so no other writer gets in between its stages. The
     lock is released by the kernel when the holder dies (curator.fs.lock).
     """
-    ws.root.mkdir(parents=True, exist_ok=True)
-    try:
-        guard = exclusive(ws.root / LOCK, command, f"workspace {ws.root}")
-        guard.__enter__()
-    except Locked as e:
-        raise WorkspaceLocked(str(e)) from None
-    try:
+    with exclusive(ws.root / LOCK, command, f"workspace {ws.root}", error=WorkspaceLocked):
         if ws.exists():  # the first writer upgrades a format-1 workspace; a crash's leftovers go
             ensure_current(ws)
             remove_leftovers(ws)
         yield
-    finally:
-        guard.__exit__(None, None, None)
