@@ -1,0 +1,252 @@
+"""Which faces go into the review dataset: `curator review --faces SCOPE` (docs/review.md, "Which faces").
+
+A thousand hours of footage is some ten million faces; the App, its
+embeddings panel and a person reviewing need a few tens of thousands, the
+ones that decide the training set. The scopes:
+
+- `selected`: the faces curate selected;
+- `context`: the selection and what a reviewer judges it against: the best
+  other members of each selected face's near-duplicate group (the frames it
+  was chosen over), the best target faces left out in the pose bins the
+  selection covers thinly (what could be kept instead), and the faces whose
+  identity is in doubt (not the target by their track, yet scoring like it);
+- `target`: every face of the target identity;
+- `all`: every face;
+- `auto` (the default): every face when the table has at most LIMIT rows;
+  above that `context` once curate has run, else `target` once identify has,
+  else `all`, cut to LIMIT faces spread evenly over the table with a note
+  saying how to ask for more.
+
+Faces tagged `keep` or `reject` (in the table or in the dataset) are in every
+scope. Everything here is vectorised over the few columns `read_faces` reads:
+at 10 million rows it is a few seconds of numpy, no Python loop over rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import metrics
+from .review_db import ReviewError
+from .workspace import Workspace, read_columns, table_columns
+
+SCOPES = ("auto", "selected", "context", "target", "all")
+DEFAULT_SCOPE = "auto"
+# The most faces `auto` puts into the dataset. What it costs (docs/review.md, bench/review.py): the first
+# sync of this many faces stays well under a minute on 2 cores, and the App's embeddings panel draws
+# this many points and still pans, zooms and lassos at once (FiftyOne draws every point of a map).
+LIMIT = 50_000
+NEAR_DUPLICATES = 2           # other members shown per selected face's near-duplicate group, best quality first
+ALTERNATIVES_PER_BIN = 10     # left-out target faces shown per thinly covered pose bin, best quality first
+DOUBTFUL_MAX = 2_000          # faces whose identity is in doubt, highest identity score first
+
+# Columns the scopes, the derived fields and the saved views need for every row; the rest of a face's
+# columns are read only for the faces in the dataset.
+CHOICE_COLUMNS = ("face_id", "dup_group", "selected", "is_target", "identity_score", "quality", "sharpness",
+                  "face_px", "yaw", "pitch", "rejected", "kept", "crop_missing")
+NUMERIC = ("identity_score", "quality", "sharpness", "face_px", "yaw", "pitch")
+FLAGS = ("selected", "is_target", "rejected", "kept", "crop_missing")
+
+
+@dataclass
+class Faces:
+    """The choice columns of every row: ids as Arrow, numbers as float arrays (NaN = null), flags as bool."""
+    n: int
+    columns: set[str]          # every column the table has (not only these)
+    face_id: pa.Array          # large_string
+    dup: np.ndarray            # int code of the row's near-duplicate group, -1 without one
+    leader: np.ndarray         # the row leads its group (dup_group == face_id)
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def flag(self, name: str) -> np.ndarray:
+        return self.values.get(name, np.zeros(self.n, bool))
+
+    def number(self, name: str) -> np.ndarray:
+        return self.values.get(name, np.full(self.n, np.nan))
+
+    @property
+    def curated(self) -> bool:
+        return "selected" in self.columns
+
+    @property
+    def identified(self) -> bool:
+        return "is_target" in self.columns
+
+    def frame(self) -> pd.DataFrame:
+        """The numbers and flags as a DataFrame (no strings: cheap at 10M rows), `dup_group` as its int code."""
+        out = {k: v for k, v in self.values.items()}
+        if "dup_group" in self.columns:
+            out["dup_group"] = self.dup
+        return pd.DataFrame(out, index=pd.RangeIndex(self.n))
+
+
+@dataclass
+class Scope:
+    asked: str
+    used: str
+    rows: np.ndarray                   # sorted row numbers of the faces that belong in the dataset
+    parts: dict[str, int]              # how many faces each part brought (a face counts in its first part)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"asked": self.asked, "used": self.used, "faces": int(len(self.rows)), "parts": self.parts}
+
+
+def read_faces(ws: Workspace) -> Faces:
+    """The choice columns of the whole table: a few columns, each column group file read once."""
+    have = table_columns(ws)
+    t = read_columns(ws, [c for c in CHOICE_COLUMNS if c in have])
+    n = t.num_rows
+    face_id = t.column("face_id").combine_chunks().cast(pa.large_string())
+    values: dict[str, np.ndarray] = {}
+    for c in NUMERIC:
+        if c in t.column_names:
+            values[c] = _floats(t.column(c))
+    for c in FLAGS:
+        if c in t.column_names:
+            values[c] = _flags(t.column(c))
+    dup, leader = np.full(n, -1, np.int64), np.zeros(n, bool)
+    if "dup_group" in t.column_names:
+        groups = t.column("dup_group").combine_chunks().cast(pa.large_string())
+        codes = groups.dictionary_encode().indices  # one hash pass over the strings, then integers
+        dup = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        leader = _flags(pc.equal(groups, face_id))
+    return Faces(n, set(have), face_id, dup, leader, values)
+
+
+def _floats(col) -> np.ndarray:
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_null(col.type):
+        return np.full(len(col), np.nan)
+    return pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+
+
+def _flags(col) -> np.ndarray:
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_null(col.type):
+        return np.zeros(len(col), bool)
+    return pc.fill_null(col.cast(pa.bool_()), False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def check_scope(faces: str) -> str:
+    if faces not in SCOPES:
+        raise ReviewError(f"--faces must be one of {', '.join(SCOPES)}, not {faces!r}")
+    return faces
+
+
+def choose(f: Faces, asked: str, pinned: np.ndarray, *, same_person: float, ws_root: str = "WS") -> Scope:
+    """The rows of the faces that belong in the dataset for scope `asked`; `pinned` rows (keep / reject) always."""
+    check_scope(asked)
+    used = asked
+    if asked == "auto":
+        used = "all" if f.n <= LIMIT else "context" if f.curated else "target" if f.identified else "all"
+    if used in ("selected", "context") and not f.curated:
+        raise ReviewError(f"--faces {used} needs the selection: run `curator curate -w {ws_root}` first "
+                          "(or use --faces target or --faces all)")
+    if used == "target" and not f.identified:
+        raise ReviewError(f"--faces target needs the target identity: run `curator identify -w {ws_root}` "
+                          "(or `curator curate`) first, or use --faces all")
+    parts: list[tuple[str, np.ndarray]] = []  # (name, rows in the order they are worth keeping)
+    if used == "all":
+        parts.append(("all", np.arange(f.n)))
+    elif used == "target":
+        parts.append(("target", np.flatnonzero(f.flag("is_target"))))
+    else:
+        parts.append(("selected", np.flatnonzero(f.flag("selected"))))
+        if used == "context":
+            parts += [("near_duplicates", near_duplicates(f)), ("alternatives", alternatives(f)),
+                      ("doubtful", doubtful(f, same_person))]
+    taken = np.zeros(f.n, bool)
+    taken[pinned] = True
+    counts = {"pinned": int(pinned.sum())}
+    notes: list[str] = []
+    # Only `auto` is cut to LIMIT (never the selection itself); a scope asked for by name is given whole.
+    room = LIMIT - int(pinned.sum()) if asked == "auto" and f.n > LIMIT else None
+    for name, rows in parts:
+        rows = rows[~taken[rows]]
+        if room is not None and name != "selected" and len(rows) > room:
+            left = len(rows) - max(room, 0)
+            rows = _spread(rows, max(room, 0)) if name in ("all", "target") else rows[:max(room, 0)]
+            notes.append(_cut_note(name, used, left, ws_root))
+        taken[rows] = True
+        counts[name] = int(len(rows))
+        if room is not None:
+            room -= len(rows)
+    if room is not None and room < 0:
+        notes.append(f"the selection alone has {counts.get('selected', 0)} faces, more than the {LIMIT} a review "
+                     "shows by default; all of them are in it")
+    return Scope(asked, used, np.flatnonzero(taken), counts, notes)
+
+
+def _spread(rows: np.ndarray, k: int) -> np.ndarray:
+    """k of these rows, evenly spaced (the table is in footage order, so every source keeps its share)."""
+    if k <= 0:
+        return rows[:0]
+    return rows[np.unique(np.linspace(0, len(rows) - 1, k).round().astype(np.int64))]
+
+
+def _cut_note(part: str, used: str, left: int, ws_root: str) -> str:
+    if part in ("all", "target"):
+        return (f"the review shows {LIMIT} of the {'' if part == 'all' else 'target '}faces, spread evenly over "
+                f"the footage ({left} left out to keep the App quick); `curator review -w {ws_root} --faces "
+                f"{part}` shows every one, or curate first for a review of the selection in its context")
+    return (f"{left} {part.replace('_', ' ')} faces left out to keep the review at {LIMIT} faces; "
+            f"`curator review -w {ws_root} --faces {used}` shows them all")
+
+
+def near_duplicates(f: Faces) -> np.ndarray:
+    """Up to NEAR_DUPLICATES other members of each selected face's group, best quality first: what it was chosen over."""
+    sel = f.flag("selected")
+    groups = np.unique(f.dup[sel & (f.dup >= 0)])
+    members = np.flatnonzero(np.isin(f.dup, groups) & ~sel)
+    return _best_per(members, f.dup[members], f.number("quality")[members], NEAR_DUPLICATES)
+
+
+def alternatives(f: Faces) -> np.ndarray:
+    """The best target faces curate could have selected but left out, in the pose bins the selection covers thinly.
+
+    A bin is thin as `curator audit` says (fewer than max(3, 0.5%) of the
+    selected faces), counted over the selection; candidates are what curate
+    selects from (group leaders of the target, not rejected, big enough).
+    """
+    from .audit import FEW_MIN, FEW_SHARE
+    from .curate import MIN_FACE_PX
+
+    sel = f.flag("selected")
+    bins = metrics.pose_bins(pd.DataFrame({"yaw": f.number("yaw"), "pitch": f.number("pitch")})).to_numpy()
+    few = max(FEW_MIN, math.ceil(FEW_SHARE * int(sel.sum())))
+    have = pd.Series(bins[sel & (bins >= 0)]).value_counts()
+    size = f.number("face_px")
+    candidate = (f.flag("is_target") & f.leader & ~sel & ~f.flag("rejected") & ~f.flag("crop_missing")
+                 & (size >= MIN_FACE_PX) & (bins >= 0))
+    rows = np.flatnonzero(candidate)
+    thin = pd.Series(bins[rows]).map(have).fillna(0).to_numpy() < few
+    rows = rows[thin]
+    return _best_per(rows, bins[rows], f.number("quality")[rows], ALTERNATIVES_PER_BIN)
+
+
+def doubtful(f: Faces, same_person: float) -> np.ndarray:
+    """Faces their track calls not the target though they score like it, highest score first (misses or look-alikes)."""
+    score = f.number("identity_score")
+    rows = np.flatnonzero(~f.flag("is_target") & (score >= same_person))
+    return rows[np.argsort(-score[rows], kind="stable")][:DOUBTFUL_MAX]
+
+
+def _best_per(rows: np.ndarray, key: np.ndarray, quality: np.ndarray, k: int) -> np.ndarray:
+    """The k best-quality rows of each key, all the firsts before the seconds (so a cut keeps one per key first)."""
+    if not len(rows):
+        return rows
+    q = np.where(np.isfinite(quality), quality, -np.inf)
+    order = np.lexsort((-q, key))
+    rows, key, q = rows[order], key[order], q[order]
+    start = np.r_[True, key[1:] != key[:-1]]
+    rank = np.arange(len(rows)) - np.maximum.accumulate(np.where(start, np.arange(len(rows)), 0))
+    keep = rank < k
+    rows, rank, q = rows[keep], rank[keep], q[keep]
+    return rows[np.lexsort((-q, rank))]
