@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,8 @@ import pyarrow.compute as pc
 from . import metrics
 from .atomic import inside
 from .review_db import REVIEW_SCHEMA, ReviewError, connect, dataset_name, dataset_version, load_dataset, quiet, stamp
-from .review_samples import (LANDMARKS_INLINE_ROWS, column_values, field_type, fill_landmarks, insert_docs,
-                             landmark_rows_to_read, remove_samples, sample_docs, seed_tags)
+from .review_samples import (LANDMARK_COLUMNS, LANDMARKS_INLINE_ROWS, column_values, field_type, fill_landmarks,
+                             insert_docs, landmark_docs, landmark_rows_to_read, remove_samples, sample_docs, seed_tags)
 from .review_scope import DEFAULT_SCOPE, Faces, Scope, check_scope, choose, read_faces
 from .review_tags import KEEP, REJECT, TAG_COLUMNS, pull_tags
 from .workspace import Workspace, read_columns, read_embeddings, read_meta, table_columns
@@ -52,6 +53,7 @@ INDEXED = ("yaw", "pitch", "roll", "quality", "sharpness", "face_px", "det_score
            "expr_cluster", "light_cluster", "source_sha256", "crop_missing", "tags")
 EMBEDDINGS_KEY = "identity_pca"
 POSE_KEY = "pose"
+MAPS = (EMBEDDINGS_KEY, POSE_KEY)
 LOW_QUALITY_SHARE = 0.10  # "low quality": the worst tenth by quality (or sharpness before curate), and too small
 SHOWN_MISSING = 5  # missing crops named one per line before the rest are summarised
 
@@ -73,11 +75,21 @@ def _declare_fields(dataset, schema: pa.Schema, fo) -> None:
     have = dataset.get_field_schema()
     wanted = {field_name(c): field_type(schema.field(c).type, fo) for c in _field_columns(schema.names)}
     wanted.update({"dup_group_size": (fo.IntField, {}), "pose_bin_faces": (fo.IntField, {})})
-    for name, (ftype, kwargs) in wanted.items():
-        if name not in have:
-            dataset.add_sample_field(name, ftype, **kwargs)
+    new = {name: ftype(**({"field": kwargs["subfield"]()} if "subfield" in kwargs else {}))
+           for name, (ftype, kwargs) in wanted.items() if name not in have}
     if "landmarks" not in have:
-        dataset.add_sample_field("landmarks", fo.EmbeddedDocumentField, embedded_doc_type=fo.Keypoints)
+        new["landmarks"] = fo.EmbeddedDocumentField(fo.Keypoints)
+    if not new:
+        return
+    try:
+        # One schema update for all of them: add_sample_field reloads the dataset after each (40 round trips).
+        dataset._merge_sample_field_schema(new)
+    except AttributeError:  # a FiftyOne without it: one by one
+        for name, (ftype, kwargs) in wanted.items():
+            if name not in have:
+                dataset.add_sample_field(name, ftype, **kwargs)
+        if "landmarks" not in have:
+            dataset.add_sample_field("landmarks", fo.EmbeddedDocumentField, embedded_doc_type=fo.Keypoints)
 
 
 def derived_fields(f: Faces) -> dict[str, np.ndarray]:
@@ -199,11 +211,36 @@ def sync_dataset(ws: Workspace, name: str | None = None, faces: str = DEFAULT_SC
         _declare_fields(dataset, t.schema, fo)
         derived = derived_fields(f)
         add = np.flatnonzero(is_new & present)
-        _add(dataset, t.take(pa.array(add)), need[add], [files[i] for i in add], [sizes[i] for i in add], derived)
-        _refresh(dataset, t.filter(pa.array(~is_new)), need[~is_new], derived, all_columns=upgrading)
+        added_ids = [face_ids[i] for i in add]
+        row_of = dict(zip(ids, sample_row.tolist()))
+        row_of.update(zip(face_ids, need.tolist()))
 
-        # Landmarks: now when that reads little of the table, else after the dataset is ready (review.py).
-        lacking = _lacking_landmarks(dataset, t, need)
+        # The maps: recomputed over the dataset's faces whenever they change. Their points are written with
+        # the new samples' documents (and in bulk into the others'), not by FiftyOne's compute_visualization,
+        # which sets them sample by sample: at 20,000 faces that was a third of the first sync.
+        stale = bool(len(add) or len(leaving) or upgrading) or not all(dataset.has_brain_run(k) for k in MAPS)
+        points: dict[str, dict] = {}
+        if stale:
+            _drop_maps(dataset)  # FiftyOne unsets a map's field with its run: before the new points are written
+            _declare_map_fields(dataset, fo)
+            before = dataset.values("face_id")  # after the removals
+            points, map_notes = _map_points(ws, f, before + added_ids, row_of)
+            notes += map_notes
+
+        # Landmarks: with the new samples when that reads little of the table, else after the dataset is
+        # ready (review.py: while the App shows the faces), as for any sample still without them.
+        inline = landmark_rows_to_read(ws, need[add]) <= LANDMARKS_INLINE_ROWS
+        marks = landmark_docs(read_columns(ws, LANDMARK_COLUMNS, rows=need[add])) if inline and len(add) else None
+        _add(dataset, t.take(pa.array(add)), need[add], [files[i] for i in add], [sizes[i] for i in add], derived,
+             marks, {k: [v.get(fid) for fid in added_ids] for k, v in points.items()})
+        _refresh(dataset, t.filter(pa.array(~is_new)), need[~is_new], derived, all_columns=upgrading)
+        if stale:
+            _write_points(dataset, points, before)
+            maps = _register_maps(dataset, points)
+        else:
+            maps = [k for k in MAPS if dataset.has_brain_run(k)]
+
+        lacking = _lacking_landmarks(dataset, t, need, skip=add if inline else None)
         pending = 0
         if len(lacking):
             rows = need[lacking]
@@ -216,11 +253,6 @@ def sync_dataset(ws: Workspace, name: str | None = None, faces: str = DEFAULT_SC
                              "the faces meanwhile")
 
         _indexes(dataset)
-        stale = len(add) > 0 or removed > 0 or upgrading
-        row_of = dict(zip(ids, sample_row.tolist()))
-        row_of.update(zip(face_ids, need.tolist()))
-        maps, map_notes = _visualizations(ws, dataset, row_of, stale)
-        notes += map_notes
         views, skipped = saved_views(dataset, f.frame())
         stamp(ws, dataset)
         total = len(dataset)
@@ -245,17 +277,30 @@ def _rows_of(f: Faces, ids: list[str]) -> np.ndarray:
 
 
 def _crop_files(ws: Workspace, crops: list) -> tuple[list[Path | None], list[int | None]]:
-    """Each crop's file inside the workspace and its size in bytes (None: no such file)."""
+    """Each crop's file inside the workspace and its size in bytes (None: no such file).
+
+    A crop's folder is checked to be inside the workspace once (crops share a
+    few folders); a file that is a symlink is resolved and checked itself.
+    """
+    folders: dict[str, Path | None] = {}
     files, sizes = [], []
     for c in crops:
-        path = _crop_file(ws, c)
-        size = None
-        if path is not None:
-            try:
-                st = os.stat(path)
-                size = st.st_size if os.path.isfile(path) else None
-            except OSError:
-                pass
+        path = size = None
+        if isinstance(c, str) and c:
+            head, tail = os.path.split(c)
+            if head not in folders:
+                folders[head] = _crop_file(ws, head) if head else Path(ws.root).resolve()
+            folder = folders[head]
+            if folder is not None and tail not in ("", ".", ".."):
+                path = folder / tail
+                try:
+                    st = os.lstat(path)
+                    if stat.S_ISLNK(st.st_mode):
+                        path = _crop_file(ws, c)
+                        st = os.stat(path) if path is not None else None
+                    size = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
+                except OSError:
+                    pass
         files.append(path)
         sizes.append(size)
     return files, sizes
@@ -270,12 +315,17 @@ def _crop_file(ws: Workspace, crop) -> Path | None:
         return None
 
 
-def _add(dataset, t: pa.Table, rows: np.ndarray, files: list, sizes: list, derived: dict) -> None:
-    """Insert these rows' samples: fields, derived fields, seeded tags (landmarks come after, by face_id)."""
+def _add(dataset, t: pa.Table, rows: np.ndarray, files: list, sizes: list, derived: dict,
+         landmarks: list | None, points: dict[str, list]) -> None:
+    """Insert these rows' samples: fields, derived fields, seeded tags, the maps' points, landmarks when given
+    (else added later)."""
     if not t.num_rows:
         return
     columns = _field_columns(t.column_names)
     extra = {k: _ints(v[rows]) for k, v in derived.items()}
+    extra.update(points)
+    if landmarks is not None:
+        extra["landmarks"] = landmarks
     docs = sample_docs(dataset, t, columns, [field_name(c) for c in columns], files, sizes, extra,
                        seed_tags(t, REJECT, KEEP))
     insert_docs(dataset, docs)
@@ -303,16 +353,20 @@ def _refresh(dataset, t: pa.Table, rows: np.ndarray, derived: dict, *, all_colum
     return changed_total
 
 
-def _lacking_landmarks(dataset, t: pa.Table, need: np.ndarray) -> np.ndarray:
-    """Positions in `need` of samples without landmarks whose rows can have them (a crop size and a matrix)."""
+def _lacking_landmarks(dataset, t: pa.Table, need: np.ndarray, skip: np.ndarray | None) -> np.ndarray:
+    """Positions in `need` of samples without landmarks whose rows may have them (they have a crop size);
+    `skip`: positions just given theirs (a row without an alignment has none, and is not read again)."""
     if "crop_size" not in t.column_names or not t.num_rows:
         return np.zeros(0, np.int64)
-    without = {d["face_id"] for d in dataset._sample_collection.find({"landmarks": None}, {"face_id": 1, "_id": 0})}
+    without = {d["face_id"] for d in dataset._sample_collection.find({"landmarks": None}, {"face_id": 1, "_id": 0})
+               if "face_id" in d}
     if not without:
         return np.zeros(0, np.int64)
     face_ids = column_values(t.column("face_id"))
-    sized = t.column("crop_size").is_valid().to_numpy(zero_copy_only=False)
-    return np.array([i for i, fid in enumerate(face_ids) if sized[i] and fid in without], np.int64)
+    ok = t.column("crop_size").is_valid().to_numpy(zero_copy_only=False).copy()
+    if skip is not None:
+        ok[skip] = False
+    return np.array([i for i, fid in enumerate(face_ids) if ok[i] and fid in without], np.int64)
 
 
 def fill_pending_landmarks(ws: Workspace, collection, stop=None) -> int:
@@ -340,40 +394,78 @@ def _indexes(dataset) -> None:
             dataset.create_index(name)
 
 
-def _visualizations(ws: Workspace, dataset, row_of: dict, stale: bool) -> tuple[list[str], list[str]]:
-    """The embeddings panel's two maps, from our own vectors, over the dataset's faces only: identity PCA and
-    (yaw, pitch). `row_of`: face_id -> table row (-1 or absent: none)."""
-    import fiftyone.brain as fob
-    from fiftyone import ViewField as F
+def _drop_maps(dataset) -> None:
+    """Delete both maps (runs, points fields and their 2d indexes) before they are made again."""
+    for key in MAPS:
+        if dataset.has_brain_run(key):
+            dataset.delete_brain_run(key)
+        if key in dataset.get_field_schema():
+            dataset.delete_sample_field(key)  # its index goes with it
 
+
+def _declare_map_fields(dataset, fo) -> None:
+    have = dataset.get_field_schema()
+    for key in MAPS:
+        if key not in have:
+            dataset.add_sample_field(key, fo.ListField, subfield=fo.FloatField)
+
+
+def _map_points(ws: Workspace, f: Faces, ids: list[str], row_of: dict) -> tuple[dict[str, dict], list[str]]:
+    """The embeddings panel's two maps over these faces (the dataset's, after this sync), from our own numbers:
+    {map: {face_id: [x, y]}}. identity_pca: a PCA of their identity embeddings; pose: (yaw, pitch)."""
     notes = []
-    if stale or not dataset.has_brain_run(EMBEDDINGS_KEY):
-        ids = dataset.values("face_id")
-        rows = np.array([row_of.get(fid, -1) for fid in ids], np.int64)
-        if not len(ids):
-            pass  # every crop was missing: nothing to map (and FiftyOne cannot index zero points)
-        elif (rows < 0).any():
-            notes.append(f"identity map skipped: {int((rows < 0).sum())} samples have no row (so no embedding) "
-                         "in the workspace table")
-        else:
-            # Only the dataset's rows are read (pread per row): at 10M faces the embeddings are 20 GB.
-            emb = np.asarray(read_embeddings(ws, random_access=True)[rows], np.float32)
-            _replace_map(fob, dataset, dataset, EMBEDDINGS_KEY, _pca2(emb))
-    if stale or not dataset.has_brain_run(POSE_KEY):
-        posed = dataset.match((F("yaw") != None) & (F("pitch") != None))  # noqa: E711 - a MongoDB expression
-        yaw, pitch = posed.values(["yaw", "pitch"])
-        if len(yaw):
-            _replace_map(fob, dataset, posed, POSE_KEY, np.column_stack([yaw, pitch]).astype(np.float64))
-    return [k for k in (EMBEDDINGS_KEY, POSE_KEY) if dataset.has_brain_run(k)], notes
+    rows = np.array([row_of.get(fid, -1) for fid in ids], np.int64)
+    out: dict[str, dict] = {}
+    if not len(ids):
+        return out, notes  # every crop was missing: nothing to map (and FiftyOne cannot index zero points)
+    if (rows < 0).any():
+        notes.append(f"identity map skipped: {int((rows < 0).sum())} samples have no row (so no embedding) "
+                     "in the workspace table")
+    else:
+        # Only the dataset's rows are read (pread per row): at 10M faces the embeddings are 20 GB.
+        emb = np.asarray(read_embeddings(ws, random_access=True)[rows], np.float32)
+        out[EMBEDDINGS_KEY] = dict(zip(ids, _pca2(emb).tolist()))
+    known = rows >= 0
+    yaw, pitch = f.number("yaw")[rows], f.number("pitch")[rows]
+    posed = known & np.isfinite(yaw) & np.isfinite(pitch)
+    out[POSE_KEY] = {fid: [float(y), float(p)] for fid, y, p, ok in zip(ids, yaw, pitch, posed) if ok}
+    return out, notes
 
 
-def _replace_map(fob, dataset, samples, key: str, points: np.ndarray) -> None:
-    if dataset.has_brain_run(key):
-        dataset.delete_brain_run(key)
-    if key in dataset.get_field_schema():
-        dataset.delete_sample_field(key)
-    # points_field + create_index: lasso selections in the panel query an indexed field, fast at 100k+.
-    fob.compute_visualization(samples, points=points, brain_key=key, create_index=True, points_field=key)
+def _write_points(dataset, points: dict[str, dict], face_ids: list[str]) -> None:
+    """The maps' points of samples already in the dataset, in bulk by face_id."""
+    from pymongo import UpdateOne
+
+    ops = []
+    for fid in face_ids:
+        values = {k: v[fid] for k, v in points.items() if fid in v}
+        if values:
+            ops.append(UpdateOne({"face_id": fid}, {"$set": values}))
+    for start in range(0, len(ops), 5000):
+        dataset._sample_collection.bulk_write(ops[start:start + 5000], ordered=False)
+
+
+def _register_maps(dataset, points: dict[str, dict]) -> list[str]:
+    """Record the maps as FiftyOne Brain visualizations whose points are in fields of their own, with a 2d index
+    (lasso selections in the panel query it): what `compute_visualization(points_field=...)` makes, its field
+    written by us. FiftyOne's own documented way: results.config.points_field + save_config (`index_points`)."""
+    import fiftyone.brain as fob
+
+    made = []
+    for key in MAPS:
+        by_face = points.get(key)
+        if not by_face:
+            continue
+        samples = dataset if key == EMBEDDINGS_KEY else dataset.exists(key)
+        order = samples.values("face_id")
+        arr = np.array([by_face[fid] for fid in order], np.float64).reshape(-1, 2)
+        results = fob.compute_visualization(samples, points=arr, brain_key=key, create_index=False)
+        lo, hi = float(arr.min()), float(arr.max())
+        dataset.create_index([(key, "2d")], min=lo, max=hi if hi > lo else lo + 1.0)
+        results.config.points_field = key
+        results.save_config()
+        made.append(key)
+    return made
 
 
 def _pca2(emb: np.ndarray) -> np.ndarray:
