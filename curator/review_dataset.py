@@ -32,9 +32,9 @@ from .atomic import inside
 from .review_db import REVIEW_SCHEMA, ReviewError, connect, dataset_name, dataset_version, load_dataset, quiet, stamp
 from .review_samples import (LANDMARK_COLUMNS, LANDMARKS_INLINE_ROWS, column_values, field_type, fill_landmarks,
                              insert_docs, landmark_docs, landmark_rows_to_read, remove_samples, sample_docs, seed_tags)
-from .review_scope import DEFAULT_SCOPE, Faces, Scope, check_scope, choose, read_faces
+from .review_scope import DEFAULT_SCOPE, Faces, check_scope, choose, read_faces, resolve
 from .review_tags import KEEP, REJECT, TAG_COLUMNS, pull_tags
-from .workspace import Workspace, read_columns, read_embeddings, read_meta, table_columns
+from .workspace import Workspace, read_columns, read_embeddings, read_meta, table_columns, table_rows
 
 # Long vectors made for computation, not for looking at or filtering on; lmk68 is shown as `landmarks`.
 SKIP_COLUMNS = {"appearance", "lmk68", "align_matrix"}
@@ -146,6 +146,7 @@ def sync_dataset(ws: Workspace, name: str | None = None, faces: str = DEFAULT_SC
     columns = table_columns(ws)
     if "face_id" not in columns:
         raise ReviewError(f"{ws.root} has no faces: run `curator extract FOOTAGE -w {ws.root}` first")
+    resolve(faces, table_rows(ws), columns, str(ws.root))  # a scope the table cannot give: refused before anything
     name = name or dataset_name(ws)
     notes: list[str] = []
     summary = {"workspace": str(ws.root), "dataset": name, "created": False, "upgraded_from": None}

@@ -140,18 +140,25 @@ def check_scope(faces: str) -> str:
     return faces
 
 
-def choose(f: Faces, asked: str, pinned: np.ndarray, *, same_person: float, ws_root: str = "WS") -> Scope:
-    """The rows of the faces that belong in the dataset for scope `asked`; `pinned` rows (keep / reject) always."""
+def resolve(asked: str, n: int, columns, ws_root: str = "WS") -> str:
+    """The scope `asked` stands for on a table of n rows with these columns; refuses one the table cannot give."""
     check_scope(asked)
+    curated, identified = "selected" in columns, "is_target" in columns
     used = asked
     if asked == "auto":
-        used = "all" if f.n <= LIMIT else "context" if f.curated else "target" if f.identified else "all"
-    if used in ("selected", "context") and not f.curated:
+        used = "all" if n <= LIMIT else "context" if curated else "target" if identified else "all"
+    if used in ("selected", "context") and not curated:
         raise ReviewError(f"--faces {used} needs the selection: run `curator curate -w {ws_root}` first "
                           "(or use --faces target or --faces all)")
-    if used == "target" and not f.identified:
+    if used == "target" and not identified:
         raise ReviewError(f"--faces target needs the target identity: run `curator identify -w {ws_root}` "
                           "(or `curator curate`) first, or use --faces all")
+    return used
+
+
+def choose(f: Faces, asked: str, pinned: np.ndarray, *, same_person: float, ws_root: str = "WS") -> Scope:
+    """The rows of the faces that belong in the dataset for scope `asked`; `pinned` rows (keep / reject) always."""
+    used = resolve(asked, f.n, f.columns, ws_root)
     parts: list[tuple[str, np.ndarray]] = []  # (name, rows in the order they are worth keeping)
     if used == "all":
         parts.append(("all", np.arange(f.n)))
@@ -163,24 +170,28 @@ def choose(f: Faces, asked: str, pinned: np.ndarray, *, same_person: float, ws_r
             parts += [("near_duplicates", near_duplicates(f)), ("alternatives", alternatives(f)),
                       ("doubtful", doubtful(f, same_person))]
     taken = np.zeros(f.n, bool)
-    taken[pinned] = True
-    counts = {"pinned": int(pinned.sum())}
+    counts: dict[str, int] = {}
     notes: list[str] = []
-    # Only `auto` is cut to LIMIT (never the selection itself); a scope asked for by name is given whole.
+    # Only `auto` is cut to LIMIT (never the selection, never a face tagged keep or reject, which count
+    # against it first); a scope asked for by name is given whole.
     room = LIMIT - int(pinned.sum()) if asked == "auto" and f.n > LIMIT else None
     for name, rows in parts:
         rows = rows[~taken[rows]]
-        if room is not None and name != "selected" and len(rows) > room:
-            left = len(rows) - max(room, 0)
-            rows = _spread(rows, max(room, 0)) if name in ("all", "target") else rows[:max(room, 0)]
-            notes.append(_cut_note(name, used, left, ws_root))
+        if room is not None and name != "selected":
+            free = rows[~pinned[rows]]
+            if len(free) > max(room, 0):
+                keep = _spread(free, max(room, 0)) if name in ("all", "target") else free[:max(room, 0)]
+                notes.append(_cut_note(name, used, len(free) - len(keep), ws_root))
+                rows = np.union1d(keep, rows[pinned[rows]])
         taken[rows] = True
         counts[name] = int(len(rows))
         if room is not None:
-            room -= len(rows)
+            room -= int((~pinned[rows]).sum())
     if room is not None and room < 0:
         notes.append(f"the selection alone has {counts.get('selected', 0)} faces, more than the {LIMIT} a review "
                      "shows by default; all of them are in it")
+    counts["pinned"] = int((pinned & ~taken).sum())  # tagged keep or reject, in no part of the scope
+    taken |= pinned
     return Scope(asked, used, np.flatnonzero(taken), counts, notes)
 
 
