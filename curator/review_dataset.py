@@ -195,7 +195,6 @@ def sync_dataset(ws: Workspace, name: str | None = None, faces: str = DEFAULT_SC
 
         in_dataset = np.zeros(f.n, bool)
         in_dataset[sample_row[known]] = True
-        staying = np.flatnonzero(in_scope & in_dataset)
         need = np.flatnonzero(in_scope)  # every face of the scope: new ones to add, the others to refresh
         want = [c for c in columns if c not in SKIP_COLUMNS]
         t = read_columns(ws, want, rows=need)

@@ -599,7 +599,7 @@ def test_auto_above_the_limit_reviews_the_selection_in_context_else_a_spread_wit
     t = table(ws)
     rows = np.unique(np.linspace(0, len(t) - 1, 20).round().astype(int))
     assert s["faces"] == "all" and sorted(fo.load_dataset(name).values("face_id")) == sorted(t.face_id.iloc[rows])
-    assert any(f"shows 20 of the faces" in n and "--faces all" in n for n in notes), notes
+    assert any("shows 20 of the faces" in n and "--faces all" in n for n in notes), notes
     # asked for by name, a scope is given whole
     s = review.review(ws, app=False, faces="all")
     assert s["samples_total"] == len(t) and s["samples_removed"] == 0
