@@ -31,7 +31,10 @@ the end):
 3. on one dataset: a re-run with nothing new, a shrink to `--faces selected`
    and a grow back to the default, with a few context faces tagged before
    they leave: their tags must be in the table while they are out and back
-   on their samples when they return.
+   on their samples when they return;
+4. on the largest size, the largest dataset the default scope makes: the
+   workspace seen as identified but not curated (curate's column group moved
+   aside for the run), so `auto` takes LIMIT of the target's faces.
 
 The machine is shared: the load average before and after each run is
 recorded, and medians are reported.
@@ -168,11 +171,11 @@ def build_workspace(n_rows: int, root: Path, seed: int = 0, dim: int = 512) -> d
             "disk_gb": round(sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file()) / 2**30, 2)}
 
 
-def curate_workspace(root: Path) -> dict:
+def curate_workspace(root: Path, budget: int = BUDGET) -> dict:
     from curator import api
 
     t0 = time.perf_counter()
-    s = api.curate(str(root), budget=BUDGET)
+    s = api.curate(str(root), budget=budget)
     return {"curate_s": round(time.perf_counter() - t0, 1), "target_faces": s["target_faces"],
             "candidates": s["candidates"], "selected": s["selected"]}
 
@@ -185,16 +188,18 @@ def _mongo_sizes(dataset) -> dict:
     import fiftyone.core.odm as foo
 
     db = foo.get_db_conn()
+    db.client.admin.command("fsync")  # a checkpoint first: WiredTiger reports storage sizes as of the last one
     coll = db.command("collStats", dataset._sample_collection_name)
     dbs = db.command("dbStats")
     mb = 2 ** 20
     return {"samples": int(coll["count"]), "samples_data_mb": round(coll["size"] / mb, 1),
+            "database_data_mb": round(dbs["dataSize"] / mb, 1),
             "samples_storage_mb": round(coll["storageSize"] / mb, 1),
             "samples_indexes_mb": round(coll["totalIndexSize"] / mb, 1),
             "database_storage_mb": round((dbs["storageSize"] + dbs["indexSize"]) / mb, 1)}
 
 
-def sync_run(ws_root: str, name: str, landmarks: bool, phases: bool, keep: bool) -> dict:
+def sync_run(ws_root: str, name: str, landmarks: bool, phases: bool, keep: bool, faces: str = "auto") -> dict:
     """The first sync of the default scope into a new dataset (connect included), then the landmarks."""
     load0 = common.loadavg()
     t0 = time.perf_counter()
@@ -209,7 +214,7 @@ def sync_run(ws_root: str, name: str, landmarks: bool, phases: bool, keep: bool)
 
     ws = open_workspace(ws_root)
     t1 = time.perf_counter()
-    s = sync_dataset(ws, name)
+    s = sync_dataset(ws, name, faces=faces)
     t_sync = time.perf_counter() - t1
     out = {"connect_s": round(t_connect, 2), "sync_s": round(t_sync, 2), "ready_s": round(time.perf_counter() - t0, 2),
            "load_before": load0, "load_after": common.loadavg(), "faces": s["faces"], "scope": s["scope"],
@@ -243,8 +248,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def app_run(ws_root: str, name: str) -> dict:
-    """`review` with the App on a new dataset: seconds until its URL answers and until the grid's first page."""
+def app_run(ws_root: str, name: str, faces: str = "auto") -> dict:
+    """`review` with the App on a new dataset: seconds until its URL answers and until the grid's first page;
+    then what the embeddings panel asks of the App's server: the identity map's points (`/embeddings/plot`)
+    and a lasso (the panel's `$geoWithin` query on the map's indexed points field)."""
     load0 = common.loadavg()
     t0 = time.perf_counter()
     from curator import review
@@ -256,20 +263,37 @@ def app_run(ws_root: str, name: str) -> dict:
     marks: dict = {}
     port = _free_port()
 
+    def post(path: str, body: dict) -> dict:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return json.load(r)
+
     def ready(url: str) -> None:
         marks["url_s"] = time.perf_counter() - t0
-        query = ('{ samples(dataset: "%s", view: [], first: 20) { __typename } }' % name)
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=120) as r:
-            answer = json.load(r)
+        answer = post("/graphql", {"query": '{ samples(dataset: "%s", view: [], first: 20) { __typename } }' % name})
         marks["first_page_s"] = time.perf_counter() - t0
-        marks["answer"] = answer.get("data", {}).get("samples", {}).get("__typename") if answer.get("data") else answer
+        marks["answer"] = (answer.get("data") or {}).get("samples", {}).get("__typename") or answer
+        t1 = time.perf_counter()
+        plot = post("/embeddings/plot", {"datasetName": name, "brainKey": "identity_pca", "view": [], "filters": None,
+                                         "labelField": None, "slices": None})
+        marks["plot_s"] = time.perf_counter() - t1
+        marks["plot_error"] = plot.get("error")
+        marks["plot_points"] = plot.get("index_size")
 
-    s = review.review(ws_root, app=True, port=port, timeout=3, name=name, on_ready=ready)
+    s = review.review(ws_root, app=True, port=port, timeout=3, name=name, faces=faces, on_ready=ready)
+    ds = fo.load_dataset(name)
+    pts = np.array(ds.values("identity_pca"), float)
+    lo, mid = pts.min(0), np.median(pts, 0)
+    t1 = time.perf_counter()
+    lassoed = ds._sample_collection.count_documents(
+        {"identity_pca": {"$geoWithin": {"$box": [lo.tolist(), mid.tolist()]}}})
+    lasso_ms = (time.perf_counter() - t1) * 1000
     fo.delete_dataset(name)
     return {"url_s": round(marks["url_s"], 2), "first_page_s": round(marks["first_page_s"], 2),
-            "first_page_answer": marks["answer"], "samples_total": s["samples_total"],
+            "first_page_answer": marks["answer"], "plot_s": round(marks["plot_s"], 2),
+            "plot_points": marks["plot_points"], "plot_error": marks["plot_error"], "lasso_ms": round(lasso_ms, 1),
+            "lassoed": lassoed, "samples_total": s["samples_total"], "faces": s["faces"],
             "load_before": load0, "load_after": common.loadavg()}
 
 
@@ -322,7 +346,8 @@ def _child(args: list[str], env: dict, timeout: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_size(n: int, runs: int, work: Path | None, keep: bool, workspace: Path | None, env: dict, timeout: float) -> dict:
+def run_size(n: int, runs: int, work: Path | None, keep: bool, workspace: Path | None, env: dict, timeout: float,
+             limit_check: bool) -> dict:
     root = workspace or Path(tempfile.mkdtemp(prefix=f"review-scale-{n}-", dir=work)) / "ws"
     rec: dict = {"rows": n, "workspace": str(root) if keep or workspace else None}
     try:
@@ -346,9 +371,12 @@ def run_size(n: int, runs: int, work: Path | None, keep: bool, workspace: Path |
         for k in range(runs):
             r = _child(["--_app", str(root), "--_name", f"{name}-app"], env, timeout)
             rec["app_runs"].append(r)
-            log(f"{n:,} rows: App {k + 1}/{runs}: URL after {r['url_s']} s, first page after {r['first_page_s']} s")
+            log(f"{n:,} rows: App {k + 1}/{runs}: URL after {r['url_s']} s, first page after {r['first_page_s']} s, "
+                f"identity map {r['plot_points']} points in {r['plot_s']} s, lasso {r['lasso_ms']} ms")
         rec["ready_s_median"] = statistics.median(r["ready_s"] for r in rec["sync_runs"])
         rec["first_page_s_median"] = statistics.median(r["first_page_s"] for r in rec["app_runs"])
+        if limit_check:
+            rec["limit"] = limit_run(root, n, env, timeout)
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         rec["error"] = str(e)[-3000:]
         log(f"{n:,} rows failed: {rec['error'][-800:]}")
@@ -358,32 +386,63 @@ def run_size(n: int, runs: int, work: Path | None, keep: bool, workspace: Path |
     return rec
 
 
+def limit_run(root: Path, n: int, env: dict, timeout: float) -> dict:
+    """The largest dataset the default scope makes: the workspace as identified but not curated (curate's column
+    group moved aside), so `auto` takes the target's faces cut to review_scope.LIMIT; first sync and the App,
+    once each. The group is put back whatever happens."""
+    from curator.review_scope import LIMIT
+
+    group = root / "columns" / "curate.parquet"
+    aside = root / "columns" / ".curate.parquet.bench-aside"  # a dot name: not a column group for the workspace
+    name = f"bench-review-{n}-limit"
+    group.rename(aside)
+    try:
+        out = {"faces": LIMIT, "sync": _child(["--_sync", str(root), "--_name", name, "--_landmarks"], env, timeout)}
+        out["app"] = _child(["--_app", str(root), "--_name", name + "-app"], env, timeout)
+    finally:
+        aside.rename(group)
+    log(f"{n:,} rows, not curated ({out['sync']['faces']}, {out['sync']['samples_total']} faces): ready in "
+        f"{out['sync']['ready_s']} s, first page after {out['app']['first_page_s']} s, identity map in "
+        f"{out['app']['plot_s']} s, lasso {out['app']['lasso_ms']} ms")
+    return out
+
+
 def render_markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"Run {m['date']} on {m['cpu_model']} ({m['cpu_affinity']} cores), git {result.get('git')}; "
-             f"medians of {result['runs']} runs; budget {BUDGET}.", "",
-             "| faces in the table | scope (faces: selected + near-dups + alternatives + doubtful) | first sync: dataset ready s "
-             "(median; runs) | App: URL / first page s (median) | landmarks after, s | MongoDB MB (samples + indexes; "
-             "database) | re-run s | shrink / grow s | load avg |",
+             f"medians of {result['runs']} runs; curate budget {BUDGET}.", "",
+             "| faces in the table | faces in the dataset (scope: parts) | first sync: dataset ready, s (runs) | "
+             "App: URL / first page, s | identity map: points, load s / lasso ms | landmarks after, s | "
+             "MongoDB MB (samples + indexes; whole database) | re-run / shrink / grow, s | load avg |",
              "|---|---|---|---|---|---|---|---|---|"]
+
+    def row(label: str, syncs: list, apps: list, ch: dict | None) -> str:
+        s0 = syncs[0]
+        p = s0["scope"]["parts"]
+        parts = (f"{p['all']} of all" if "all" in p else f"{p['target']} of the target's" if "target" in p
+                 else " + ".join(f"{p.get(k, 0)} {k.replace('_', '-')}" for k in
+                                 ("selected", "near_duplicates", "alternatives", "doubtful")))
+        mg = s0["mongo"]
+        ready = statistics.median(x["ready_s"] for x in syncs)
+        page = statistics.median(a["first_page_s"] for a in apps)
+        url = statistics.median(a["url_s"] for a in apps)
+        plot = statistics.median(a["plot_s"] for a in apps)
+        lasso = statistics.median(a["lasso_ms"] for a in apps)
+        changes = f"{ch['rerun_s']} / {ch['shrink_s']} / {ch['grow_s']}" if ch else "-"
+        return (f"| {label} | {s0['samples_total']:,} ({s0['faces']}: {parts}) | **{ready}** "
+                f"({', '.join(str(x['ready_s']) for x in syncs)}) | {url} / **{page}** | "
+                f"{apps[0]['plot_points']:,}, {plot} / {lasso} | {s0['landmarks_s']} | "
+                f"{mg['samples_storage_mb']} + {mg['samples_indexes_mb']}; {mg['database_storage_mb']} | {changes} | "
+                f"{s0['load_before'][0] if s0['load_before'] else '-'} |")
+
     for r in result["sizes"]:
         if "error" in r:
             lines.append(f"| {r['rows']:,} | error: {r['error'][:100]} |")
             continue
-        s0 = r["sync_runs"][0]
-        p = s0["scope"]["parts"]
-        parts = " + ".join(str(p.get(k, 0)) for k in ("selected", "near_duplicates", "alternatives", "doubtful"))
-        if p.get("all"):
-            parts = f"all {p['all']}"
-        mg = s0["mongo"]
-        app = r["app_runs"]
-        ch = r["changes"]
-        lines.append(
-            f"| {r['rows']:,} | {s0['faces']} {s0['samples_total']:,} ({parts}) | **{r['ready_s_median']}** "
-            f"({', '.join(str(x['ready_s']) for x in r['sync_runs'])}) | "
-            f"{statistics.median(a['url_s'] for a in app)} / **{r['first_page_s_median']}** | {s0['landmarks_s']} | "
-            f"{mg['samples_storage_mb']} + {mg['samples_indexes_mb']}; {mg['database_storage_mb']} | {ch['rerun_s']} | "
-            f"{ch['shrink_s']} / {ch['grow_s']} | {s0['load_before'][0] if s0['load_before'] else '-'} |")
+        lines.append(row(f"{r['rows']:,}", r["sync_runs"], r["app_runs"], r["changes"]))
+        if "limit" in r:
+            lim = r["limit"]
+            lines.append(row(f"{r['rows']:,}, not curated", [lim["sync"]], [lim["app"]], None))
     return "\n".join(lines) + "\n"
 
 
@@ -398,6 +457,8 @@ def main() -> None:
     ap.add_argument("--workspace", type=Path, nargs="*", default=None,
                     help="reuse these workspaces (one per --rows, built and curated if absent; kept)")
     ap.add_argument("--timeout", type=float, default=3600.0)
+    ap.add_argument("--no-limit-check", action="store_true",
+                    help="skip the run at the largest default scope (LIMIT faces of the largest table, not curated)")
     ap.add_argument("--_build", type=str, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_rows", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--_curate", type=str, default=None, help=argparse.SUPPRESS)
@@ -408,19 +469,21 @@ def main() -> None:
     ap.add_argument("--_landmarks", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_phases", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_keep", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--_faces", type=str, default="auto", help=argparse.SUPPRESS)
+    ap.add_argument("--_budget", type=int, default=BUDGET, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args._build:
         print(json.dumps(build_workspace(args._rows, Path(args._build))))
         return
     if args._curate:
-        print(json.dumps(curate_workspace(Path(args._curate))))
+        print(json.dumps(curate_workspace(Path(args._curate), args._budget)))
         return
     if args._sync:
-        print(json.dumps(sync_run(args._sync, args._name, args._landmarks, args._phases, args._keep)))
+        print(json.dumps(sync_run(args._sync, args._name, args._landmarks, args._phases, args._keep, args._faces)))
         return
     if args._app:
-        print(json.dumps(app_run(args._app, args._name)))
+        print(json.dumps(app_run(args._app, args._name, args._faces)))
         return
     if args._changes:
         print(json.dumps(changes_run(args._changes, args._name)))
@@ -438,7 +501,8 @@ def main() -> None:
     try:
         for k, n in enumerate(sorted(args.rows)):
             ws = spaces[k] if k < len(spaces) else None
-            result["sizes"].append(run_size(n, args.runs, args.scale_dir, args.keep, ws, env, args.timeout))
+            result["sizes"].append(run_size(n, args.runs, args.scale_dir, args.keep, ws, env, args.timeout,
+                                            limit_check=k == len(args.rows) - 1 and not args.no_limit_check))
     finally:
         import pymongo
 

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from . import metrics
 from .atomic import inside
 from .review_db import REVIEW_SCHEMA, ReviewError, connect, dataset_name, dataset_version, load_dataset, quiet, stamp
-from .review_samples import (LANDMARK_COLUMNS, LANDMARKS_INLINE_ROWS, column_values, field_type, fill_landmarks,
+from .review_samples import (LANDMARK_COLUMNS, LANDMARKS_INLINE_FACES, LANDMARKS_INLINE_ROWS, column_values, field_type, fill_landmarks,
                              insert_docs, landmark_docs, landmark_rows_to_read, remove_samples, sample_docs, seed_tags)
 from .review_scope import DEFAULT_SCOPE, Faces, check_scope, choose, read_faces, resolve
 from .review_tags import KEEP, REJECT, TAG_COLUMNS, pull_tags
@@ -229,7 +229,7 @@ def sync_dataset(ws: Workspace, name: str | None = None, faces: str = DEFAULT_SC
 
         # Landmarks: with the new samples when that reads little of the table, else after the dataset is
         # ready (review.py: while the App shows the faces), as for any sample still without them.
-        inline = landmark_rows_to_read(ws, need[add]) <= LANDMARKS_INLINE_ROWS
+        inline = _landmarks_now(ws, need[add])
         marks = landmark_docs(read_columns(ws, LANDMARK_COLUMNS, rows=need[add])) if inline and len(add) else None
         _add(dataset, t.take(pa.array(add)), need[add], [files[i] for i in add], [sizes[i] for i in add], derived,
              marks, {k: [v.get(fid) for fid in added_ids] for k, v in points.items()})
@@ -244,7 +244,7 @@ def sync_dataset(ws: Workspace, name: str | None = None, faces: str = DEFAULT_SC
         pending = 0
         if len(lacking):
             rows = need[lacking]
-            if upgrading or landmark_rows_to_read(ws, rows) <= LANDMARKS_INLINE_ROWS:
+            if upgrading or _landmarks_now(ws, rows):
                 fill_landmarks(ws, dataset._sample_collection, rows, [face_ids[i] for i in lacking])
             else:
                 pending = int(len(lacking))
@@ -263,6 +263,11 @@ def sync_dataset(ws: Workspace, name: str | None = None, faces: str = DEFAULT_SC
         "views": views, "views_skipped": skipped, "maps": maps, "notes": notes,
     })
     return summary
+
+
+def _landmarks_now(ws: Workspace, rows: np.ndarray) -> bool:
+    """Whether these rows' landmarks are added during the sync (cheap: few faces, few table rows to read)."""
+    return len(rows) <= LANDMARKS_INLINE_FACES and landmark_rows_to_read(ws, rows) <= LANDMARKS_INLINE_ROWS
 
 
 def _rows_of(f: Faces, ids: list[str]) -> np.ndarray:
@@ -387,11 +392,16 @@ def fill_pending_landmarks(ws: Workspace, collection, stop=None) -> int:
 
 
 def _indexes(dataset) -> None:
+    """The INDEXED fields' indexes, built in one createIndexes command: MongoDB builds them in one pass over
+    the samples, where FiftyOne's create_index makes one pass per index (20 passes over 50,000 samples took 4 s)."""
+    from pymongo import IndexModel
+
     schema = dataset.get_field_schema()
-    for name in INDEXED:
-        name = field_name(name) if name != "tags" else name
-        if name in schema:
-            dataset.create_index(name)
+    have = set(dataset.list_indexes())
+    names = [field_name(n) if n != "tags" else n for n in INDEXED]
+    todo = [n for n in names if n in schema and n not in have]
+    if todo:
+        dataset._sample_collection.create_indexes([IndexModel([(n, 1)], name=n) for n in todo])
 
 
 def _drop_maps(dataset) -> None:
@@ -476,10 +486,14 @@ def _pca2(emb: np.ndarray) -> np.ndarray:
         return out
     from sklearn.decomposition import PCA
 
+    from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
+
     k = min(2, n, emb.shape[1])
     fit = emb if n <= 50_000 else emb[np.random.default_rng(0).choice(n, 50_000, replace=False)]
-    pca = PCA(n_components=k, random_state=0).fit(fit)
-    out[:, :k] = pca.transform(emb)
+    # One BLAS thread: on 2 busy cores OpenBLAS's threads wait for each other (50,000 faces: 0.3 s, not 0.7-4 s).
+    with threadpool_limits(1):
+        pca = PCA(n_components=k, random_state=0).fit(fit)
+        out[:, :k] = pca.transform(emb)
     return out
 
 

@@ -20,7 +20,8 @@ landmarks are 136 numbers per row, stored with every extract column in the
 table's shards, and a shard cannot be read for a few rows only. At 10 million
 rows reading them takes about a minute, so `fill_landmarks` runs after the
 dataset is ready (review.py: while the App shows it, or before returning
-without the App) when the shards to read hold more than LANDMARKS_INLINE_ROWS.
+without the App) when the shards to read hold more than LANDMARKS_INLINE_ROWS
+rows or more than LANDMARKS_INLINE_FACES faces are added.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .workspace import Workspace, list_matrix, read_columns, shards
 
 INSERT_BATCH = 5_000    # documents per insert_many / bulk_write: a few MB, well under MongoDB's 48 MB message
 LANDMARKS_INLINE_ROWS = 500_000  # table rows read for landmarks during the sync itself (about 3 s); more waits
+LANDMARKS_INLINE_FACES = 20_000  # landmarks (68 points each) written with the new samples; more wait (5-8 s at 50,000)
 LANDMARK_COLUMNS = ["lmk68", "kps", "align_matrix", "crop_size"]
 
 
