@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import metrics
+
 from .atomic import inside
 from .review_db import REVIEW_SCHEMA, ReviewError, connect, dataset_name, dataset_version, load_dataset, quiet, stamp
 from .review_samples import (LANDMARK_COLUMNS, LANDMARKS_INLINE_FACES, LANDMARKS_INLINE_ROWS, column_values, field_type, fill_landmarks,
@@ -92,25 +92,21 @@ def _declare_fields(dataset, schema: pa.Schema, fo) -> None:
             dataset.add_sample_field("landmarks", fo.EmbeddedDocumentField, embedded_doc_type=fo.Keypoints)
 
 
-def derived_fields(f: Faces) -> dict[str, np.ndarray]:
-    """dup_group_size (members of the face's near-duplicate group) and pose_bin_faces (faces in its 10° bin),
-    for every row as float arrays (NaN = None).
+def derived_fields(f: Faces, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """dup_group_size (members of the face's near-duplicate group) and pose_bin_faces (faces in its 10° bin)
+    of these rows, as float arrays (NaN = None), counted over the whole table.
 
     Pose bins are counted over the target's faces once identify has run (other
     faces get None: they have their own view), else over all faces.
     """
-    size = np.full(f.n, np.nan)
-    if "dup_group" in f.columns:
-        grouped = f.dup >= 0
-        counts = np.bincount(f.dup[grouped]) if grouped.any() else np.zeros(0, np.int64)
-        size[grouped] = counts[f.dup[grouped]]
-    bins = metrics.pose_bins(pd.DataFrame({"yaw": f.number("yaw"), "pitch": f.number("pitch")})).to_numpy()
+    bins = f.bins
     target = f.flag("is_target") if f.identified else np.ones(f.n, bool)
     counted = target & (bins >= 0)
-    per_bin = pd.Series(bins[counted]).value_counts()
-    faces = np.full(f.n, np.nan)
-    faces[counted] = pd.Series(bins[counted]).map(per_bin).to_numpy(float)
-    return {"dup_group_size": size, "pose_bin_faces": faces}
+    per_bin = np.bincount(bins[counted], minlength=int(bins.max()) + 1 if f.n else 0)
+    faces = np.full(len(rows), np.nan)
+    mine = counted[rows]
+    faces[mine] = per_bin[bins[rows][mine]]
+    return {"dup_group_size": f.group_sizes(rows), "pose_bin_faces": faces}
 
 
 def _ints(values: np.ndarray) -> list:
@@ -197,7 +193,7 @@ def sync_dataset(ws: Workspace, name: str | None = None, faces: str = DEFAULT_SC
         in_dataset[sample_row[known]] = True
         need = np.flatnonzero(in_scope)  # every face of the scope: new ones to add, the others to refresh
         want = [c for c in columns if c not in SKIP_COLUMNS]
-        t = read_columns(ws, want, rows=need)
+        t = _read_rows(ws, f, want, need)
         is_new = ~in_dataset[need]
         crop_paths = column_values(t.column("crop_path")) if "crop_path" in t.column_names else [None] * len(need)
         files, sizes = _crop_files(ws, crop_paths)
@@ -209,7 +205,7 @@ def sync_dataset(ws: Workspace, name: str | None = None, faces: str = DEFAULT_SC
         notes += _missing_notes(gone_old, "it stays in the review (a broken image) with its tags")
 
         _declare_fields(dataset, t.schema, fo)
-        derived = derived_fields(f)
+        derived = derived_fields(f, need)
         add = np.flatnonzero(is_new & present)
         added_ids = [face_ids[i] for i in add]
         row_of = dict(zip(ids, sample_row.tolist()))
@@ -231,9 +227,11 @@ def sync_dataset(ws: Workspace, name: str | None = None, faces: str = DEFAULT_SC
         # ready (review.py: while the App shows the faces), as for any sample still without them.
         inline = _landmarks_now(ws, need[add])
         marks = landmark_docs(read_columns(ws, LANDMARK_COLUMNS, rows=need[add])) if inline and len(add) else None
-        _add(dataset, t.take(pa.array(add)), need[add], [files[i] for i in add], [sizes[i] for i in add], derived,
-             marks, {k: [v.get(fid) for fid in added_ids] for k, v in points.items()})
-        _refresh(dataset, t.filter(pa.array(~is_new)), need[~is_new], derived, all_columns=upgrading)
+        _add(dataset, t.take(pa.array(add)), [files[i] for i in add], [sizes[i] for i in add],
+             {k: v[add] for k, v in derived.items()}, marks,
+             {k: [v.get(fid) for fid in added_ids] for k, v in points.items()})
+        _refresh(dataset, t.filter(pa.array(~is_new)), {k: v[~is_new] for k, v in derived.items()},
+                 all_columns=upgrading)
         if stale:
             _write_points(dataset, points, before)
             maps = _register_maps(dataset, points)
@@ -263,6 +261,16 @@ def sync_dataset(ws: Workspace, name: str | None = None, faces: str = DEFAULT_SC
         "views": views, "views_skipped": skipped, "maps": maps, "notes": notes,
     })
     return summary
+
+
+def _read_rows(ws: Workspace, f: Faces, columns: list[str], rows: np.ndarray) -> pa.Table:
+    """`columns` of these rows; those read for every row already (the choice columns) are taken, not read again."""
+    again = [c for c in columns if c not in f.raw.column_names]
+    t = read_columns(ws, again, rows=rows)
+    known = f.raw.select([c for c in columns if c in f.raw.column_names]).take(pa.array(rows))
+    for c in known.column_names:
+        t = t.append_column(c, known.column(c)) if t.num_columns else pa.table({c: known.column(c)})
+    return t.select([c for c in columns if c in t.column_names])
 
 
 def _landmarks_now(ws: Workspace, rows: np.ndarray) -> bool:
@@ -320,14 +328,14 @@ def _crop_file(ws: Workspace, crop) -> Path | None:
         return None
 
 
-def _add(dataset, t: pa.Table, rows: np.ndarray, files: list, sizes: list, derived: dict,
-         landmarks: list | None, points: dict[str, list]) -> None:
+def _add(dataset, t: pa.Table, files: list, sizes: list, derived: dict, landmarks: list | None,
+         points: dict[str, list]) -> None:
     """Insert these rows' samples: fields, derived fields, seeded tags, the maps' points, landmarks when given
     (else added later)."""
     if not t.num_rows:
         return
     columns = _field_columns(t.column_names)
-    extra = {k: _ints(v[rows]) for k, v in derived.items()}
+    extra = {k: _ints(v) for k, v in derived.items()}
     extra.update(points)
     if landmarks is not None:
         extra["landmarks"] = landmarks
@@ -336,7 +344,7 @@ def _add(dataset, t: pa.Table, rows: np.ndarray, files: list, sizes: list, deriv
     insert_docs(dataset, docs)
 
 
-def _refresh(dataset, t: pa.Table, rows: np.ndarray, derived: dict, *, all_columns: bool) -> int:
+def _refresh(dataset, t: pa.Table, derived: dict, *, all_columns: bool) -> int:
     """Set fields of existing samples whose table values changed (a re-run of identify or curate); tags untouched."""
     columns = [c for c in _field_columns(t.column_names) if (all_columns or c not in EXTRACT_COLUMNS) and c != "face_id"]
     fields = [field_name(c) for c in columns] + list(DERIVED)
@@ -344,7 +352,7 @@ def _refresh(dataset, t: pa.Table, rows: np.ndarray, derived: dict, *, all_colum
         return 0
     face_ids = column_values(t.column("face_id"))
     new = {field_name(c): column_values(t.column(c)) for c in columns}
-    new.update({k: _ints(derived[k][rows]) for k in DERIVED})
+    new.update({k: _ints(derived[k]) for k in DERIVED})
     stored = dataset.values(["face_id", *fields])
     at = {fid: i for i, fid in enumerate(face_ids)}
     changed_total = 0

@@ -486,14 +486,14 @@ def read_columns(ws: Workspace, columns: list[str], rows: np.ndarray | None = No
             continue
         g = _read_parquet(ws, path, names)
         for c in names:
-            col = g.column(c).combine_chunks()
+            col = g.column(c)  # chunked as read: combining 10 million strings would copy them
             if rows is None:  # a group shorter than the table: null past its end
-                col = pa.concat_arrays([col, pa.nulls(n - len(col), col.type)]) if len(col) < n else col
+                col = pa.chunked_array(col.chunks + [pa.nulls(n - len(col), col.type)]) if len(col) < n else col
             else:
                 inside_ = rows < len(col)
                 col = col.take(pa.array(np.where(inside_, rows, 0), mask=~inside_))
             if c in t.column_names:  # a group written over a shard's column: the group wins where it has the row
-                t = t.set_column(t.column_names.index(c), c, _coalesce(pa.chunked_array([col]), t.column(c)))
+                t = t.set_column(t.column_names.index(c), c, _coalesce(col, t.column(c)))
             elif t.num_columns:
                 t = t.append_column(c, col)
             else:
