@@ -254,7 +254,7 @@ def app_run(ws_root: str, name: str, faces: str = "auto") -> dict:
     and a lasso (the panel's `$geoWithin` query on the map's indexed points field)."""
     load0 = common.loadavg()
     t0 = time.perf_counter()
-    from curator.review import session
+    from curator.review import session as review
     from curator.review.db import connect
 
     fo = connect()
@@ -299,7 +299,7 @@ def app_run(ws_root: str, name: str, faces: str = "auto") -> dict:
 
 def changes_run(ws_root: str, name: str) -> dict:
     """On a dataset of the default scope: a re-run, a shrink to --faces selected, a grow back; tags followed."""
-    from curator.review import session
+    from curator.review import session as review
     from curator.review.db import connect
     from curator.workspace import open_workspace, read_columns
 
