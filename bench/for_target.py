@@ -14,7 +14,7 @@ budget), curate runs on the source's table (curator.curate.curate, what
 `curator curate` calls) without a target and with it at each --shares
 value, and records:
 
-- gap score: compare's (curator/compare.py) of the selection against the target;
+- gap score: compare's (curator/reports/compare.py) of the selection against the target;
 - pose distance: mean over the target's faces of the distance sqrt(dyaw² + dpitch²) in degrees to the
   nearest selected face;
 - uncovered: the target's faces with no selected face within 5° of yaw and pitch;

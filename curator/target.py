@@ -7,7 +7,7 @@ the budget, and A's own diversity (curator/curate.py's levels) with the rest.
 The target's needs, in two levels:
 
   needs:       one greedy weighted cover, where a target face newly covered
-               is worth compare's gap weight (curator/compare.py) of what
+               is worth compare's gap weight (curator/reports/compare.py) of what
                covers it: 1 in pose (a selected face within the pose
                tolerance, the larger of the yaw and pitch differences at
                most 5°: compare's box), 0.5 in expression and 0.25 in
@@ -500,7 +500,7 @@ def serving(source: pd.DataFrame, target: pd.DataFrame, tol: dict) -> tuple[np.n
 def coverage_report(sets: dict[str, pd.DataFrame], target: pd.DataFrame, tol: dict, main: str) -> dict:
     """Named sets of source faces against the target, `main` first among them.
 
-    gap_score: compare's gap score (curator/compare.py) of each set against the
+    gap_score: compare's gap score (curator/reports/compare.py) of each set against the
     target; pose_distance_deg: mean over the target's faces of the distance
     (sqrt(dyaw² + dpitch²)) to the nearest face of the set; uncovered_share:
     the target's faces with no face of the set within the pose tolerance;

@@ -552,8 +552,10 @@ def test_each_scope_holds_its_faces_on_a_curated_workspace(curated, tmp_path, fo
     curator("curate", "-w", ws, "--budget", "5", check=True)
     t = table(ws)
     size = t.groupby("dup_group").face_id.transform("size")
-    big = t[t.is_target & (t.dup_group == t.face_id) & (size >= 4)].sort_values("quality").face_id
-    assert len(big), "the fixture has no near-duplicate group of 4+ target faces any more: pick another"
+    # 3+: since eye and mouth states split near-duplicate groups (a blink or an open mouth is another picture),
+    # face_1's talking head at 1 frame/s has no group of 4 left; with 3, both other members must be shown.
+    big = t[t.is_target & (t.dup_group == t.face_id) & (size >= 3)].sort_values("quality").face_id
+    assert len(big), "the fixture has no near-duplicate group of 3+ target faces any more: pick another"
     leader = big.iloc[-1]
     review.review(ws, app=False, faces="all")
     ds = fo.load_dataset(name)
@@ -692,7 +694,7 @@ def test_maps_are_computed_over_the_dataset_faces_only(curated, tmp_path, fo, ma
 
 
 def test_landmarks_added_after_the_dataset_is_ready_are_those_added_with_it(curated, tmp_path, fo, made, monkeypatch):
-    from curator.align import transform_points
+    from curator.measure.align import transform_points
 
     now = fresh(curated, tmp_path, "now")
     review.review(now, app=False)

@@ -125,7 +125,7 @@ def _missing_notes(missing: list[tuple[str, str]], what: str) -> list[str]:
 
 
 def _same_person(ws: Workspace) -> float:
-    from .recognisers import of_workspace
+    from ..models.recognisers import of_workspace
 
     return of_workspace(read_meta(ws)).same_person
 
