@@ -28,10 +28,13 @@ the end):
 2. the App: `curator.review.review` with the App, from the call until the
    App's URL answers and until the App's server has answered the grid's
    first-page query (GraphQL `samples(first: 20)`), RUNS times;
-3. on one dataset: a re-run with nothing new, a shrink to `--faces selected`
-   and a grow back to the default, with a few context faces tagged before
-   they leave: their tags must be in the table while they are out and back
-   on their samples when they return;
+3. on one dataset (its landmarks not added yet, as when a review was stopped
+   early): a re-run with nothing new, a shrink to `--faces selected` and a
+   grow back to the default, each timed as review does it (the pull of the
+   dataset there and the sync until it is ready; the landmarks left for
+   after; the final pull), with a few context faces tagged before they
+   leave: their tags must be in the table while they are out and back on
+   their samples when they return;
 4. on the largest size, the largest dataset the default scope makes: the
    workspace seen as identified but not curated (curate's column group moved
    aside for the run), so `auto` takes LIMIT of the target's faces.
@@ -297,6 +300,33 @@ def app_run(ws_root: str, name: str, faces: str = "auto") -> dict:
             "load_before": load0, "load_after": common.loadavg()}
 
 
+def _review_steps(ws_root: str, name: str, faces: str = "auto") -> dict:
+    """What `review` does, step by step and timed: the pull of a dataset already there and the sync (until then
+    the App has nothing to show: `ready_s`), the landmarks left for after, the final pull (the App's last)."""
+    from curator.review_dataset import fill_pending_landmarks, sync_dataset
+    from curator.review_db import connect, load_dataset
+    from curator.review_tags import pull_tags
+    from curator.workspace import open_workspace
+
+    connect()
+    ws = open_workspace(ws_root)
+    t0 = time.perf_counter()
+    existing = load_dataset(ws, name)
+    if existing is not None:
+        pull_tags(ws, existing)
+    s = sync_dataset(ws, name, faces=faces)
+    out = {"ready_s": round(time.perf_counter() - t0, 2), "added": s["samples_added"], "removed": s["samples_removed"],
+           "total": s["samples_total"]}
+    dataset = load_dataset(ws, name)
+    t1 = time.perf_counter()
+    out["landmarks_added"] = fill_pending_landmarks(ws, dataset._sample_collection) if s["landmarks_pending"] else 0
+    out["landmarks_s"] = round(time.perf_counter() - t1, 2)
+    t2 = time.perf_counter()
+    out["tags_written"] = pull_tags(ws, dataset)["written"]
+    out["pull_s"] = round(time.perf_counter() - t2, 2)
+    return out
+
+
 def changes_run(ws_root: str, name: str) -> dict:
     """On a dataset of the default scope: a re-run, a shrink to --faces selected, a grow back; tags followed."""
     from curator.review import session as review
@@ -304,27 +334,18 @@ def changes_run(ws_root: str, name: str) -> dict:
     from curator.workspace import open_workspace, read_columns
 
     fo = connect()
-    out: dict = {}
-    t0 = time.perf_counter()
-    s = review.review(ws_root, app=False, name=name)
-    out["rerun_s"], out["rerun_added"] = round(time.perf_counter() - t0, 2), s["samples_added"]
+    out: dict = {"rerun": _review_steps(ws_root, name)}
     ds = fo.load_dataset(name)
     from fiftyone import ViewField as F
 
     leaving = ds.match(F("selected") != True).limit(5)  # noqa: E712 - context faces: they leave with --faces selected
     tagged = leaving.values("face_id")
     leaving.tag_samples("bench-check")
-    t0 = time.perf_counter()
-    s = review.review(ws_root, app=False, name=name, faces="selected")
-    out["shrink_s"], out["shrink_removed"], out["shrink_total"] = (round(time.perf_counter() - t0, 2),
-                                                                   s["samples_removed"], s["samples_total"])
+    out["shrink"] = _review_steps(ws_root, name, "selected")
     t = read_columns(open_workspace(ws_root), ["face_id", "review_tags"]).to_pandas().set_index("face_id")
     out["tags_in_table_while_out"] = bool((t.loc[tagged, "review_tags"] == "bench-check").all())
     out["tagged_out_of_dataset"] = not set(tagged) & set(fo.load_dataset(name).values("face_id"))
-    t0 = time.perf_counter()
-    s = review.review(ws_root, app=False, name=name)
-    out["grow_s"], out["grow_added"], out["grow_total"] = (round(time.perf_counter() - t0, 2), s["samples_added"],
-                                                           s["samples_total"])
+    out["grow"] = _review_steps(ws_root, name)
     ds = fo.load_dataset(name)
     back = dict(zip(*ds.match(F("face_id").is_in(tagged)).values(["face_id", "tags"])))
     out["tags_back_on_samples"] = sorted(back) == sorted(tagged) and all(v == ["bench-check"] for v in back.values())
@@ -413,7 +434,7 @@ def render_markdown(result: dict) -> str:
              f"medians of {result['runs']} runs; curate budget {BUDGET}.", "",
              "| faces in the table | faces in the dataset (scope: parts) | first sync: dataset ready, s (runs) | "
              "App: URL / first page, s | identity map: points, load s / lasso ms | landmarks after, s | "
-             "MongoDB MB (samples + indexes; whole database) | re-run / shrink / grow, s | load avg |",
+             "MongoDB MB (samples + indexes; whole database) | re-run / shrink / grow: ready (landmarks after), s | load avg |",
              "|---|---|---|---|---|---|---|---|---|"]
 
     def row(label: str, syncs: list, apps: list, ch: dict | None) -> str:
@@ -428,7 +449,8 @@ def render_markdown(result: dict) -> str:
         url = statistics.median(a["url_s"] for a in apps)
         plot = statistics.median(a["plot_s"] for a in apps)
         lasso = statistics.median(a["lasso_ms"] for a in apps)
-        changes = f"{ch['rerun_s']} / {ch['shrink_s']} / {ch['grow_s']}" if ch else "-"
+        changes = (" / ".join(f"{ch[k]['ready_s']} ({ch[k]['landmarks_s']})" for k in ("rerun", "shrink", "grow"))
+                   if ch else "-")
         return (f"| {label} | {s0['samples_total']:,} ({s0['faces']}: {parts}) | **{ready}** "
                 f"({', '.join(str(x['ready_s']) for x in syncs)}) | {url} / **{page}** | "
                 f"{apps[0]['plot_points']:,}, {plot} / {lasso} | {s0['landmarks_s']} | "
