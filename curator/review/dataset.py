@@ -556,7 +556,8 @@ def saved_views(dataset, table: pd.DataFrame) -> tuple[list[str], dict]:
     else:
         skip("low quality", f"no face has a {by} value")
     # Eye, mouth and covered-face states (curator/measure/states.py), at the thresholds curate and audit use
-    if "eyes_closed" in table and "states_method" in table:
+    schema = dataset.get_field_schema()  # the dataset's fields: `table` may hold only the scope's choice columns
+    if field_name("eyes_closed") in schema and field_name("states_method") in schema:
         from ..measure.states import CLOSED_AT, OCCLUDED_AT
 
         save("eyes closed", dataset.match(_number(field_name("eyes_closed")) & (F(field_name("eyes_closed")) >= CLOSED_AT))
