@@ -416,20 +416,26 @@ def evaluate(model: PathLike, faces: PathLike, *, side: str | None = None, out: 
 
 
 def review(workspace: PathLike, *, port: int = 5151, address: str = "127.0.0.1", pull: bool = False,
-           no_app: bool = False, timeout: float | None = None, dataset: str | None = None,
+           no_app: bool = False, timeout: float | None = None, dataset: str | None = None, faces: str = "auto",
            on_ready: Callable[[str], None] = lambda url: None, on_note: Note = lambda note: None) -> dict:
     """The faces in the FiftyOne App; its tags `reject`, `keep` and others flow back into the table.
 
     PULL: only copy the App's tags into the table. NO_APP: build or update the
     dataset and pull, without starting the App. Otherwise the App runs until
-    Ctrl-C or TIMEOUT seconds.
+    Ctrl-C or TIMEOUT seconds. FACES: which faces are in the dataset: `auto`
+    (every face up to 50,000; above that the selection in its context once
+    curated), `selected`, `context`, `target` or `all` (docs/review.md); faces
+    tagged keep or reject always are, and faces that leave keep their tags.
     """
     from .review.session import review as review_faces
+    from .review.scope import SCOPES
 
     if timeout is not None and timeout <= 0:
         raise UsageError("--timeout must be positive")
+    if faces not in SCOPES:
+        raise UsageError(f"--faces must be one of {', '.join(SCOPES)}, not {faces!r}")
     return review_faces(workspace, port=port, address=address, pull_only=pull, app=not (pull or no_app),
-                        timeout=timeout, name=dataset, on_ready=on_ready, on_note=on_note)
+                        timeout=timeout, name=dataset, faces=faces, on_ready=on_ready, on_note=on_note)
 
 
 def train(**options) -> dict:

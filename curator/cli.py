@@ -575,12 +575,17 @@ def review(
     no_app: bool = typer.Option(False, "--no-app", help="Build or update the dataset and pull tags, without starting the App."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Close the App after this many seconds [default: at Ctrl-C]."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="FiftyOne dataset name [default: curator-FOLDER-HASH, from the workspace's path]."),
+    faces: str = typer.Option("auto", "--faces", help="Which faces the dataset holds: auto, selected, context, target or all. "
+                              "auto: every face up to 50,000; above that, once curated, the selection in its context "
+                              "(near-duplicates, left-out faces of thin pose bins, doubtful identities), else the target's "
+                              "or all faces cut to 50,000. Faces tagged keep or reject are always in it."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Review the faces in the FiftyOne App; its tags `reject`, `keep` and any others flow back into the table.
 
-    Creates or updates one persistent FiftyOne dataset for the workspace (new faces only; tags are
-    never touched), with saved views and embeddings-panel maps, starts the App and prints its URL.
+    Creates or updates one persistent FiftyOne dataset for the workspace with the faces of the --faces
+    scope (faces that leave it take their tags to the table first; tags of the others are never touched),
+    with saved views and embeddings-panel maps, starts the App and prints its URL.
     Tags reach `rejected`, `kept` and `review_tags` within seconds (curate and export respect them),
     and once more when Ctrl-C stops the App. Needs FiftyOne's MongoDB: FIFTYONE_DATABASE_URI (docs/review.md).
 
@@ -593,6 +598,12 @@ def review(
         curator review -w ws --pull
 
         curator review -w ws --no-app --json
+
+        curator review -w ws --faces selected        # only the curated set
+
+        curator review -w ws --faces context         # the selection with what it was chosen over
+
+        curator review -w ws --faces all             # every face, however many
     """
     from . import api
     from .review.session import summary_line
@@ -606,7 +617,7 @@ def review(
 
     with errors_as_lines():
         summary = api.review(workspace, port=port, address=address, pull=pull, no_app=no_app, timeout=timeout,
-                             dataset=dataset, on_ready=ready, on_note=lambda note: problem("review", note))
+                             dataset=dataset, faces=faces, on_ready=ready, on_note=lambda note: problem("review", note))
     emit(as_json, summary, summary_line(summary))
 
 

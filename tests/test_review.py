@@ -35,7 +35,8 @@ import pytest
 
 from helpers import ROOT, chromium_screenshot, clip, ctrl_c_enabled, curator, curator_json, one_line_error, table, table_files
 from curator.measure import metrics
-from curator.review import dataset as review_dataset, db as review_db, session as review, tags as review_tags
+from curator.review import dataset as review_dataset, db as review_db, samples as review_samples, scope as review_scope
+from curator.review import session as review, tags as review_tags
 from curator.workspace import WorkspaceLocked, locked, open_workspace, read_embeddings
 
 pytestmark = pytest.mark.slow  # real workspaces, training or clusters: not in the daily tier (-m 'not slow')
@@ -515,3 +516,258 @@ def test_pull_without_a_dataset_and_bad_options_are_one_line(curated, tmp_path, 
     one_line_error(curator("review", "-w", ws, "--timeout", "0"), "--timeout")
     one_line_error(curator("review", "-w", tmp_path / "nowhere", "--no-app"), "no workspace")
     assert "Examples" in curator("review", "--help", check=True).stdout
+
+
+# --- which faces: --faces scopes -------------------------------------------------------------------
+
+def expected_scopes(t: pd.DataFrame, same_person: float = 0.45) -> dict:
+    """Each scope's faces, worked out from the table with pandas as docs/review.md defines them."""
+    import math
+
+    from curator.measure.metrics import FEW_MIN, FEW_SHARE
+
+    sel = t.selected.fillna(False).astype(bool)
+    target = t.is_target.fillna(False).astype(bool)
+    rejected = t.get("rejected", pd.Series(False, index=t.index)).fillna(False).astype(bool)
+    # near-duplicates: the two best other members of each selected face's group
+    members = t[t.dup_group.isin(set(t.dup_group[sel].dropna())) & ~sel]
+    near = members.sort_values("quality", ascending=False).groupby("dup_group").head(2).face_id
+    # alternatives: the ten best left-out candidates of each pose bin holding fewer than audit's "thin" selected faces
+    bins = metrics.pose_bins(t)
+    few = max(FEW_MIN, math.ceil(FEW_SHARE * sel.sum()))
+    thin = bins.map(bins[sel].value_counts()).fillna(0) < few
+    candidate = target & (t.dup_group == t.face_id) & ~sel & ~rejected & (t.face_px >= 40) & (bins >= 0)
+    alt = t[candidate & thin].assign(bin=bins).sort_values("quality", ascending=False).groupby("bin").head(10).face_id
+    # doubtful: not the target by their track, yet scoring like it
+    doubt = t[~target & (t.identity_score >= same_person)].face_id
+    parts = {"selected": set(t.face_id[sel]), "near_duplicates": set(near), "alternatives": set(alt),
+             "doubtful": set(doubt)}
+    return {**parts, "context": set().union(*parts.values()), "target": set(t.face_id[target]), "all": set(t.face_id)}
+
+
+def keep_leader_and_curate(ws: Path, fo, name: str, min_size: int) -> tuple[str, pd.DataFrame]:
+    """Tag `keep` on the best leader of the target's near-duplicate groups of `min_size`+ and curate again."""
+    t = table(ws)
+    size = t.groupby("dup_group").face_id.transform("size")
+    big = t[t.is_target & (t.dup_group == t.face_id) & (size >= min_size)].sort_values("quality").face_id
+    assert len(big), f"the fixture has no near-duplicate group of {min_size}+ target faces any more: pick another"
+    leader = big.iloc[-1]
+    review.review(ws, app=False, faces="all")
+    ds = fo.load_dataset(name)
+    ds.select(by_face_ids(ds, [leader])).tag_samples("keep")
+    review.review(ws, pull_only=True)
+    curator("curate", "-w", ws, "--budget", "5", check=True)
+    t = table(ws)
+    assert t.set_index("face_id").loc[leader, "selected"]
+    return leader, t
+
+
+def test_each_scope_holds_its_faces_on_a_curated_workspace(curated, tmp_path, fo, made):
+    ws = fresh(curated, tmp_path)
+    name = name_of(ws, made)
+    # A strict identity threshold makes the target one tight cluster and leaves faces outside it that still score
+    # like it (doubtful); keeping the leader of one of the target's near-duplicate groups puts it next to the
+    # selection (the cut at two shown members: the next test).
+    curator("identify", "-w", ws, "--threshold", "0.75", check=True)
+    curator("curate", "-w", ws, "--budget", "5", check=True)
+    leader, t = keep_leader_and_curate(ws, fo, name, 2)
+    want = expected_scopes(t)
+    assert all(want[p] for p in ("selected", "near_duplicates", "alternatives", "doubtful")), \
+        {p: len(want[p]) for p in ("selected", "near_duplicates", "alternatives", "doubtful")}
+    group = t[(t.dup_group == leader) & (t.face_id != leader)].face_id
+    assert set(group) <= want["near_duplicates"]
+
+    for scope in ("selected", "context", "target", "all", "context"):  # shrinking and growing, both ways
+        s = curator_json("review", "-w", ws, "--no-app", "--faces", scope)
+        got = set(fo.load_dataset(name).values("face_id"))
+        assert got == want[scope] | {leader}, scope  # the kept face is in every scope
+        assert (s["faces"], s["samples_total"], s["scope"]["asked"]) == (scope, len(got), scope)
+    parts = s["scope"]["parts"]
+    assert parts["selected"] == len(want["selected"]) and sum(parts.get(p, 0) for p in (
+        "pinned", "selected", "near_duplicates", "alternatives", "doubtful")) == len(want["context"])
+    # auto on a workspace this small: every face (the scopes are for large tables: below)
+    s = curator_json("review", "-w", ws, "--no-app")
+    assert (s["faces"], s["scope"]["asked"], s["samples_total"]) == ("all", "auto", len(t))
+
+
+def test_context_shows_the_two_best_other_members_of_a_selected_faces_group(tmp_path, fo, made):
+    # At 1 frame/s a blink or an open mouth (eye and mouth states) leaves face_1's talking head no near-duplicate
+    # group above three; at 8 frames/s the tight cluster of a 0.6 threshold has groups of 8 and more, so the
+    # members past the second are left out.
+    ws = tmp_path / "dense"
+    curator("extract", *[clip(c) for c in FOOTAGE], "-w", ws, "--fps", "8", "-q", check=True)
+    name = name_of(ws, made)
+    curator("identify", "-w", ws, "--threshold", "0.6", check=True)
+    curator("curate", "-w", ws, "--budget", "5", check=True)
+    leader, t = keep_leader_and_curate(ws, fo, name, 4)
+    group = t[(t.dup_group == leader) & (t.face_id != leader)].sort_values("quality", ascending=False).face_id
+    s = curator_json("review", "-w", ws, "--no-app", "--faces", "context")
+    got = set(fo.load_dataset(name).values("face_id"))
+    assert set(group.iloc[:2]) <= got and not set(group.iloc[2:]) & got
+    assert got == expected_scopes(t)["context"] | {leader} and s["samples_total"] == len(got)
+
+
+def test_auto_above_the_limit_reviews_the_selection_in_context_else_a_spread_with_a_note(
+        curated, extracted, tmp_path, fo, made, monkeypatch):
+    # The same choice as at 10 million faces, on real workspaces, with the limit lowered to fit them.
+    monkeypatch.setattr(review_scope, "LIMIT", 20)
+    ws = fresh(curated, tmp_path, "curated")
+    name_of(ws, made)
+    notes: list[str] = []
+    s = review.review(ws, app=False, on_note=notes.append)
+    t = table(ws)
+    want = expected_scopes(t)
+    assert (s["faces"], s["samples_total"]) == ("context", 20) and len(want["context"]) > 20
+    assert want["selected"] <= set(fo.load_dataset(s["dataset"]).values("face_id"))  # the selection is never cut
+    assert any("left out to keep the review at 20 faces" in n and "--faces context" in n for n in notes), notes
+
+    # neither curated nor identified: 20 faces spread evenly over the table, and how to see them all
+    ws = fresh(extracted, tmp_path, "extracted")
+    name = name_of(ws, made)
+    notes = []
+    s = review.review(ws, app=False, on_note=notes.append)
+    t = table(ws)
+    rows = np.unique(np.linspace(0, len(t) - 1, 20).round().astype(int))
+    assert s["faces"] == "all" and sorted(fo.load_dataset(name).values("face_id")) == sorted(t.face_id.iloc[rows])
+    assert any("shows 20 of the faces" in n and "--faces all" in n for n in notes), notes
+    # asked for by name, a scope is given whole
+    s = review.review(ws, app=False, faces="all")
+    assert s["samples_total"] == len(t) and s["samples_removed"] == 0
+
+    # identified, not curated: the target's faces, spread
+    curator("identify", "-w", ws, check=True)
+    s = review.review(ws, app=False)
+    target = table(ws).is_target
+    assert s["faces"] == "target" and target.sum() > 20 and s["samples_total"] == 20
+    assert set(fo.load_dataset(name).values("face_id")) <= set(table(ws).face_id[target])
+
+
+def test_tags_of_faces_that_leave_and_reenter_the_scope_are_kept(curated, tmp_path, fo, made):
+    ws = fresh(curated, tmp_path)
+    name = name_of(ws, made)
+    review.review(ws, app=False, faces="all")
+    ds = fo.load_dataset(name)
+    t = table(ws)
+    selected, others = sorted(t.face_id[t.selected]), t.face_id[~t.selected].tolist()
+    rejected, kept, free = others[0], others[1], others[2:4]
+    # tags made in the App and not pulled yet: the scope change must pull them before the samples go
+    ds.select(by_face_ids(ds, [rejected])).tag_samples("reject")
+    ds.select(by_face_ids(ds, [kept])).tag_samples("keep")
+    ds.select(by_face_ids(ds, free)).tag_samples(["profile", "blurry"])
+    ds.select(by_face_ids(ds, selected[:1])).tag_samples("check")
+    ids, tags = by_face(ds, "id"), by_face(ds, "tags")
+
+    s = review.review(ws, app=False, faces="selected")
+    ds = fo.load_dataset(name)
+    assert set(ds.values("face_id")) == set(selected) | {rejected, kept}  # keep and reject always stay
+    assert s["samples_removed"] == len(t) - len(selected) - 2
+    stay = set(selected) | {rejected, kept}
+    assert {f: v for f, v in by_face(ds, "id").items()} == {f: ids[f] for f in stay}  # the same samples ...
+    assert by_face(ds, "tags") == {f: tags[f] for f in stay}  # ... with their tags untouched
+    out = table(ws).set_index("face_id")
+    assert all(out.loc[f, "review_tags"] == "blurry,profile" for f in free)  # pulled before they left
+    assert out.loc[rejected, "rejected"] and out.loc[kept, "kept"] and out.loc[selected[0], "review_tags"] == "check"
+    assert review.review(ws, pull_only=True)["tags"]["changed"] == 0  # out of the dataset, the table keeps them
+
+    # back in the scope: the same tags, from the table
+    s = review.review(ws, app=False, faces="all")
+    ds = fo.load_dataset(name)
+    assert s["samples_added"] == len(t) - len(selected) - 2 and len(ds) == len(t)
+    back = by_face(ds, "tags")
+    assert {f: sorted(back[f]) for f in tags} == {f: sorted(v) for f, v in tags.items()}
+    assert s["tags"]["changed"] == 0
+
+    # a face no longer rejected may leave like any other, its (empty) tags in the table first
+    ds.select(by_face_ids(ds, [rejected])).untag_samples("reject")
+    review.review(ws, app=False, faces="selected")
+    assert rejected not in set(fo.load_dataset(name).values("face_id"))
+    assert not table(ws).set_index("face_id").loc[rejected, "rejected"]
+
+    # a sample whose tags changed since they were copied is not removed (a tag made in the App meanwhile)
+    ds = fo.load_dataset(name)
+    face = selected[1]
+    assert review_samples.remove_samples(ds, [face], [["stale"]]) == 0 and face in ds.values("face_id")
+    assert review_samples.remove_samples(ds, [face], [[]]) == 1 and face not in ds.values("face_id")
+
+
+def test_maps_are_computed_over_the_dataset_faces_only(curated, tmp_path, fo, made):
+    ws = fresh(curated, tmp_path)
+    name = name_of(ws, made)
+    t = table(ws)
+    emb = read_embeddings(open_workspace(ws))
+    for scope, faces in (("selected", t.face_id[t.selected].tolist()), ("all", t.face_id.tolist())):
+        review.review(ws, app=False, faces=scope)
+        ds = fo.load_dataset(name)
+        assert sorted(ds.values("face_id")) == sorted(faces)
+        rows = t.reset_index().set_index("face_id").loc[faces, "index"].to_numpy()
+        centred = emb[rows] - emb[rows].mean(0)
+        want = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T
+        got = np.array([by_face(ds, "identity_pca")[f] for f in faces])
+        for k in range(2):
+            assert abs(np.corrcoef(got[:, k], want[:, k])[0, 1]) > 0.999, scope
+        pose = by_face(ds, "pose")
+        assert all(pose[f] == pytest.approx([y, p]) for f, y, p in zip(faces, t.yaw[rows], t.pitch[rows]))
+        indexes = ds.get_index_information()
+        for key in ("identity_pca", "pose"):
+            results = ds.load_brain_results(key)
+            assert results.config.points_field == key and len(results.points) == len(ds)
+            # the panel's points and the field its lasso queries agree, sample by sample
+            field = dict(zip(*ds.values(["id", key])))
+            assert np.allclose([field[i] for i in results.sample_ids], results.points)
+            assert indexes[key]["key"] == [(key, "2d")]
+
+
+def test_landmarks_added_after_the_dataset_is_ready_are_those_added_with_it(curated, tmp_path, fo, made, monkeypatch):
+    from curator.measure.align import transform_points
+
+    now = fresh(curated, tmp_path, "now")
+    review.review(now, app=False)
+    t = table(now).set_index("face_id")
+    ds = fo.load_dataset(name_of(now, made))
+    marks = {f: (k.keypoints[0].label, np.array(k.keypoints[0].points)) for f, k in by_face(ds, "landmarks").items()}
+    assert len(marks) == len(t)
+    for f, (label, pts) in marks.items():  # the face's keypoints on its crop (pack-small has no 68 landmarks)
+        row = t.loc[f]
+        assert label == "kps5"
+        want = transform_points(np.asarray(row.kps), np.asarray(row.align_matrix).reshape(2, 3)) / row.crop_size
+        assert np.allclose(pts, want)
+
+    # as at 10 million rows: the dataset is ready first, the landmarks come after it
+    later = fresh(curated, tmp_path, "later")
+    name = name_of(later, made)
+    monkeypatch.setattr(review_dataset, "LANDMARKS_INLINE_ROWS", -1)
+    s = review_dataset.sync_dataset(open_workspace(later), name)
+    ds = fo.load_dataset(name)
+    assert s["landmarks_pending"] == len(t) and not any(ds.values("landmarks"))
+    # while the App would show the faces: a low-priority thread, which the App's end stops
+    summary = {"landmarks_pending": s["landmarks_pending"]}
+    with review._landmarks_meanwhile(open_workspace(later), ds, summary) as ready:
+        ready()
+        deadline = time.monotonic() + 120
+        while summary["landmarks_pending"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    got = by_face(fo.load_dataset(name), "landmarks")
+    assert summary["landmarks_pending"] == 0
+    assert {f: (k.keypoints[0].label, np.array(k.keypoints[0].points).round(9).tolist()) for f, k in got.items()} == \
+        {f: (label, pts.round(9).tolist()) for f, (label, pts) in marks.items()}
+    # and without the App, before review returns: a run that finds samples without landmarks adds them
+    ds = fo.load_dataset(name)
+    ds.set_values("landmarks", {f: None for f in t.index[:3]}, key_field="face_id")
+    s = review.review(later, app=False, name=name)
+    assert s["landmarks_pending"] == 0 and all(fo.load_dataset(name).values("landmarks"))
+
+
+def test_faces_option_is_the_api_keyword_with_examples_and_bad_scopes_are_one_line(extracted, tmp_path, made):
+    import inspect
+
+    from curator import api
+
+    assert inspect.signature(api.review).parameters["faces"].default == "auto"
+    help_text = curator("review", "--help", check=True).stdout
+    assert "--faces" in help_text and "curator review -w ws --faces selected" in help_text
+    ws = fresh(extracted, tmp_path)
+    name_of(ws, made)
+    one_line_error(curator("review", "-w", ws, "--no-app", "--faces", "everything"), "--faces", "auto, selected")
+    one_line_error(curator("review", "-w", ws, "--no-app", "--faces", "selected"), "--faces selected",
+                   "curator curate")
+    one_line_error(curator("review", "-w", ws, "--no-app", "--faces", "target"), "--faces target", "curator identify")

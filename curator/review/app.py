@@ -1,7 +1,7 @@
 """The FiftyOne App: its server started and stopped, watched while a person tags, and the tags pulled at its end.
 
 `serve` runs the App until Ctrl-C (SIGTERM, SIGHUP) or a timeout, copies
-changed tags into the table every few seconds meanwhile (review_tags), and
+changed tags into the table every few seconds meanwhile (review.tags), and
 pulls them once more after the server has stopped.
 """
 

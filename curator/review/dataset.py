@@ -1,25 +1,42 @@
-"""The review dataset's contents: one sample per face, its fields, the embeddings-panel maps, the saved views.
+"""The review dataset's contents: one sample per face in scope, its fields, the embeddings-panel maps, the views.
 
 `sync_dataset` creates or updates the workspace's dataset (found and
-version-checked by review_db): it adds faces not in it yet (their tags seeded
-from the table), refreshes the fields later stages changed, rebuilds the maps
-and views, and never touches an existing sample's tags. Upgrading an older
-dataset pulls its tags into the table first (review_tags).
+version-checked by review.db) so that it holds the faces of the `--faces`
+scope (review.scope) and the faces tagged `keep` or `reject`: it adds the
+faces not in it yet (their tags seeded from the table), removes the faces
+that left the scope (after copying their tags into the table), refreshes the
+fields later stages changed, rebuilds the maps and views, and never touches
+the tags of a sample it keeps. Upgrading an older dataset pulls its tags into
+the table first (review.tags).
+
+Scale (docs/review.md, bench/review.py): at 10 million rows only the few
+columns that choose the scope are read for every row; every other column is
+read for the faces in the dataset only; samples are written as documents in
+bulk (review.samples); nothing loops over the table's rows in Python.
 """
 
 from __future__ import annotations
 
 import math
-import mimetypes
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
 
 from ..measure import metrics
+from ..workspace import (Workspace, crop_file, fiftyone_field_name, read_columns, read_embeddings, read_meta,
+                         table_columns, table_rows)
 from .db import REVIEW_SCHEMA, ReviewError, connect, dataset_name, dataset_version, load_dataset, quiet, stamp
+from .samples import (LANDMARK_COLUMNS, LANDMARKS_INLINE_FACES, LANDMARKS_INLINE_ROWS, column_values, field_type,
+                      fill_landmarks, insert_docs, landmark_docs, landmark_rows_to_read, remove_samples, sample_docs,
+                      seed_tags)
+from .scope import DEFAULT_SCOPE, Faces, check_scope, choose, read_faces, resolve
 from .tags import KEEP, REJECT, TAG_COLUMNS, pull_tags
-from ..workspace import crop_file, fiftyone_field_name, Workspace, read_embeddings, read_table
 
 # Long vectors made for computation, not for looking at or filtering on; lmk68 is shown as `landmarks`.
 SKIP_COLUMNS = {"appearance", "lmk68", "align_matrix"}
@@ -40,8 +57,8 @@ INDEXED = ("yaw", "pitch", "roll", "quality", "sharpness", "face_px", "det_score
            "expr_cluster", "light_cluster", "source_sha256", "crop_missing", "for_target", "target_faces", "tags")
 EMBEDDINGS_KEY = "identity_pca"
 POSE_KEY = "pose"
+MAPS = (EMBEDDINGS_KEY, POSE_KEY)
 LOW_QUALITY_SHARE = 0.10  # "low quality": the worst tenth by quality (or sharpness before curate), and too small
-ADD_BATCH = 2000  # samples per insert: bounded memory on 100k+ new faces
 SHOWN_MISSING = 5  # missing crops named one per line before the rest are summarised
 
 VIEWS = ("selected", "rejected", "kept", "near-duplicate groups", "rare poses", "low quality", "other identities",
@@ -53,123 +70,51 @@ def field_name(column: str) -> str:
     return fiftyone_field_name(column)
 
 
-def _field_type(series: pd.Series, fo):
-    """FiftyOne field class (and kwargs) for a table column, so all-null columns still get a typed field."""
-    dtype = series.dtype
-    if pd.api.types.is_bool_dtype(dtype):
-        return fo.BooleanField, {}
-    if pd.api.types.is_integer_dtype(dtype):
-        return fo.IntField, {}
-    if pd.api.types.is_float_dtype(dtype):
-        return fo.FloatField, {}
-    sample = series.dropna()
-    first = sample.iloc[0] if len(sample) else None
-    if isinstance(first, (list, tuple, np.ndarray)):
-        return fo.ListField, {"subfield": fo.FloatField}
-    if isinstance(first, (bool, np.bool_)):
-        return fo.BooleanField, {}
-    return fo.StringField, {}
+def _field_columns(columns: list[str]) -> list[str]:
+    """The table columns that are sample fields (in table order)."""
+    return [c for c in columns if c not in SKIP_COLUMNS and c not in TAG_COLUMNS]
 
 
-def _py_values(series: pd.Series) -> list:
-    """Plain Python values for a column: NaN -> None (the App filters None as 'missing'), arrays -> lists."""
-    dtype = series.dtype
-    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
-        kind = bool if pd.api.types.is_bool_dtype(dtype) else int
-        return [None if v is pd.NA else kind(v) for v in series.to_numpy(dtype=object)]
-    if pd.api.types.is_float_dtype(dtype):
-        arr = series.to_numpy(np.float64)
-        return [float(v) if math.isfinite(v) else None for v in arr.tolist()]
-    out = []
-    for v in series.to_numpy(dtype=object):
-        if v is None or (isinstance(v, float) and not math.isfinite(v)) or v is pd.NA:
-            out.append(None)
-        elif isinstance(v, np.ndarray) or isinstance(v, (list, tuple)):
-            out.append([float(x) for x in v])
-        elif isinstance(v, np.generic):
-            out.append(v.item())
-        else:
-            out.append(v)
-    return out
-
-
-def _columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if c not in SKIP_COLUMNS and c not in TAG_COLUMNS]
-
-
-def _declare_fields(dataset, table: pd.DataFrame, fo) -> None:
-    schema = dataset.get_field_schema()
-    wanted = {field_name(c): _field_type(table[c], fo) for c in _columns(table)}
+def _declare_fields(dataset, schema: pa.Schema, fo) -> None:
+    have = dataset.get_field_schema()
+    wanted = {field_name(c): field_type(schema.field(c).type, fo) for c in _field_columns(schema.names)}
     wanted.update({"dup_group_size": (fo.IntField, {}), "pose_bin_faces": (fo.IntField, {})})
-    for name, (ftype, kwargs) in wanted.items():
-        if name not in schema:
-            dataset.add_sample_field(name, ftype, **kwargs)
-    if "landmarks" not in schema:
-        dataset.add_sample_field("landmarks", fo.EmbeddedDocumentField, embedded_doc_type=fo.Keypoints)
+    new = {name: ftype(**({"field": kwargs["subfield"]()} if "subfield" in kwargs else {}))
+           for name, (ftype, kwargs) in wanted.items() if name not in have}
+    if "landmarks" not in have:
+        new["landmarks"] = fo.EmbeddedDocumentField(fo.Keypoints)
+    if not new:
+        return
+    try:
+        # One schema update for all of them: add_sample_field reloads the dataset after each (40 round trips).
+        dataset._merge_sample_field_schema(new)
+    except AttributeError:  # a FiftyOne without it: one by one
+        for name, (ftype, kwargs) in wanted.items():
+            if name not in have:
+                dataset.add_sample_field(name, ftype, **kwargs)
+        if "landmarks" not in have:
+            dataset.add_sample_field("landmarks", fo.EmbeddedDocumentField, embedded_doc_type=fo.Keypoints)
 
 
-def derived_columns(table: pd.DataFrame) -> pd.DataFrame:
-    """dup_group_size (members of the face's near-duplicate group) and pose_bin_faces (faces in its 10° bin).
+def derived_fields(f: Faces, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """dup_group_size (members of the face's near-duplicate group) and pose_bin_faces (faces in its 10° bin)
+    of these rows, as float arrays (NaN = None), counted over the whole table.
 
     Pose bins are counted over the target's faces once identify has run (other
     faces get None: they have their own view), else over all faces.
     """
-    out = pd.DataFrame({"face_id": table["face_id"].to_numpy()})
-    if "dup_group" in table:
-        g = table["dup_group"]
-        size = g.map(g.value_counts())
-        out["dup_group_size"] = pd.Series([int(v) if pd.notna(v) else None for v in size.to_numpy(dtype=object)],
-                                          dtype=object)
-    else:
-        out["dup_group_size"] = pd.Series([None] * len(table), dtype=object)
-    bins = metrics.pose_bins(table)
-    target = table["is_target"].fillna(False).to_numpy(bool) if "is_target" in table else np.ones(len(table), bool)
-    counted = target & (bins.to_numpy() >= 0)
-    counts = bins[counted].value_counts()
-    per = bins.map(counts).to_numpy(dtype=object)
-    out["pose_bin_faces"] = pd.Series([int(v) if c and pd.notna(v) else None for v, c in zip(per, counted)], dtype=object)
-    return out
+    bins = f.bins
+    target = f.flag("is_target") if f.identified else np.ones(f.n, bool)
+    counted = target & (bins >= 0)
+    per_bin = np.bincount(bins[counted], minlength=int(bins.max()) + 1 if f.n else 0)
+    faces = np.full(len(rows), np.nan)
+    mine = counted[rows]
+    faces[mine] = per_bin[bins[rows][mine]]
+    return {"dup_group_size": f.group_sizes(rows), "pose_bin_faces": faces}
 
 
-def _landmarks(row, fo):
-    """The face's landmarks on its crop as a Keypoints label (coordinates relative to the crop side)."""
-    from ..measure.align import transform_points
-
-    matrix = row.get("align_matrix")
-    size = row.get("crop_size")
-    if matrix is None or size is None:
-        return None
-    lmk = row.get("lmk68")
-    if not _missing(lmk):
-        pts, label = np.asarray(lmk, np.float64).reshape(-1, 2), "lmk68"
-    elif row.get("kps") is not None:
-        pts, label = np.asarray(row["kps"], np.float64).reshape(-1, 2), "kps5"
-    else:
-        return None
-    crop = transform_points(pts, np.asarray(matrix, np.float64).reshape(2, 3)) / float(size)
-    return fo.Keypoints(keypoints=[fo.Keypoint(label=label, points=[(float(x), float(y)) for x, y in crop])])
-
-
-def _seed_tags(row) -> list[str]:
-    """Tags for a face added to the dataset: what a person decided before, as the table records it."""
-    tags = []
-    if _truthy(row.get("rejected")):
-        tags.append(REJECT)
-    if _truthy(row.get("kept")):
-        tags.append(KEEP)
-    free = row.get("review_tags")
-    if isinstance(free, str) and free:
-        tags += [t for t in free.split(",") if t]
-    return tags
-
-
-def _missing(v) -> bool:
-    """A table cell with no value: None, NaN (float columns) or pd.NA (nullable columns)."""
-    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
-
-
-def _truthy(v) -> bool:
-    return not _missing(v) and bool(v)
+def _ints(values: np.ndarray) -> list:
+    return [None if math.isnan(v) else int(v) for v in values.tolist()]
 
 
 def _missing_notes(missing: list[tuple[str, str]], what: str) -> list[str]:
@@ -180,17 +125,28 @@ def _missing_notes(missing: list[tuple[str, str]], what: str) -> list[str]:
     return notes
 
 
-def sync_dataset(ws: Workspace, name: str | None = None) -> dict:
-    """Create or update the workspace's review dataset; returns a summary (JSON-ready).
+def _same_person(ws: Workspace) -> float:
+    from ..models.recognisers import of_workspace
 
-    Adds only faces not in the dataset yet, refreshes the fields of existing
-    samples that later stages changed, never touches an existing sample's tags.
+    return of_workspace(read_meta(ws)).same_person
+
+
+def sync_dataset(ws: Workspace, name: str | None = None, faces: str = DEFAULT_SCOPE) -> dict:
+    """Create or update the workspace's review dataset for the scope `faces`; returns a summary (JSON-ready).
+
+    Adds the faces of the scope not in the dataset yet, removes those no
+    longer in it (never one tagged keep or reject, never before its tags are
+    in the table), refreshes the fields of the others that later stages
+    changed, never touches a kept sample's tags. `landmarks_pending` in the
+    summary: samples whose landmarks `fill_pending_landmarks` still has to add
+    (a large table; review.py does it while the App runs).
     """
     fo = connect()
-
-    table = read_table(ws)
-    if not len(table):
+    check_scope(faces)
+    columns = table_columns(ws)
+    if "face_id" not in columns:
         raise ReviewError(f"{ws.root} has no faces: run `curator extract FOOTAGE -w {ws.root}` first")
+    resolve(faces, table_rows(ws), columns, str(ws.root))  # a scope the table cannot give: refused before anything
     name = name or dataset_name(ws)
     notes: list[str] = []
     summary = {"workspace": str(ws.root), "dataset": name, "created": False, "upgraded_from": None}
@@ -207,44 +163,164 @@ def sync_dataset(ws: Workspace, name: str | None = None) -> dict:
         if upgrading:
             # Tags into the table first: whatever the upgrade does, nothing a person decided can be lost.
             pull_tags(ws, dataset)
-            table = read_table(ws)
             summary["upgraded_from"] = version
             notes.append(f"dataset {name} was made by an older curator review (schema {version}); upgraded to "
                          f"schema {REVIEW_SCHEMA} in place, every tag kept (and copied into the table first)")
 
-        _declare_fields(dataset, table, fo)
+        f = read_faces(ws)
+        if not f.n:
+            raise ReviewError(f"{ws.root} has no faces: run `curator extract FOOTAGE -w {ws.root}` first")
+        if "face_id" not in dataset.get_field_schema():
+            dataset.add_sample_field("face_id", fo.StringField)
         dataset.create_index("face_id", unique=True)  # before adding: two syncs at once cannot duplicate a face
-        in_dataset = set(dataset.values("face_id"))
-        crop_paths = table["crop_path"].to_numpy(dtype=object)
-        files = [_crop_file(ws, c) for c in crop_paths]
-        present = np.array([f is not None and f.is_file() for f in files], bool)
-        is_new = ~table["face_id"].isin(in_dataset).to_numpy()
-
-        add = np.flatnonzero(is_new & present)
-        gone_new = [(table["face_id"].iat[i], crop_paths[i]) for i in np.flatnonzero(is_new & ~present)]
-        gone_old = [(table["face_id"].iat[i], crop_paths[i]) for i in np.flatnonzero(~is_new & ~present)]
-        notes += _missing_notes(gone_new, "not added to the review")
-        notes += _missing_notes(gone_old, "it stays in the review (a broken image) with its tags")
-        orphans = len(in_dataset - set(table["face_id"]))
+        ids, tags = dataset.values(["face_id", "tags"])
+        sample_row = _rows_of(f, ids)
+        pinned = f.flag("rejected") | f.flag("kept")
+        pinned[sample_row[[i for i, t in enumerate(tags) if sample_row[i] >= 0 and {KEEP, REJECT} & set(t or ())]]] = True
+        scope = choose(f, faces, pinned, same_person=_same_person(ws), ws_root=str(ws.root))
+        notes += scope.notes
+        in_scope = np.zeros(f.n, bool)
+        in_scope[scope.rows] = True
+        known = sample_row >= 0
+        orphans = int((~known).sum())
         if orphans:
             notes.append(f"{orphans} samples of dataset {name} have no row in the workspace table; left as they are")
 
-        _add_samples(dataset, table, add, files, fo)
-        _refresh(dataset, table, fo, all_columns=upgrading)
+        # Faces leaving the scope: their tags into the table, then their samples out.
+        leaving = np.flatnonzero(known & ~in_scope[np.maximum(sample_row, 0)])
+        removed = 0
+        if len(leaving):
+            pull_tags(ws, dataset, tags=dict(zip(ids, tags)))
+            removed = remove_samples(dataset, [ids[i] for i in leaving], [tags[i] for i in leaving])
+
+        in_dataset = np.zeros(f.n, bool)
+        in_dataset[sample_row[known]] = True
+        need = np.flatnonzero(in_scope)  # every face of the scope: new ones to add, the others to refresh
+        want = [c for c in columns if c not in SKIP_COLUMNS]
+        t = _read_rows(ws, f, want, need)
+        is_new = ~in_dataset[need]
+        crop_paths = column_values(t.column("crop_path")) if "crop_path" in t.column_names else [None] * len(need)
+        files, sizes = _crop_files(ws, crop_paths)
+        present = np.array([s is not None for s in sizes], bool)
+        face_ids = column_values(t.column("face_id"))
+        gone_new = [(face_ids[i], crop_paths[i]) for i in np.flatnonzero(is_new & ~present)]
+        gone_old = [(face_ids[i], crop_paths[i]) for i in np.flatnonzero(~is_new & ~present)]
+        notes += _missing_notes(gone_new, "not added to the review")
+        notes += _missing_notes(gone_old, "it stays in the review (a broken image) with its tags")
+
+        _declare_fields(dataset, t.schema, fo)
+        derived = derived_fields(f, need)
+        add = np.flatnonzero(is_new & present)
+        added_ids = [face_ids[i] for i in add]
+        row_of = dict(zip(ids, sample_row.tolist()))
+        row_of.update(zip(face_ids, need.tolist()))
+
+        # The maps: recomputed over the dataset's faces whenever they change. Their points are written with
+        # the new samples' documents (and in bulk into the others'), not by FiftyOne's compute_visualization,
+        # which sets them sample by sample: at 20,000 faces that was a third of the first sync.
+        stale = bool(len(add) or len(leaving) or upgrading) or not all(dataset.has_brain_run(k) for k in MAPS)
+        points: dict[str, dict] = {}
+        if stale:
+            _drop_maps(dataset)  # FiftyOne unsets a map's field with its run: before the new points are written
+            _declare_map_fields(dataset, fo)
+            before = dataset.values("face_id")  # after the removals
+            points, map_notes = _map_points(ws, f, before + added_ids, row_of)
+            notes += map_notes
+
+        # Landmarks: with the new samples when that reads little of the table, else after the dataset is
+        # ready (review.py: while the App shows the faces), as for any sample still without them.
+        inline = _landmarks_now(ws, need[add])
+        marks = landmark_docs(read_columns(ws, LANDMARK_COLUMNS, rows=need[add])) if inline and len(add) else None
+        _add(dataset, t.take(pa.array(add)), [files[i] for i in add], [sizes[i] for i in add],
+             {k: v[add] for k, v in derived.items()}, marks,
+             {k: [v.get(fid) for fid in added_ids] for k, v in points.items()})
+        _refresh(dataset, t.filter(pa.array(~is_new)), {k: v[~is_new] for k, v in derived.items()},
+                 all_columns=upgrading)
+        if stale:
+            _write_points(dataset, points, before)
+            maps = _register_maps(dataset, points)
+        else:
+            maps = [k for k in MAPS if dataset.has_brain_run(k)]
+
+        lacking = _lacking_landmarks(dataset, t, need, skip=add if inline else None)
+        pending = 0
+        if len(lacking):
+            rows = need[lacking]
+            if upgrading or _landmarks_now(ws, rows):
+                fill_landmarks(ws, dataset._sample_collection, rows, [face_ids[i] for i in lacking])
+            else:
+                pending = int(len(lacking))
+                notes.append(f"landmarks of {pending} faces are added after the dataset is ready (reading them means "
+                             f"reading the 68 landmarks of {landmark_rows_to_read(ws, rows)} rows); the App shows "
+                             "the faces meanwhile")
 
         _indexes(dataset)
-        stale = len(add) > 0 or upgrading
-        maps, map_notes = _visualizations(ws, dataset, table, stale)
-        notes += map_notes
-        views, skipped = saved_views(dataset, table)
+        views, skipped = saved_views(dataset, f.frame())
         stamp(ws, dataset)
         total = len(dataset)
     summary.update({
-        "samples_added": int(len(add)), "samples_total": int(total), "faces_in_table": int(len(table)),
-        "missing_crops": len(gone_new) + len(gone_old), "views": views, "views_skipped": skipped,
-        "maps": maps, "notes": notes,
+        "faces": scope.used, "scope": scope.as_dict(),
+        "samples_added": int(len(add)), "samples_removed": int(removed), "samples_total": int(total),
+        "faces_in_table": int(f.n), "missing_crops": len(gone_new) + len(gone_old), "landmarks_pending": pending,
+        "views": views, "views_skipped": skipped, "maps": maps, "notes": notes,
     })
     return summary
+
+
+def _read_rows(ws: Workspace, f: Faces, columns: list[str], rows: np.ndarray) -> pa.Table:
+    """`columns` of these rows; those read for every row already (the choice columns) are taken, not read again."""
+    again = [c for c in columns if c not in f.raw.column_names]
+    t = read_columns(ws, again, rows=rows)
+    known = f.raw.select([c for c in columns if c in f.raw.column_names]).take(pa.array(rows))
+    for c in known.column_names:
+        t = t.append_column(c, known.column(c)) if t.num_columns else pa.table({c: known.column(c)})
+    return t.select([c for c in columns if c in t.column_names])
+
+
+def _landmarks_now(ws: Workspace, rows: np.ndarray) -> bool:
+    """Whether these rows' landmarks are added during the sync (cheap: few faces, few table rows to read)."""
+    return len(rows) <= LANDMARKS_INLINE_FACES and landmark_rows_to_read(ws, rows) <= LANDMARKS_INLINE_ROWS
+
+
+def _rows_of(f: Faces, ids: list[str]) -> np.ndarray:
+    """The table row of each face id (-1: no row), by one hash pass over the table's ids."""
+    out = np.full(len(ids), -1, np.int64)
+    if not ids:
+        return out
+    pos = pc.index_in(f.face_id, value_set=pa.array(ids, pa.large_string()))
+    hit = np.flatnonzero(pos.is_valid().to_numpy(zero_copy_only=False))
+    out[pos.filter(pos.is_valid()).to_numpy(zero_copy_only=False)] = hit
+    return out
+
+
+def _crop_files(ws: Workspace, crops: list) -> tuple[list[Path | None], list[int | None]]:
+    """Each crop's file inside the workspace and its size in bytes (None: no such file).
+
+    A crop's folder is checked to be inside the workspace once (crops share a
+    few folders); a file that is a symlink is resolved and checked itself.
+    """
+    folders: dict[str, Path | None] = {}
+    files, sizes = [], []
+    for c in crops:
+        path = size = None
+        if isinstance(c, str) and c:
+            head, tail = os.path.split(c)
+            if head not in folders:
+                folders[head] = _crop_file(ws, head) if head else Path(ws.root).resolve()
+            folder = folders[head]
+            if folder is not None and tail not in ("", ".", ".."):
+                path = folder / tail
+                try:
+                    st = os.lstat(path)
+                    if stat.S_ISLNK(st.st_mode):
+                        path = _crop_file(ws, c)
+                        st = os.stat(path) if path is not None else None
+                    size = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
+                except OSError:
+                    pass
+        files.append(path)
+        sizes.append(size)
+    return files, sizes
 
 
 def _crop_file(ws: Workspace, crop) -> Path | None:
@@ -256,111 +332,162 @@ def _crop_file(ws: Workspace, crop) -> Path | None:
         return None
 
 
-def _add_samples(dataset, table: pd.DataFrame, rows: np.ndarray, files: list, fo) -> None:
-    columns = _columns(table)
-    names = [field_name(c) for c in columns]
-    derived = derived_columns(table)
-    for start in range(0, len(rows), ADD_BATCH):
-        idx = rows[start:start + ADD_BATCH]
-        part = table.iloc[idx]
-        values = {n: _py_values(part[c]) for n, c in zip(names, columns)}
-        dvalues = {d: derived[d].iloc[idx].tolist() for d in DERIVED}
-        samples = []
-        for k, (_, row) in enumerate(part.iterrows()):
-            path = files[idx[k]]
-            size = _py_int(row.get("crop_size"))
-            fields = {n: values[n][k] for n in names}
-            fields.update({d: dvalues[d][k] for d in DERIVED})
-            sample = fo.Sample(filepath=str(path), tags=_seed_tags(row), **fields)
-            sample["landmarks"] = _landmarks(row, fo)
-            sample.metadata = fo.ImageMetadata(size_bytes=path.stat().st_size,
-                                               mime_type=mimetypes.guess_type(path.name)[0] or "image/jpeg",
-                                               width=size, height=size, num_channels=3)
-            samples.append(sample)
-        try:
-            # The fields were declared with their types up front: skip FiftyOne's per-sample schema work.
-            dataset.add_samples(samples, expand_schema=False, validate=False, progress=False)
-        except Exception as e:  # noqa: BLE001 - pymongo's BulkWriteError on the unique face_id index
-            if "duplicate key" in str(e).lower():
-                raise ReviewError(f"another curator review is adding faces to dataset {dataset.name!r} right now; "
-                                  "wait for it to finish and run this again") from None
-            raise
+def _add(dataset, t: pa.Table, files: list, sizes: list, derived: dict, landmarks: list | None,
+         points: dict[str, list]) -> None:
+    """Insert these rows' samples: fields, derived fields, seeded tags, the maps' points, landmarks when given
+    (else added later)."""
+    if not t.num_rows:
+        return
+    columns = _field_columns(t.column_names)
+    extra = {k: _ints(v) for k, v in derived.items()}
+    extra.update(points)
+    if landmarks is not None:
+        extra["landmarks"] = landmarks
+    docs = sample_docs(dataset, t, columns, [field_name(c) for c in columns], files, sizes, extra,
+                       seed_tags(t, REJECT, KEEP))
+    insert_docs(dataset, docs)
 
 
-def _py_int(v):
-    return None if _missing(v) else int(v)
-
-
-def _refresh(dataset, table: pd.DataFrame, fo, *, all_columns: bool) -> int:
+def _refresh(dataset, t: pa.Table, derived: dict, *, all_columns: bool) -> int:
     """Set fields of existing samples whose table values changed (a re-run of identify or curate); tags untouched."""
-    columns = [c for c in _columns(table) if all_columns or c not in EXTRACT_COLUMNS]
-    columns = [c for c in columns if c != "face_id"]
-    derived = derived_columns(table)
+    columns = [c for c in _field_columns(t.column_names) if (all_columns or c not in EXTRACT_COLUMNS) and c != "face_id"]
     fields = [field_name(c) for c in columns] + list(DERIVED)
-    if not fields:
+    if not t.num_rows:
         return 0
+    face_ids = column_values(t.column("face_id"))
+    new = {field_name(c): column_values(t.column(c)) for c in columns}
+    new.update({k: _ints(derived[k]) for k in DERIVED})
     stored = dataset.values(["face_id", *fields])
-    ids = stored[0]
-    rows = pd.Index(table["face_id"]).get_indexer(ids)
-    known = rows >= 0
+    at = {fid: i for i, fid in enumerate(face_ids)}
     changed_total = 0
-    for pos, (field, column) in enumerate(zip(fields, columns + list(DERIVED))):
-        new = _py_values(table[column]) if column in table else derived[column].tolist()
-        old = stored[pos + 1]
-        changed = {fid: new[r] for fid, r, ok, o in zip(ids, rows, known, old) if ok and o != new[r]}
+    for pos, field in enumerate(fields):
+        values = new[field]
+        changed = {fid: values[at[fid]] for fid, old in zip(stored[0], stored[pos + 1])
+                   if fid in at and old != values[at[fid]]}
         if changed:
             dataset.set_values(field, changed, key_field="face_id")
             changed_total += len(changed)
-    if all_columns:
-        missing = [fid for fid, lm in zip(ids, dataset.values("landmarks")) if lm is None]
-        if missing:
-            known_ids = set(table["face_id"])
-            sub = table.set_index("face_id").loc[[f for f in missing if f in known_ids]]
-            marks = {fid: _landmarks(row, fo) for fid, row in sub.iterrows()}
-            dataset.set_values("landmarks", marks, key_field="face_id")
     return changed_total
 
 
+def _lacking_landmarks(dataset, t: pa.Table, need: np.ndarray, skip: np.ndarray | None) -> np.ndarray:
+    """Positions in `need` of samples without landmarks whose rows may have them (they have a crop size);
+    `skip`: positions just given theirs (a row without an alignment has none, and is not read again)."""
+    if "crop_size" not in t.column_names or not t.num_rows:
+        return np.zeros(0, np.int64)
+    without = {d["face_id"] for d in dataset._sample_collection.find({"landmarks": None}, {"face_id": 1, "_id": 0})
+               if "face_id" in d}
+    if not without:
+        return np.zeros(0, np.int64)
+    face_ids = column_values(t.column("face_id"))
+    ok = t.column("crop_size").is_valid().to_numpy(zero_copy_only=False).copy()
+    if skip is not None:
+        ok[skip] = False
+    return np.array([i for i, fid in enumerate(face_ids) if ok[i] and fid in without], np.int64)
+
+
+def fill_pending_landmarks(ws: Workspace, collection, stop=None) -> int:
+    """Add the landmarks `sync_dataset` left for later (`landmarks_pending`); returns how many samples got them.
+
+    `collection`: the dataset's pymongo collection (`dataset._sample_collection`); only it is used, so this
+    may run in a thread beside code using the dataset object.
+    """
+    ids = [d["face_id"] for d in collection.find({"landmarks": None}, {"face_id": 1, "_id": 0}) if "face_id" in d]
+    if not ids:
+        return 0
+    t = read_columns(ws, ["face_id"])
+    pos = pc.index_in(t.column("face_id").combine_chunks().cast(pa.large_string()),
+                      value_set=pa.array(ids, pa.large_string()))
+    rows = np.flatnonzero(pos.is_valid().to_numpy(zero_copy_only=False))
+    order = pos.filter(pos.is_valid()).to_numpy(zero_copy_only=False)
+    return fill_landmarks(ws, collection, rows, [ids[i] for i in order], stop=stop)
+
+
 def _indexes(dataset) -> None:
+    """The INDEXED fields' indexes, built in one createIndexes command: MongoDB builds them in one pass over
+    the samples, where FiftyOne's create_index makes one pass per index (20 passes over 50,000 samples took 4 s)."""
+    from pymongo import IndexModel
+
     schema = dataset.get_field_schema()
-    for name in INDEXED:
-        name = field_name(name) if name != "tags" else name
-        if name in schema:
-            dataset.create_index(name)
+    have = set(dataset.list_indexes())
+    names = [field_name(n) if n != "tags" else n for n in INDEXED]
+    todo = [n for n in names if n in schema and n not in have]
+    if todo:
+        dataset._sample_collection.create_indexes([IndexModel([(n, 1)], name=n) for n in todo])
 
 
-def _visualizations(ws: Workspace, dataset, table: pd.DataFrame, stale: bool) -> tuple[list[str], list[str]]:
-    """The embeddings panel's two maps, from our own vectors: identity PCA and (yaw, pitch)."""
-    import fiftyone.brain as fob
-    from fiftyone import ViewField as F
+def _drop_maps(dataset) -> None:
+    """Delete both maps (runs, points fields and their 2d indexes) before they are made again."""
+    for key in MAPS:
+        if dataset.has_brain_run(key):
+            dataset.delete_brain_run(key)
+        if key in dataset.get_field_schema():
+            dataset.delete_sample_field(key)  # its index goes with it
 
+
+def _declare_map_fields(dataset, fo) -> None:
+    have = dataset.get_field_schema()
+    for key in MAPS:
+        if key not in have:
+            dataset.add_sample_field(key, fo.ListField, subfield=fo.FloatField)
+
+
+def _map_points(ws: Workspace, f: Faces, ids: list[str], row_of: dict) -> tuple[dict[str, dict], list[str]]:
+    """The embeddings panel's two maps over these faces (the dataset's, after this sync), from our own numbers:
+    {map: {face_id: [x, y]}}. identity_pca: a PCA of their identity embeddings; pose: (yaw, pitch)."""
     notes = []
-    if stale or not dataset.has_brain_run(EMBEDDINGS_KEY):
-        ids = dataset.values("face_id")
-        rows = pd.Index(table["face_id"]).get_indexer(ids)
-        if not len(ids):
-            pass  # every crop was missing: nothing to map (and FiftyOne cannot index zero points)
-        elif (rows < 0).any():
-            notes.append(f"identity map skipped: {int((rows < 0).sum())} samples have no row (so no embedding) "
-                         "in the workspace table")
-        else:
-            emb = np.asarray(read_embeddings(ws, len(table))[rows], np.float32)
-            _replace_map(fob, dataset, dataset, EMBEDDINGS_KEY, _pca2(emb))
-    if stale or not dataset.has_brain_run(POSE_KEY):
-        posed = dataset.match((F("yaw") != None) & (F("pitch") != None))  # noqa: E711 - a MongoDB expression
-        yaw, pitch = posed.values(["yaw", "pitch"])
-        if len(yaw):
-            _replace_map(fob, dataset, posed, POSE_KEY, np.column_stack([yaw, pitch]).astype(np.float64))
-    return [k for k in (EMBEDDINGS_KEY, POSE_KEY) if dataset.has_brain_run(k)], notes
+    rows = np.array([row_of.get(fid, -1) for fid in ids], np.int64)
+    out: dict[str, dict] = {}
+    if not len(ids):
+        return out, notes  # every crop was missing: nothing to map (and FiftyOne cannot index zero points)
+    if (rows < 0).any():
+        notes.append(f"identity map skipped: {int((rows < 0).sum())} samples have no row (so no embedding) "
+                     "in the workspace table")
+    else:
+        # Only the dataset's rows are read (pread per row): at 10M faces the embeddings are 20 GB.
+        emb = np.asarray(read_embeddings(ws, random_access=True)[rows], np.float32)
+        out[EMBEDDINGS_KEY] = dict(zip(ids, _pca2(emb).tolist()))
+    known = rows >= 0
+    yaw, pitch = f.number("yaw")[rows], f.number("pitch")[rows]
+    posed = known & np.isfinite(yaw) & np.isfinite(pitch)
+    out[POSE_KEY] = {fid: [float(y), float(p)] for fid, y, p, ok in zip(ids, yaw, pitch, posed) if ok}
+    return out, notes
 
 
-def _replace_map(fob, dataset, samples, key: str, points: np.ndarray) -> None:
-    if dataset.has_brain_run(key):
-        dataset.delete_brain_run(key)
-    if key in dataset.get_field_schema():
-        dataset.delete_sample_field(key)
-    # points_field + create_index: lasso selections in the panel query an indexed field, fast at 100k+.
-    fob.compute_visualization(samples, points=points, brain_key=key, create_index=True, points_field=key)
+def _write_points(dataset, points: dict[str, dict], face_ids: list[str]) -> None:
+    """The maps' points of samples already in the dataset, in bulk by face_id."""
+    from pymongo import UpdateOne
+
+    ops = []
+    for fid in face_ids:
+        values = {k: v[fid] for k, v in points.items() if fid in v}
+        if values:
+            ops.append(UpdateOne({"face_id": fid}, {"$set": values}))
+    for start in range(0, len(ops), 5000):
+        dataset._sample_collection.bulk_write(ops[start:start + 5000], ordered=False)
+
+
+def _register_maps(dataset, points: dict[str, dict]) -> list[str]:
+    """Record the maps as FiftyOne Brain visualizations whose points are in fields of their own, with a 2d index
+    (lasso selections in the panel query it): what `compute_visualization(points_field=...)` makes, its field
+    written by us. FiftyOne's own documented way: results.config.points_field + save_config (`index_points`)."""
+    import fiftyone.brain as fob
+
+    made = []
+    for key in MAPS:
+        by_face = points.get(key)
+        if not by_face:
+            continue
+        samples = dataset if key == EMBEDDINGS_KEY else dataset.exists(key)
+        order = samples.values("face_id")
+        arr = np.array([by_face[fid] for fid in order], np.float64).reshape(-1, 2)
+        results = fob.compute_visualization(samples, points=arr, brain_key=key, create_index=False)
+        lo, hi = float(arr.min()), float(arr.max())
+        dataset.create_index([(key, "2d")], min=lo, max=hi if hi > lo else lo + 1.0)
+        results.config.points_field = key
+        results.save_config()
+        made.append(key)
+    return made
 
 
 def _pca2(emb: np.ndarray) -> np.ndarray:
@@ -371,10 +498,14 @@ def _pca2(emb: np.ndarray) -> np.ndarray:
         return out
     from sklearn.decomposition import PCA
 
+    from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
+
     k = min(2, n, emb.shape[1])
     fit = emb if n <= 50_000 else emb[np.random.default_rng(0).choice(n, 50_000, replace=False)]
-    pca = PCA(n_components=k, random_state=0).fit(fit)
-    out[:, :k] = pca.transform(emb)
+    # One BLAS thread: on 2 busy cores OpenBLAS's threads wait for each other (50,000 faces: 0.3 s, not 0.7-4 s).
+    with threadpool_limits(1):
+        pca = PCA(n_components=k, random_state=0).fit(fit)
+        out[:, :k] = pca.transform(emb)
     return out
 
 
@@ -426,7 +557,8 @@ def saved_views(dataset, table: pd.DataFrame) -> tuple[list[str], dict]:
     else:
         skip("low quality", f"no face has a {by} value")
     # Eye, mouth and covered-face states (curator/measure/states.py), at the thresholds curate and audit use
-    if "eyes_closed" in table and "states_method" in table:
+    schema = dataset.get_field_schema()  # the dataset's fields: `table` may hold only the scope's choice columns
+    if field_name("eyes_closed") in schema and field_name("states_method") in schema:
         from ..measure.states import CLOSED_AT, OCCLUDED_AT
 
         save("eyes closed", dataset.match(_number(field_name("eyes_closed")) & (F(field_name("eyes_closed")) >= CLOSED_AT))

@@ -10,31 +10,58 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from ..workspace import Workspace, WorkspaceLocked, locked, read_columns, update_columns
 from .db import ReviewError, dataset_version, one_line, quiet
-from ..workspace import Workspace, WorkspaceLocked, locked, read_table, update_columns
 
 REJECT, KEEP = "reject", "keep"
 TAG_COLUMNS = ("rejected", "kept", "review_tags")  # written by pull_tags; the tags themselves are their fields
 
 
-def tag_columns(table: pd.DataFrame, tags_by_face: dict) -> pd.DataFrame:
-    """face_id + rejected, kept, review_tags for every row: from the tags for faces in the dataset, else as before."""
-    old_rej = table["rejected"].fillna(False).to_numpy(bool) if "rejected" in table else np.zeros(len(table), bool)
-    old_keep = table["kept"].fillna(False).to_numpy(bool) if "kept" in table else np.zeros(len(table), bool)
-    old_free = (table["review_tags"].fillna("").astype(str).to_numpy(dtype=object) if "review_tags" in table
-                else np.full(len(table), "", dtype=object))
-    rej, keep, free = old_rej.copy(), old_keep.copy(), old_free.copy()
-    for i, fid in enumerate(table["face_id"].tolist()):
-        tags = tags_by_face.get(fid)
-        if tags is None:
-            continue
-        tags = set(tags or ())
-        rej[i] = REJECT in tags
-        keep[i] = KEEP in tags
-        free[i] = ",".join(sorted(tags - {REJECT, KEEP}))
-    return pd.DataFrame({"face_id": table["face_id"].to_numpy(), "rejected": rej, "kept": keep,
-                         "review_tags": free.astype(str)})
+def tag_columns(table: pa.Table, tags_by_face: dict) -> tuple[dict, int, int, bool]:
+    """The tag columns for every row: from `tags_by_face` for faces in the dataset, else as the table has them.
+
+    `table`: face_id and whichever of rejected, kept, review_tags the table
+    has (Arrow, every row). Returns ({rejected, kept: bool arrays, review_tags:
+    Arrow strings}, rows changed, faces of `tags_by_face` with no row, whether
+    some row still lacks a value). Vectorised: one hash pass over the table's
+    ids finds the dataset's faces, so a pull costs little at 10 million rows.
+    """
+    n = table.num_rows
+    have = set(table.column_names)
+    rej = _flags(table, "rejected", n)
+    keep = _flags(table, "kept", n)
+    free = (pc.fill_null(table.column("review_tags").combine_chunks().cast(pa.large_string()), "")
+            if "review_tags" in have else pa.array([""] * n, pa.large_string()))
+    absent = any(c not in have or table.column(c).null_count for c in TAG_COLUMNS)
+    keys = list(tags_by_face)
+    ids = table.column("face_id").combine_chunks().cast(pa.large_string())
+    pos = pc.index_in(ids, value_set=pa.array(keys, pa.large_string())) if keys else pa.nulls(n, pa.int32())
+    valid = pos.is_valid().to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(valid)
+    which = pos.filter(pos.is_valid()).to_numpy(zero_copy_only=False)
+    unknown = len(keys) - len(np.unique(which))
+    new_rej, new_keep, new_free = np.zeros(len(rows), bool), np.zeros(len(rows), bool), []
+    for k, i in enumerate(which.tolist()):
+        tags = set(tags_by_face[keys[i]] or ())
+        new_rej[k], new_keep[k] = REJECT in tags, KEEP in tags
+        new_free.append(",".join(sorted(tags - {REJECT, KEEP})))
+    old_free = free.take(pa.array(rows)).to_pylist() if len(rows) else []
+    changed = int(((rej[rows] != new_rej) | (keep[rows] != new_keep)
+                   | np.array([a != b for a, b in zip(old_free, new_free)], bool)).sum()) if len(rows) else 0
+    rej, keep = rej.copy(), keep.copy()
+    rej[rows], keep[rows] = new_rej, new_keep
+    if len(rows):
+        free = pc.replace_with_mask(free, pa.array(valid), pa.array(new_free, pa.large_string()))
+    return {"rejected": rej, "kept": keep, "review_tags": free}, changed, unknown, absent
+
+
+def _flags(table: pa.Table, name: str, n: int) -> np.ndarray:
+    if name not in table.column_names or pa.types.is_null(table.column(name).type):
+        return np.zeros(n, bool)
+    return pc.fill_null(table.column(name).combine_chunks().cast(pa.bool_()), False).to_numpy(zero_copy_only=False)
 
 
 def read_tags(ws: Workspace, dataset) -> dict:
@@ -55,15 +82,9 @@ def read_tags(ws: Workspace, dataset) -> dict:
     return dict(zip(ids, tags))
 
 
-def _tag_changes(table: pd.DataFrame, by_face: dict) -> tuple[pd.DataFrame, int, bool]:
-    """(new tag columns, rows whose tag columns change, whether the table needs writing)."""
-    cols = tag_columns(table, by_face)
-    before = tag_columns(table, {})
-    changed = int(((cols["rejected"] != before["rejected"]) | (cols["kept"] != before["kept"])
-                   | (cols["review_tags"] != before["review_tags"])).sum())
-    # Rows extract appended since the last pull hold nulls in these columns: fill them too.
-    absent = any(c not in table or table[c].isna().any() for c in TAG_COLUMNS)
-    return cols, changed, bool(changed or absent)
+def _table_tags(ws: Workspace) -> pa.Table:
+    """face_id and the tag columns of every row: only these columns are read."""
+    return read_columns(ws, ["face_id", *TAG_COLUMNS])
 
 
 def pull_tags(ws: Workspace, dataset, *, wait_s: float = 0.0, tags: dict | None = None) -> dict:
@@ -72,18 +93,24 @@ def pull_tags(ws: Workspace, dataset, *, wait_s: float = 0.0, tags: dict | None 
     Takes the workspace lock only when there is something to write, and only
     for the write (re-reading the table under it); waits up to `wait_s` for
     another command's lock. `tags`: what `read_tags` returned, if at hand.
+    Faces not in the dataset keep the tags the table has for them.
     """
     by_face = read_tags(ws, dataset) if tags is None else tags
-    table = read_table(ws)
-    cols, changed, write = _tag_changes(table, by_face)
+    cols, changed, unknown, absent = tag_columns(_table_tags(ws), by_face)
+    write = bool(changed or absent)  # rows extract appended since the last pull hold nulls: fill them too
     deadline = time.monotonic() + wait_s
     while write:
         try:
             with locked(ws, "curator review"):
-                table = read_table(ws)  # what another command may have written since
-                cols, changed, write = _tag_changes(table, by_face)
+                table = _table_tags(ws)  # what another command may have written since
+                cols, changed, unknown, absent = tag_columns(table, by_face)
+                write = bool(changed or absent)
                 if write:
-                    update_columns(ws, cols)
+                    update_columns(ws, pd.DataFrame({
+                        # face_id stays Arrow (update_columns only compares it): no 10 million Python strings
+                        "face_id": pd.arrays.ArrowExtensionArray(table.column("face_id").combine_chunks()),
+                        "rejected": cols["rejected"], "kept": cols["kept"],
+                        "review_tags": cols["review_tags"].cast(pa.string()).to_numpy(zero_copy_only=False)}))
             break
         except WorkspaceLocked:
             if time.monotonic() >= deadline:
@@ -91,12 +118,11 @@ def pull_tags(ws: Workspace, dataset, *, wait_s: float = 0.0, tags: dict | None 
             time.sleep(1.0)
     both = int((cols["rejected"] & cols["kept"]).sum())
     summary = {"dataset": dataset.name, "rejected": int(cols["rejected"].sum()), "kept": int(cols["kept"].sum()),
-               "other_tags": int((cols["review_tags"] != "").sum()), "changed": changed, "written": write,
-               "notes": []}
+               "other_tags": int(pc.sum(pc.not_equal(cols["review_tags"], "")).as_py() or 0), "changed": changed,
+               "written": write, "notes": []}
     if both:
         summary["notes"].append(f"{both} faces are tagged both {REJECT!r} and {KEEP!r}: {REJECT!r} wins "
                                 "(never selected, never exported)")
-    unknown = len(set(by_face) - set(table["face_id"]))
     if unknown:
         summary["notes"].append(f"{unknown} samples have no row in the workspace table; their tags were not copied")
     return summary

@@ -48,6 +48,7 @@ from .lock import (  # noqa: F401
 )
 from .table import (  # noqa: F401
     Shard, format_version, shards, table_rows, column_groups, table_columns, read_arrow, read_table, iter_table,
+    read_columns,
     RowArray, read_embeddings, list_matrix, read_vectors, write_parquet, write_npy,
 )
 from .write import (  # noqa: F401
