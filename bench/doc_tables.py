@@ -400,6 +400,13 @@ def thesis_tables(d: dict) -> list[str]:
     return tables_in(thesis.render_markdown(d))
 
 
+def review_tables(d: dict) -> list[str]:
+    sys.path.insert(0, str(BENCH))
+    import review  # noqa: E402  (bench/review.py imports only the standard library at the top)
+
+    return tables_in(review.render_markdown(d))
+
+
 def expected() -> dict[str, list[tuple[str, str]]]:
     """Per doc: (what, text) for every block of figures it must hold, made from the results."""
     extract = load("extract.json")
@@ -425,6 +432,7 @@ def expected() -> dict[str, list[tuple[str, str]]]:
             ("states: ROC AUC per state", states_auc(load("states.json"))),
             ("for target: each pair at 20 faces", for_target_pairs(load("for_target.json"))),
             ("for target: budgets and shares", for_target_summary(load("for_target.json"))),
+            *((f"review: table {i + 1}", t) for i, t in enumerate(review_tables(load("review.json")))),
             *((f"thesis: table {i + 1}", t) for i, t in enumerate(thesis_tables(load("thesis.json")))),
         ],
         "bench_curate.md": [("the whole page", curate_markdown(curate))],

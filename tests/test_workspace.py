@@ -185,3 +185,25 @@ def test_upgrade_survives_a_crash_at_any_step(curated, tmp_path):
     curator("identify", "-w", ws, "--cluster", "0", check=True)
     assert not (ws / "faces.parquet").exists()
     pd.testing.assert_frame_equal(read_table(w)[["face_id", "is_target"]], v1[["face_id", "is_target"]])
+
+
+def test_read_columns_gives_read_tables_values_for_all_rows_or_a_few(curated, tmp_path):
+    """`read_columns` (review at 10M rows: each group file read once) against `read_table`, with groups shorter
+    than the table (rows extracted after the stages) and a group written over a shard's column."""
+    ws = tmp_path / "ws"
+    shutil.copytree(curated, ws)
+    w = open_workspace(ws)
+    t = read_table(w, ["face_id", "sharpness"])
+    workspace.update_columns(w, pd.DataFrame({"face_id": t["face_id"], "sharpness": t["sharpness"] * 2}))  # -> other
+    curator("extract", clip("face_2.mp4"), "-w", ws, "-q", check=True)
+    w = open_workspace(ws)
+    columns = ["face_id", "sharpness", "yaw", "selected", "dup_group", "is_target", "quality", "absent"]
+    whole = read_table(w, columns)
+    assert len(whole) > len(t) and whole["sharpness"].iloc[0] == 2 * t["sharpness"].iloc[0]
+    assert whole["selected"].iloc[len(t):].isna().all()  # past the groups' end
+    got = workspace.read_columns(w, columns)
+    assert got.column_names == [c for c in columns if c != "absent"]
+    pd.testing.assert_frame_equal(got.to_pandas(), whole[got.column_names], check_dtype=False)
+    rows = np.array([0, 3, len(t) - 1, len(t), len(whole) - 1])
+    few = workspace.read_columns(w, columns, rows=rows).to_pandas()
+    pd.testing.assert_frame_equal(few, whole[got.column_names].iloc[rows].reset_index(drop=True), check_dtype=False)

@@ -217,7 +217,7 @@ def sync_dataset(ws: Workspace, name: str | None = None, faces: str = DEFAULT_SC
 
         # The maps: recomputed over the dataset's faces whenever they change. Their points are written with
         # the new samples' documents (and in bulk into the others'), not by FiftyOne's compute_visualization,
-        # which sets them sample by sample: at 20,000 faces that was a third of the first sync.
+        # which sets them sample by sample: for 10,000 faces of a 1M-row table that was half the first sync.
         stale = bool(len(add) or len(leaving) or upgrading) or not all(dataset.has_brain_run(k) for k in MAPS)
         points: dict[str, dict] = {}
         if stale:
@@ -250,9 +250,9 @@ def sync_dataset(ws: Workspace, name: str | None = None, faces: str = DEFAULT_SC
                 fill_landmarks(ws, dataset._sample_collection, rows, [face_ids[i] for i in lacking])
             else:
                 pending = int(len(lacking))
-                notes.append(f"landmarks of {pending} faces are added after the dataset is ready (reading them means "
-                             f"reading the 68 landmarks of {landmark_rows_to_read(ws, rows)} rows); the App shows "
-                             "the faces meanwhile")
+                notes.append(f"landmarks of {pending} faces are added once the dataset is ready (that reads the "
+                             f"68 landmarks of {landmark_rows_to_read(ws, rows)} rows): while the App shows the "
+                             "faces, or before --no-app returns")
 
         _indexes(dataset)
         views, skipped = saved_views(dataset, f.frame())
