@@ -33,9 +33,10 @@ import pandas as pd
 import psutil
 import pytest
 
-from helpers import ROOT, chromium_screenshot, clip, ctrl_c_enabled, curator, curator_json, one_line_error, table, table_files
+from helpers import CHROMIUM_FLAGS, ROOT, chromium_screenshot, clip, find_chromium, ctrl_c_enabled, curator, curator_json, one_line_error, table, table_files
 from curator.measure import metrics
 from curator.review import dataset as review_dataset, db as review_db, samples as review_samples, scope as review_scope
+from curator.review import app as review_app, server as review_server
 from curator.review import session as review, tags as review_tags
 from curator.workspace import WorkspaceLocked, locked, open_workspace, read_embeddings
 
@@ -331,8 +332,11 @@ def test_app_on_loopback_renders_the_grid_and_tags_are_pulled_when_it_stops(cura
     ws = fresh(curated, tmp_path)
     name = name_of(ws, made)
     port = free_port()
+    # A person who never told FiftyOne about analytics: no FIFTYONE_DO_NOT_TRACK (mongod.sh sets it), no config file
+    env = {k: v for k, v in os.environ.items() if k != "FIFTYONE_DO_NOT_TRACK"}
+    env["FIFTYONE_CONFIG_PATH"] = str(tmp_path / "no-fiftyone-config.json")
     proc = subprocess.Popen([sys.executable, "-m", "curator", "review", "-w", str(ws), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
                             preexec_fn=ctrl_c_enabled)
     children = []
     try:
@@ -341,7 +345,7 @@ def test_app_on_loopback_renders_the_grid_and_tags_are_pulled_when_it_stops(cura
         line = proc.stdout.readline() if ready else ""
         assert line.startswith("App: "), (line, proc.stderr.read() if proc.poll() is not None else "")
         url = line.split()[1]
-        assert url == f"http://127.0.0.1:{port}/datasets/{name}"
+        assert url == f"http://127.0.0.1:{port}/datasets/{name}?view=selected"  # the App opens on the selection
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children  # the App's server runs in child processes
 
@@ -366,7 +370,11 @@ def test_app_on_loopback_renders_the_grid_and_tags_are_pulled_when_it_stops(cura
         # runs out while a freshly started server prepares its first answer (the shot shows the App's
         # "Pixelating..." splash); a person's browser just waits, so a few loads are allowed
         ds = fo.load_dataset(name)
-        first = [ws / c for c in table(ws).set_index("face_id").loc[ds.values("face_id")[:12], "crop_path"]]
+        crop = table(ws).set_index("face_id").crop_path
+        chosen = ds.load_saved_view("selected").values("face_id")
+        left_out = [f for f in ds.values("face_id") if f not in set(chosen)]
+        assert 0 < len(chosen) <= 12 and len(left_out) >= 6
+        first = [ws / crop[f] for f in chosen]
         for attempt in range(4):
             shot = tmp_path / f"app{attempt}.png"
             run = chromium_screenshot(url, shot, tmp_path / f"profile{attempt}", "1280,900",
@@ -376,7 +384,20 @@ def test_app_on_loopback_renders_the_grid_and_tags_are_pulled_when_it_stops(cura
             if len(np.unique(img.reshape(-1, 3), axis=0)) > 2000:  # not the splash: photos
                 break
         assert len(np.unique(img.reshape(-1, 3), axis=0)) > 2000, f"the App never rendered beyond its splash ({shot})"
-        assert crops_on_screen(shot, first) >= 6, "the App's grid does not show the workspace's crops"
+        assert crops_on_screen(shot, first) == len(first), "the App's grid does not show the selection's crops"
+        assert crops_on_screen(shot, [ws / crop[f] for f in left_out[:6]]) == 0, "the grid is not the selection's view"
+
+        # no greeting: FiftyOne's analytics consent bar and its "Explore Enterprise" pop-up, both in this App's
+        # code (so their absence below is curator's doing), are not on the page once it has rendered its grid
+        bundle = "".join(p.read_text(errors="replace") for p in
+                         (Path(fo.__file__).parent / "server" / "static" / "assets").glob("*.js"))
+        greetings = ("Help us improve FiftyOne", "With FiftyOne Enterprise you can connect")
+        assert all(g in bundle for g in greetings) and review_server.SEEN_KEY in bundle
+        dom = subprocess.run([find_chromium("the App"), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile-dom'}",
+                              "--window-size=1280,900", "--virtual-time-budget=20000", "--dump-dom", url],
+                             capture_output=True, text=True, timeout=120).stdout
+        assert "Explore Enterprise" in dom  # the App's header rendered (its button, not the pop-up)
+        assert not [g for g in greetings if g in dom], [g for g in greetings if g in dom]
 
         # tag while the App runs (as the App does): the table has it within seconds, the review still running
         t = table(ws)
@@ -771,3 +792,56 @@ def test_faces_option_is_the_api_keyword_with_examples_and_bad_scopes_are_one_li
     one_line_error(curator("review", "-w", ws, "--no-app", "--faces", "selected"), "--faces selected",
                    "curator curate")
     one_line_error(curator("review", "-w", ws, "--no-app", "--faces", "target"), "--faces target", "curator identify")
+
+
+# --- the App's greeting --------------------------------------------------------------------------------
+
+@pytest.mark.pure
+def test_analytics_stay_off_unless_the_person_set_them(tmp_path, monkeypatch):
+    import fiftyone as fo
+
+    config = tmp_path / "config.json"
+    monkeypatch.setenv("FIFTYONE_CONFIG_PATH", str(config))
+    monkeypatch.delenv("FIFTYONE_DO_NOT_TRACK", raising=False)
+    monkeypatch.setattr(fo.config, "do_not_track", False)  # FiftyOne's default
+    assert review_app.do_not_track() is True  # nobody chose: off
+    config.write_text(json.dumps({"do_not_track": False}))
+    assert review_app.do_not_track() is False  # their config file says track: kept
+    config.write_text("{not json")
+    assert review_app.do_not_track() is True
+    config.unlink()
+    monkeypatch.setenv("FIFTYONE_DO_NOT_TRACK", "false")
+    assert review_app.do_not_track() is False  # their environment says track: kept
+
+
+@pytest.mark.pure
+def test_the_pop_up_is_marked_seen_only_in_html_pages_and_only_when_unset():
+    import asyncio
+
+    page = b"<!doctype html><html><head><title>FiftyOne</title></head><body></body></html>"
+    marked = review_server.mark_pop_up_seen(page)
+    assert marked.startswith(b"<!doctype html><html><head><script>") and marked.endswith(page[page.find(b"<title>"):])
+    assert b'localStorage.getItem("fiftyone-enterprise-tooltip-seen")===null' in marked  # a person's own value kept
+    assert review_server.mark_pop_up_seen(b"no head here") == b"no head here"
+
+    async def respond(kind: bytes, body: bytes, chunks: int = 2):
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())]})
+            step = len(body) // chunks + 1
+            for i in range(0, len(body), step):
+                await send({"type": "http.response.body", "body": body[i:i + step], "more_body": i + step < len(body)})
+
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await review_server.PopUpSeen(app)({"type": "http"}, None, send)
+        headers = dict(sent[0]["headers"])
+        out = b"".join(m.get("body", b"") for m in sent[1:])
+        assert int(headers[b"content-length"]) == len(out)
+        return out
+
+    assert asyncio.run(respond(b"text/html; charset=utf-8", page)) == marked
+    assert asyncio.run(respond(b"application/javascript", page)) == page  # only the page

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import signal
 import socket
+import sys
 import time
 from typing import Callable, Iterator
 from urllib.parse import quote
@@ -46,10 +48,10 @@ def check_port(address: str, port: int) -> None:
             raise ReviewError(f"cannot listen on {address}:{port}: {e.strerror}") from None
 
 
-def app_url(address: str, port: int, name: str) -> str:
+def app_url(address: str, port: int, name: str, view: str | None = None) -> str:
     host = socket.gethostname() if address in ("0.0.0.0", "::") else address  # what another machine would type
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}/datasets/{quote(name)}"
+    return f"http://{host}:{port}/datasets/{quote(name)}" + (f"?view={quote(view)}" if view else "")
 
 
 def is_loopback(address: str) -> bool:
@@ -62,25 +64,65 @@ def is_loopback(address: str) -> bool:
         return False
 
 
+def opening_view(dataset) -> str | None:
+    """The saved view the App opens on: the selection's, when the dataset has selected faces; else every face."""
+    import fiftyone.core.utils as fou
+
+    if "selected" in dataset.list_saved_views() and len(dataset.load_saved_view("selected")):
+        return fou.to_slug("selected")
+    return None
+
+
+def do_not_track() -> bool:
+    """FiftyOne's usage analytics (and the App's consent bar asking for them) stay off in an offline curation
+    tool, unless the person set `do_not_track` themselves, in the environment or their FiftyOne config file."""
+    import json
+
+    import fiftyone as fo
+    from fiftyone.core.config import locate_config
+
+    if "FIFTYONE_DO_NOT_TRACK" in os.environ:
+        return fo.config.do_not_track
+    try:
+        with open(locate_config()) as f:
+            if "do_not_track" in json.load(f):
+                return fo.config.do_not_track
+    except (OSError, ValueError, TypeError):
+        pass  # no config file, or one FiftyOne itself would refuse: not the person's choice
+    return True
+
+
 def launch(dataset, *, port: int, address: str = "127.0.0.1"):
     """Start the App's web server on address:port; returns (server, url of `dataset`). Stop it with `close_app`.
 
-    FiftyOne's own server process, without a Python `Session`: the browser
-    needs none, and a session's background thread prints reconnection notices
-    on our stdout when the machine is slow (and warnings about its own removed
-    config options). The server runs under FiftyOne's service wrapper, which
-    stops it when this process dies, even by kill -9.
+    FiftyOne's own server process (curator.review.server: FiftyOne's server
+    with its "Explore Enterprise" pop-up marked seen), without a Python
+    `Session`: the browser needs none, and a session's background thread
+    prints reconnection notices on our stdout when the machine is slow (and
+    warnings about its own removed config options). The server runs under
+    FiftyOne's service wrapper, which stops it when this process dies, even
+    by kill -9. The URL opens the selection's saved view.
     """
-    import fiftyone as fo
-    from fiftyone.core.service import ServerService
-
     check_port(address, port)
     try:
         with quiet():
-            server = ServerService(port, address=address, do_not_track=fo.config.do_not_track)
+            server = _server_service()(port, address=address, do_not_track=do_not_track())
     except Exception as e:  # noqa: BLE001 - ServiceListenTimeout and friends
         raise ReviewError(f"the FiftyOne App could not start on {address}:{port} ({type(e).__name__}: {one_line(e)})") from None
-    return server, app_url(address, port, dataset.name)
+    return server, app_url(address, port, dataset.name, opening_view(dataset))
+
+
+def _server_service():
+    """FiftyOne's ServerService running curator.review.server instead of FiftyOne's server/main.py."""
+    from fiftyone.core.service import ServerService
+
+    class Server(ServerService):
+        @property
+        def command(self):
+            return [sys.executable, "-m", "curator.review.server", "--port", str(self.port),
+                    "--address", self.address or "127.0.0.1"]
+
+    return Server
 
 
 def close_app(server) -> None:
