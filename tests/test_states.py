@@ -97,3 +97,20 @@ def test_max_occlusion_filters_and_names_the_region(blinks, tmp_path):
     c = t[t["face_id"].isin(covered)]
     assert not c["selected"].any() and summary["over_max_occlusion"] == 20
     assert c["reason"].astype(str).str.contains("over --max-occlusion 0.3").all()
+
+
+@pytest.mark.pure
+def test_a_face_at_the_crop_edge_has_unknown_states_and_no_warning():
+    import warnings
+
+    from curator.measure import states
+
+    crop = np.full((128, 128, 3), 128, np.uint8)
+    inside = np.array([[44, 52], [84, 52], [64, 72], [48, 94], [80, 94]], float)
+    outside = inside + [0, 400]  # every keypoint below the crop: no skin between the eyes to compare with
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" reached users' terminals
+        known = states.face_states(crop, inside, None, {"eyes_open": 0.2, "mouth_open": 0.0})
+        unknown = states.face_states(crop, outside, None, {"eyes_open": 0.2, "mouth_open": 0.0})
+    assert np.isfinite([known["occluded_mouth"], known["occluded_eyes"], known["occlusion"]]).all()
+    assert np.isnan([unknown["occluded_mouth"], unknown["occluded_eyes"], unknown["occlusion"]]).all()

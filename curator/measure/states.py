@@ -176,6 +176,8 @@ def occlusion_features(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | 
     lab = _lab(crop_bgr)
     r = regions(kps, lmk)
     ref, low = r["skin_ref"], r["lower"]
+    if not ref.any() or not low.any():  # keypoints at or past the crop's edge: no skin to compare, unknown
+        return [float("nan")] * 5
     L0, a0, b0 = (float(np.median(lab[..., i][ref])) for i in range(3))
     chroma = np.hypot(lab[..., 1] - a0, lab[..., 2] - b0)
     if lmk is not None:
@@ -193,6 +195,8 @@ def dark_eye_band(crop_bgr: np.ndarray, kps: np.ndarray) -> float:
     """Share of the eye band darker than 0.35 of the skin's lightness (measured on the nose bridge)."""
     lab = _lab(crop_bgr)
     r = regions(kps, None)
+    if not r["skin_ref"].any() or not r["eye_band"].any():  # as in occlusion_features: unknown
+        return float("nan")
     L0 = float(np.median(lab[..., 0][r["skin_ref"]]))
     return float((lab[..., 0][r["eye_band"]] < 0.35 * L0).mean())
 
@@ -204,6 +208,8 @@ def teeth_share(crop_bgr: np.ndarray, lmk: np.ndarray) -> float:
         return 0.0
     lab = _lab(crop_bgr)
     r = regions(np.array([lmk[36:42].mean(0), lmk[42:48].mean(0), lmk[30], lmk[48], lmk[54]]), lmk)
+    if not r["skin_ref"].any():
+        return float("nan")
     L0 = float(np.median(lab[..., 0][r["skin_ref"]]))
     teeth = (lab[..., 0] > 0.8 * L0) & (np.hypot(lab[..., 1], lab[..., 2]) < 25.0)
     return float(teeth[inner].mean())
