@@ -71,10 +71,14 @@ class CurateResult:
 def dedupe_features(table: pd.DataFrame) -> np.ndarray:
     """Pose, expression and lighting in just-noticeable-difference units (12 columns)."""
     cols = [table[c].to_numpy(float) / POSE_UNIT_DEG for c in ("yaw", "pitch", "roll")]
+    states = metrics.with_states(table)
     for c in metrics.EXPRESSION_COLUMNS:
-        v = table[c].to_numpy(float)
-        iqr = np.subtract(*np.nanpercentile(v, [75, 25])) if np.isfinite(v).any() else 0.0
-        cols.append(v / max(iqr / 1.349 * EXPRESSION_UNIT_STD, EXPRESSION_UNIT_FLOOR[c]))
+        v = table[c].to_numpy(float).copy()
+        for rows in (states, ~states):  # rows with states and rows from before them: each on its own scale
+            if rows.any():
+                iqr = np.subtract(*np.nanpercentile(v[rows], [75, 25])) if np.isfinite(v[rows]).any() else 0.0
+                v[rows] /= max(iqr / 1.349 * EXPRESSION_UNIT_STD, EXPRESSION_UNIT_FLOOR[c])
+        cols.append(v)
     cols += [table[c].to_numpy(float) / unit for c, unit in LIGHT_UNITS.items()]
     return np.nan_to_num(np.stack(cols, axis=1), nan=0.0).astype(np.float32)
 

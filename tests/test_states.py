@@ -114,3 +114,36 @@ def test_a_face_at_the_crop_edge_has_unknown_states_and_no_warning():
         unknown = states.face_states(crop, outside, None, {"eyes_open": 0.2, "mouth_open": 0.0})
     assert np.isfinite([known["occluded_mouth"], known["occluded_eyes"], known["occlusion"]]).all()
     assert np.isnan([unknown["occluded_mouth"], unknown["occluded_eyes"], unknown["occlusion"]]).all()
+
+
+def test_a_workspace_extended_after_the_states_reads_each_row_on_its_own_scale(blinks):
+    """Rows extracted before the states (no states_method, no eyes_closed, mouth_open and smile on the older
+    descriptor scales) next to rows with them, as in a workspace extended after this version (made here from
+    the real table: the older rows' scales put in place of half of its rows): audit's words count only rows
+    with states and say how many have none, their expression cells are their own, curate runs on it."""
+    from curator import curate
+    from curator.measure import metrics
+    from curator.reports import state_words
+
+    _, table, _ = blinks
+    t = table.copy()
+    old = np.arange(len(t)) < len(t) // 2  # the first half "from before": mouth_open up to 0.95 on its scale
+    t["states_method"] = t["states_method"].where(~old, None)
+    for c in ("eyes_closed", "occlusion", "occluded_mouth", "occluded_eyes"):
+        t.loc[old, c] = np.nan
+    t.loc[old, "mouth_open"] = np.linspace(0.6, 0.95, old.sum())
+    assert (metrics.with_states(t) == ~old).all()
+    cells = metrics.expression_cells(t, t).to_numpy()
+    assert (cells[old] >= metrics.STATE_CELLS).all() and (cells[~old] < metrics.STATE_CELLS).all()
+    assert (metrics.state_cells(t).to_numpy()[old] == 0).all()  # an old-scale 0.9 is not "mouth open"
+    # the rows with states alone get the cells they get in a table of their own
+    assert (cells[~old] == metrics.expression_cells(t[~old], t[~old]).to_numpy()).all()
+
+    states = {s["state"]: s for s in state_words.state_summary(t)}
+    assert states["states_method"]["faces"] == old.sum() and "before eye, mouth" in states["states_method"]["words"]
+    wide = (t["mouth_open"].to_numpy(float)[~old] >= 0.9).sum()
+    assert states["mouth_open"]["faces"] == wide and states["mouth_open"]["of"] == (~old).sum()
+    open_eyes = ~old & (t["eyes_closed"].to_numpy(float) < 0.5)
+    assert [m["state"] for m in state_words.missing_states(t[open_eyes], t)] == ["eyes_closed"]
+    assert not state_words.missing_states(t[old], t)  # a source without states: unknown, not "has none"
+    assert curate.curate(t.assign(is_target=True), 10).summary["selected"] == 10

@@ -120,23 +120,50 @@ def tertile_cells(table: pd.DataFrame, edges: dict[str, np.ndarray]) -> pd.Serie
     return pd.Series(code, index=table.index)
 
 
+def with_states(table: pd.DataFrame) -> np.ndarray:
+    """Per row: are its mouth_open, eyes_open and smile the 0-1 states (curator/measure/states.py)? Rows
+    extracted before the states came (no `states_method`) keep the older expression scales, and a workspace
+    extended since holds both kinds, so every reader asks per row."""
+    if "states_method" in table:
+        return table["states_method"].notna().to_numpy()
+    if "eyes_closed" in table:  # tables made without extract (benchmarks, tests): the state columns say it
+        return np.isfinite(table["eyes_closed"].to_numpy(float))
+    return np.zeros(len(table), bool)
+
+
 def has_states(table: pd.DataFrame) -> bool:
-    return "eyes_closed" in table and "mouth_open" in table and bool(np.isfinite(table["eyes_closed"].to_numpy(float)).any())
+    return "eyes_closed" in table and "mouth_open" in table and bool(with_states(table).any())
 
 
 def state_cells(table: pd.DataFrame) -> pd.Series:
-    """0-3: eyes closed (2) or not, plus mouth open (1) or not, at the states' 0.5 (curator/measure/states.py)."""
-    closed = np.nan_to_num(table["eyes_closed"].to_numpy(float), nan=0.0) >= 0.5
-    mouth = np.nan_to_num(table["mouth_open"].to_numpy(float), nan=0.0) >= 0.5
+    """0-3: eyes closed (2) or not, plus mouth open (1) or not, at the states' 0.5 (curator/measure/states.py);
+    0 for rows without states (their mouth_open is on an older scale)."""
+    known = with_states(table)
+    closed = known & (np.nan_to_num(table["eyes_closed"].to_numpy(float), nan=0.0) >= 0.5)
+    mouth = known & (np.nan_to_num(table["mouth_open"].to_numpy(float), nan=0.0) >= 0.5)
     return pd.Series(closed.astype(np.int64) * 2 + mouth, index=table.index)
 
 
+STATE_CELLS = 12  # state cells (4) x smile tertiles (3); cells of rows without states come after them
+
+
 def expression_cells(table: pd.DataFrame, reference: pd.DataFrame) -> pd.Series:
-    """Expression cells of `table` with tertile edges from `reference`: with state columns, the eye/mouth state
-    cell x smile tertile; without (workspaces from before them), tertiles of EXPRESSION_COLUMNS."""
-    if has_states(reference) and has_states(table):
-        return state_cells(table) * 3 + tertile_cells(table, tertile_edges(reference, ["smile"]))
-    return tertile_cells(table, tertile_edges(reference, EXPRESSION_COLUMNS))
+    """Expression cells of `table` with tertile edges from `reference`: for rows with states, the eye/mouth
+    state cell x smile tertile; for rows without (extracted before them), tertiles of EXPRESSION_COLUMNS with
+    edges from the reference's rows without states, numbered after the state cells, so a workspace that
+    holds both kinds never reads one row on another's scale."""
+    new, ref_new = with_states(table), with_states(reference)
+    if not ref_new.any() or not new.any() and not (~ref_new).any():
+        return tertile_cells(table, tertile_edges(reference, EXPRESSION_COLUMNS))
+    cells = pd.Series(0, index=table.index, dtype=np.int64)
+    if new.any():
+        part = table[new]
+        cells[new] = (state_cells(part) * 3 + tertile_cells(part, tertile_edges(reference[ref_new], ["smile"]))).to_numpy()
+    if (~new).any():
+        old_ref = reference[~ref_new] if (~ref_new).any() else table[~new]
+        part = table[~new]
+        cells[~new] = (STATE_CELLS + tertile_cells(part, tertile_edges(old_ref, EXPRESSION_COLUMNS))).to_numpy()
+    return cells
 
 
 def coverage(subset: pd.DataFrame, reference: pd.DataFrame) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..measure.metrics import with_states
 from ..measure.states import CLOSED_AT, OCCLUDED_AT, REGION_NAMES
 
 EXAMPLES = 4
@@ -27,6 +28,13 @@ def state_summary(faces: pd.DataFrame) -> list[dict]:
     if "eyes_closed" not in faces or "states_method" not in faces:
         return []
     out = []
+    known = with_states(faces)
+    if not known.all():  # a workspace extended after the states came: its older rows have none
+        n = int((~known).sum())
+        out.append({"state": "states_method", "faces": n, "of": len(faces), "examples": faces["face_id"][~known].head(EXAMPLES).tolist(),
+                    "words": f"{n:,} of {len(faces):,} faces were extracted before eye, mouth and covered-face "
+                             "states: they are not counted below (extract their footage into a new workspace to measure them)"})
+        faces = faces[known]
     total = len(faces)
     for column, at, what in STATES:
         hit = np.nan_to_num(faces[column].to_numpy(float), nan=0.0) >= at
@@ -49,6 +57,9 @@ def _examples(faces: pd.DataFrame, hit: np.ndarray, column: str) -> list[str]:
 def missing_states(source: pd.DataFrame, target: pd.DataFrame) -> list[dict]:
     """Target faces in an eye or mouth state the source set has no face in: {state, target_faces, words}."""
     if "eyes_closed" not in target or "eyes_closed" not in source:
+        return []
+    target, source = target[with_states(target)], source[with_states(source)]
+    if not len(source) or not len(target):  # no states measured on one side: unknown, not "none"
         return []
     out = []
     for column, at, what in ((c, CLOSED_AT if c == "eyes_closed" else 0.5, w) for c, _, w in STATES):
