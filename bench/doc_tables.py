@@ -327,6 +327,13 @@ def fault_figures(d: dict) -> str:
     return table(["figure", "value"], rows)
 
 
+def public_row(dl: dict, kp: dict, key: str, name: str, data: str, positive: str) -> list:
+    """One row of states_auc for a public eyes or mouth set: faces found (of them positive; images without a face)."""
+    r = dl[key]
+    return [name, data, f"{r['faces']} ({r[positive]} {positive}; no face in {sum(r['no_face'].values())})",
+            f"**{r['auc']:.2f}**", f"{kp[key]['auc']:.2f}", "0.95"]
+
+
 def states_auc(d: dict) -> str:
     """bench/states.py's ROC AUC per state column, for the default method (dlib) and 5 keypoints."""
     dl, kp = d["methods"]["dlib"], d["methods"]["none"]
@@ -338,6 +345,10 @@ def states_auc(d: dict) -> str:
          f"{kp['eyes_closed_per_frame']['auc']:.2f}", "0.95"],
         ["mouth open (`mouth_open`)", "the same frames", f"{mouth['frames']} ({mouth['open']} open)",
          f"**{mouth['auc']:.2f}**", f"{kp['mouth_open']['auc']:.2f}", "0.95"],
+        public_row(dl, kp, "eyes_closed_cew_utkface", "eyes closed, public (`eyes_closed`)",
+                   "CEW closed faces vs UTKFace faces (open by presumption; below)", "closed"),
+        public_row(dl, kp, "mouth_open_yawn", "mouth open, public (`mouth_open`)",
+                   "yawn vs no yawn, in-car frames (Kaggle drowsiness set; below)", "open"),
         ["smiling (`smile`)", "SMILEsmileD, held-out half", smile["faces"], f"**{smile['auc']:.2f}**",
          f"{kp['smile']['auc']:.2f}", "0.90"],
         ["covered lower face (`occluded_mouth`)", "Face-Mask-Detection, held-out half", cov["faces"],

@@ -17,14 +17,23 @@ Data (none of it is in the repository; docs/benchmarks.md names each source):
              faces from LFW labelled smiling / not), padded by a third of their
              side with replicated borders and upscaled 3x so the detector sees a face;
   masks      chandrikadeb7/Face-Mask-Detection dataset/with_mask, without_mask:
-             a covered lower face.
+             a covered lower face;
+  eyes       jesusmartinoza/Open-eyes-using-Pix2Pix closed_eyes_dataset (the 1,192 faces
+             of CEW, Closed Eyes In the Wild, high-resolution crops: eyes closed) against
+             regular_faces (UTKFace 200 px faces: NOT labelled for eyes, open by
+             presumption); the crops are tight, so each gets a replicated border of a
+             third of its side (no upscaling: the faces are 90-800 px);
+  mouth      Muneeb-Ahmed-Khan/Yawn-Detection dataset_noisy/yawn, no-yawn (the Kaggle
+             drowsiness set's yawn / no_yawn: 640x480 in-car frames, YawDD-like):
+             yawning (mouth wide open) or not.
 SAMPLE images per class are taken from each public set (a hash of the file
 name picks them, so runs agree). The fitted states (smile, occluded_mouth)
 are fitted on fold 0 (hash parity) and scored on fold 1 only; `--fit` prints
 the coefficients curator/measure/states.py carries and writes them to
 bench/results/states_fit.json. The eye and mouth thresholds come from
 outside these labels (curator/measure/states.py says where), so their AUC is over
-every labelled frame; AUC does not depend on a threshold anyway.
+every labelled frame and every found face of the eyes and mouth sets; AUC does not depend
+on a threshold anyway.
 """
 
 from __future__ import annotations
@@ -110,6 +119,11 @@ def padded(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
 
 
+def bordered(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    return cv2.copyMakeBorder(image, h // 3, h // 3, w // 3, w // 3, cv2.BORDER_REPLICATE)
+
+
 def frames_set(fm) -> pd.DataFrame:
     labels = pd.read_csv(LABELS, comment="#")
     rows = []
@@ -126,7 +140,8 @@ def frames_set(fm) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def image_set(fm, name: str, folders: dict[str, Path], pad: bool) -> pd.DataFrame:
+def image_set(fm, name: str, folders: dict[str, Path], prep=None) -> pd.DataFrame:
+    """SAMPLE images of each folder (label: folder), each through `prep` (padded, bordered) if given."""
     rows = []
     for label, folder in folders.items():
         paths = sample([p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")], SAMPLE)
@@ -134,9 +149,16 @@ def image_set(fm, name: str, folders: dict[str, Path], pad: bool) -> pd.DataFram
             image = cv2.imread(str(p))
             if image is None:
                 continue
-            found = analyse(fm, padded(image) if pad else image)
+            found = analyse(fm, prep(image) if prep else image)
             rows.append({"set": name, "name": p.name, "label": label, "found": found is not None, **(found or {})})
     return pd.DataFrame(rows)
+
+
+def public_auc(t: pd.DataFrame, state: str, positive: str) -> dict:
+    """AUC of `state` over every found face of an unfitted public set, and the images without a face per label."""
+    f = t.query("found")
+    return {"auc": auc(f["label"] == positive, f[state]), "faces": len(f), positive: int((f["label"] == positive).sum()),
+            "images": len(t), "no_face": {k: int((~g["found"]).sum()) for k, g in t.groupby("label")}}
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray) -> dict:
@@ -150,7 +172,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="/work/data", help="folder holding smilesmiled/ and face-mask-detection/")
+    ap.add_argument("--data", default="/work/data", help="folder holding smilesmiled/, face-mask-detection/, cew-closed-utkface/, yawdd-yawn/")
     ap.add_argument("--pack", default=str(TESTDATA / "models" / "pack-small"))
     ap.add_argument("--fit", action="store_true", help="fit smile and occluded_mouth on fold 0 and print them")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "states.json"))
@@ -165,9 +187,13 @@ def main() -> None:
         tables[method] = {
             "frames": frames_set(fm),
             "smile": image_set(fm, "smile", {"smile": data / "smilesmiled/SMILEs/positives/positives7",
-                                             "neutral": data / "smilesmiled/SMILEs/negatives/negatives7"}, True),
+                                             "neutral": data / "smilesmiled/SMILEs/negatives/negatives7"}, padded),
             "masks": image_set(fm, "masks", {"covered": data / "face-mask-detection/dataset/with_mask",
-                                             "bare": data / "face-mask-detection/dataset/without_mask"}, False),
+                                             "bare": data / "face-mask-detection/dataset/without_mask"}),
+            "eyes": image_set(fm, "eyes", {"closed": data / "cew-closed-utkface/closed_eyes_dataset",
+                                           "open": data / "cew-closed-utkface/regular_faces"}, bordered),
+            "mouth": image_set(fm, "mouth", {"open": data / "yawdd-yawn/dataset_noisy/yawn",
+                                             "closed": data / "yawdd-yawn/dataset_noisy/no-yawn"}),
         }
     if args.fit:
         fitted = {}
@@ -204,6 +230,9 @@ def main() -> None:
                                    "faces": int(ms["found"].sum()), "images": len(ms), "fold": 1,
                                    "missed_covered": int((~ms["found"] & (ms["label"] == "covered")).sum())},
         }
+        for key, t_key, state, pos in (("eyes_closed_cew_utkface", "eyes", "eyes_closed", "closed"),
+                                       ("mouth_open_yawn", "mouth", "mouth_open", "open")):
+            r[key] = public_auc(t[t_key], state, pos)
         # winks: one eye closed; the per-eye columns should say which (image-left eye is the subject's right)
         winks = f[f["eyes"].isin(["L", "R"])]
         r["winks"] = {"frames": len(winks), "right_eye_lower": int(sum(
