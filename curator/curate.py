@@ -417,7 +417,11 @@ def select_codes(cands: pd.DataFrame, budget: int, seed: int = 0, emb: np.ndarra
     state_pick = np.zeros(n, bool)
     if "state" in cands:
         state = cands["state"].to_numpy()
-        free = by_quality[~taken[by_quality] & ~covered[by_quality]]
+        # Among a state's faces, one in the pose bin with the fewest candidates (best quality inside it): that
+        # bin would take a place of its own anyway, so at a small budget the state costs no pose bin.
+        _, bin_inverse, bin_counts = np.unique(pose, return_inverse=True, return_counts=True)
+        rarest_first = by_quality[np.argsort(bin_counts[bin_inverse][by_quality], kind="stable")]
+        free = rarest_first[~taken[rarest_first] & ~covered[rarest_first]]
         _, first = np.unique(state[free], return_index=True)
         best = free[first]
         best = best[~np.isin(state[best], state[taken])]
