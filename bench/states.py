@@ -25,7 +25,10 @@ Data (none of it is in the repository; docs/benchmarks.md names each source):
              third of its side (no upscaling: the faces are 90-800 px);
   mouth      Muneeb-Ahmed-Khan/Yawn-Detection dataset_noisy/yawn, no-yawn (the Kaggle
              drowsiness set's yawn / no_yawn: 640x480 in-car frames, YawDD-like):
-             yawning (mouth wide open) or not.
+             yawning (mouth wide open) or not;
+  sunglasses shreyas0906/Selfies-with-sunglasses selfies-sunglasses/selfies_* (web selfies with
+             sunglasses; no per-image labels) against Face-Mask-Detection's without_mask faces
+             that `masks` does not sample (presumed without sunglasses): occluded_eyes and occlusion.
 SAMPLE images per class are taken from each public set (a hash of the file
 name picks them, so runs agree). The fitted states (smile, occluded_mouth)
 are fitted on fold 0 (hash parity) and scored on fold 1 only; `--fit` prints
