@@ -354,8 +354,39 @@ def states_auc(d: dict) -> str:
         ["covered lower face (`occluded_mouth`)", "Face-Mask-Detection, held-out half", cov["faces"],
          f"**{cov['auc']:.2f}** (`occlusion`: {cov['auc_occlusion']:.2f})", f"{kp['covered_lower_face']['auc']:.2f}", "0.90"],
     ]
+    if "sunglasses_occluded_eyes" in dl:
+        sg = dl["sunglasses_occluded_eyes"]
+        rows.append(["sunglasses (`occluded_eyes`)", "selfies with sunglasses vs Face-Mask-Detection bare faces (below)",
+                     f"{sg['faces']} ({sg['sunglasses']} sunglasses; no face in {sum(sg['no_face'].values())})",
+                     f"**{sg['auc']:.2f}** (`occlusion`: {sg['auc_occlusion']:.2f})",
+                     f"{kp['sunglasses_occluded_eyes']['auc']:.2f} (`occlusion`: "
+                     f"{kp['sunglasses_occluded_eyes']['auc_occlusion']:.2f})", "0.90"])
     return table(["state (column)", "data", "faces", "`dlib` (the default on a pack without 3D-68)",
                   "`none` (5 keypoints)", "target"], rows)
+
+
+def states_thresholds(fit: dict) -> str:
+    """bench/states.py --fit-thresholds: the eye and mouth thresholds before and as chosen, and the shares called
+    right at the 0.5 point on the held-out half of the public set and on the shared frames."""
+    rows = []
+    for name, what, pos, neg in (("EAR_CLOSED", "eyes (CEW closed / UTKFace open)", "closed", "open"),
+                                 ("MOUTH_GAP_OPEN", "mouth (yawn / no yawn)", "open", "closed")):
+        r = fit["THRESHOLDS"][name]
+        h = r["held_out"]
+
+        def share(where: str, side: str) -> str:
+            return f"{h[where]['before'][side]:.0%} → **{h[where]['chosen'][side]:.0%}**"
+
+        ba = r["mean_balanced_accuracy_fold0"]
+        rows.append([f"`{name}`", what, f"{r['before']:.3f}", f"**{r['chosen']:.3f}**",
+                     f"{ba['before']:.3f} → {ba['chosen']:.3f}",
+                     f"{pos}: {share('public_fold1', 'positive')}; {neg}: {share('public_fold1', 'negative')} "
+                     f"({h['public_fold1']['chosen']['n_positive']} / {h['public_fold1']['chosen']['n_negative']})",
+                     f"{pos}: {share('frames', 'positive')}; {neg}: {share('frames', 'negative')} "
+                     f"({h['frames']['chosen']['n_positive']} / {h['frames']['chosen']['n_negative']})"])
+    return table(["threshold", "state (public set)", "before (frames alone)", "chosen",
+                  "balanced accuracy, mean over the fitting sets", "called right at 0.5, public held-out half",
+                  "called right at 0.5, shared frames"], rows)
 
 
 def _sign(x: float, digits: int) -> str:
@@ -441,6 +472,7 @@ def expected() -> dict[str, list[tuple[str, str]]]:
             ("curate: scale", curate_scale(curate)),
             ("curate: scale, format 1", curate_scale_format1(load("curate_scale_format1.json"))),
             ("states: ROC AUC per state", states_auc(load("states.json"))),
+            ("states: eye and mouth thresholds", states_thresholds(load("states_fit.json"))),
             ("for target: each pair at 20 faces", for_target_pairs(load("for_target.json"))),
             ("for target: budgets and shares", for_target_summary(load("for_target.json"))),
             *((f"review: table {i + 1}", t) for i, t in enumerate(review_tables(load("review.json")))),

@@ -1,6 +1,6 @@
 """Eyes, mouth, smile and covered faces against labels: ROC AUC per state and method.
 
-    python bench/states.py [--data /work/data] [--pack DIR] [--fit] [--out bench/results/states.json]
+    python bench/states.py [--data /work/data] [--pack DIR] [--fit] [--fit-thresholds] [--out bench/results/states.json]
 
 Every face goes through curator's own pipeline as `curator extract` runs it:
 the pack's SCRFD detector (the largest face of the image or frame), the
@@ -25,15 +25,23 @@ Data (none of it is in the repository; docs/benchmarks.md names each source):
              third of its side (no upscaling: the faces are 90-800 px);
   mouth      Muneeb-Ahmed-Khan/Yawn-Detection dataset_noisy/yawn, no-yawn (the Kaggle
              drowsiness set's yawn / no_yawn: 640x480 in-car frames, YawDD-like):
-             yawning (mouth wide open) or not.
+             yawning (mouth wide open) or not;
+  sunglasses shreyas0906/Selfies-with-sunglasses selfies-sunglasses/selfies_* (web selfies with
+             sunglasses; no per-image labels) against Face-Mask-Detection's without_mask faces
+             that `masks` does not sample (presumed without sunglasses): occluded_eyes and occlusion.
 SAMPLE images per class are taken from each public set (a hash of the file
 name picks them, so runs agree). The fitted states (smile, occluded_mouth)
 are fitted on fold 0 (hash parity) and scored on fold 1 only; `--fit` prints
 the coefficients curator/measure/states.py carries and writes them to
-bench/results/states_fit.json. The eye and mouth thresholds come from
-outside these labels (curator/measure/states.py says where), so their AUC is over
-every labelled frame and every found face of the eyes and mouth sets; AUC does not depend
-on a threshold anyway.
+bench/results/states_fit.json. `--fit-thresholds` chooses the eye and mouth thresholds
+(EAR_CLOSED, MOUTH_GAP_OPEN) with dlib's points: on a grid, the value that maximises
+balanced accuracy (the mean of the shares of each class called right at the 0.5 point)
+averaged over the data sets (the shared frames, and fold 0 of the public eyes or mouth
+set), so that no one set dominates; it reports the shares called right on fold 1 of the
+public set and on the frames at the threshold read off the frames alone before (PREVIOUS)
+and at the chosen one, and the log-loss of a few logistic widths, into the same file.
+AUC of the eye and mouth states is over every labelled frame and every found face of the
+eyes and mouth sets (a threshold moves no ranking).
 """
 
 from __future__ import annotations
@@ -62,6 +70,9 @@ TESTDATA = ROOT.parent / "shared" / "testdata"
 LABELS = ROOT / "tests" / "data" / "states_labels.csv"
 SAMPLE = 500
 METHODS = ("dlib", "none")
+FIT = ROOT / "bench" / "results" / "states_fit.json"
+# the thresholds read off the shared frames alone, before --fit-thresholds: "before" in its report
+PREVIOUS = {"EAR_CLOSED": 0.17, "MOUTH_GAP_OPEN": 0.05}
 
 
 def auc(y: np.ndarray, score: np.ndarray) -> float | None:
@@ -108,6 +119,9 @@ def analyse(fm, image: np.ndarray) -> dict | None:
     lk = None if lmk is None else transform_points(np.asarray(lmk)[:, :2], m)
     if lk is not None:
         out["f_smile"] = states.smile_features(lk)
+        # the raw measures behind eyes_closed (the more open eye's EAR) and mouth_open, for --fit-thresholds
+        out["f_ear"] = max(states.eye_aspect_ratio(lk, 36), states.eye_aspect_ratio(lk, 42))
+        out["f_gap"] = states.mouth_gap(lk)
     out["f_smile5"] = states.smile_features_kps5(k)
     out["f_occ"] = states.occlusion_features(crop, k, lk)
     return out
@@ -140,17 +154,29 @@ def frames_set(fm) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def image_set(fm, name: str, folders: dict[str, Path], prep=None) -> pd.DataFrame:
-    """SAMPLE images of each folder (label: folder), each through `prep` (padded, bordered) if given."""
+def image_set(fm, name: str, folders: dict[str, Path | list[Path]], prep=None, skip: dict | None = None) -> pd.DataFrame:
+    """SAMPLE images of each label, each through `prep` (padded, bordered) if given. A label's images are one
+    folder's, or the union of a list of folders' (named folder/file then, byte-identical copies once); `skip`
+    (label: count) passes over that many of a label's hash order first, to sample other images of a folder that
+    another set samples."""
     rows = []
-    for label, folder in folders.items():
-        paths = sample([p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")], SAMPLE)
-        for p in paths:
-            image = cv2.imread(str(p))
+    for label, where in folders.items():
+        if isinstance(where, Path):
+            named = {p.name: p for p in where.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
+        else:
+            named, seen = {}, set()
+            for folder in where:
+                for p in sorted(folder.iterdir()):
+                    if p.suffix.lower() in (".jpg", ".jpeg", ".png") and (h := zlib.crc32(p.read_bytes())) not in seen:
+                        seen.add(h)
+                        named[f"{folder.name}/{p.name}"] = p
+        first = (skip or {}).get(label, 0)
+        for key in sorted(named, key=lambda k: zlib.crc32(k.encode()))[first:first + SAMPLE]:
+            image = cv2.imread(str(named[key]))
             if image is None:
                 continue
             found = analyse(fm, prep(image) if prep else image)
-            rows.append({"set": name, "name": p.name, "label": label, "found": found is not None, **(found or {})})
+            rows.append({"set": name, "name": key, "label": label, "found": found is not None, **(found or {})})
     return pd.DataFrame(rows)
 
 
@@ -170,11 +196,70 @@ def fit_logistic(x: np.ndarray, y: np.ndarray) -> dict:
             "coef": [round(float(lr.intercept_[0]), 5), *[round(float(v), 5) for v in lr.coef_[0]]]}
 
 
+def write_fit(entries: dict) -> None:
+    """Add `entries` to states_fit.json, keeping what the other option wrote there."""
+    fitted = json.loads(FIT.read_text()) if FIT.exists() else {}
+    fitted.update(entries)
+    FIT.write_text(json.dumps(fitted, indent=1) + "\n")
+
+
+def called_right(x: np.ndarray, positive: np.ndarray, at: float, below: bool) -> dict:
+    """Shares of the positive class (closed eyes: measure <= at; open mouth: >= at) and of the other called
+    right at the 0.5 point, i.e. the measure against the threshold itself."""
+    x, positive = np.asarray(x, float), np.asarray(positive, bool)
+    call = x <= at if below else x >= at
+    return {"positive": round(float(call[positive].mean()), 4), "negative": round(float((~call[~positive]).mean()), 4),
+            "balanced": round(float((call[positive].mean() + (~call[~positive]).mean()) / 2), 4),
+            "n_positive": int(positive.sum()), "n_negative": int((~positive).sum())}
+
+
+def log_loss(x: np.ndarray, positive: np.ndarray, at: float, scale: float, below: bool) -> float:
+    """Mean of the two classes' log-loss of the logistic states.py applies (centre `at`, width `scale`)."""
+    x, positive = np.asarray(x, float), np.asarray(positive, bool)
+    p = np.clip(states.sigmoid(((at - x) if below else (x - at)) / scale), 1e-6, 1 - 1e-6)
+    return float(-(np.log(p[positive]).mean() + np.log(1 - p[~positive]).mean()) / 2)
+
+
+def fit_thresholds(t: dict) -> dict:
+    """EAR_CLOSED and MOUTH_GAP_OPEN by the rule in the module's docstring, from dlib's tables `t`."""
+    f = t["frames"]
+    out = {}
+    for name, measure, grid, below, scale, frames, public, pos in (
+            ("EAR_CLOSED", "f_ear", np.arange(0.10, 0.3001, 0.005), True, "EAR_SCALE",
+             f[f["eyes"].isin(["O", "C"])].assign(y=lambda d: d["eyes"] == "C"), t["eyes"], "closed"),
+            ("MOUTH_GAP_OPEN", "f_gap", np.arange(0.01, 0.2001, 0.005), False, "MOUTH_GAP_SCALE",
+             f[f["mouth"].isin(["O", "C"])].assign(y=lambda d: d["mouth"] == "O"), t["mouth"], "open")):
+        pub = public.query("found").assign(y=lambda d: d["label"] == pos)
+        folds = {k: pub[[fold(n) == k for n in pub["name"]]] for k in (0, 1)}
+        fit_sets = {"frames": frames, "public_fold0": folds[0]}
+        grid = np.round(grid, 4)
+        mean_ba = [float(np.mean([called_right(d[measure], d["y"], g, below)["balanced"] for d in fit_sets.values()]))
+                   for g in grid]
+        chosen = float(grid[int(np.argmax(mean_ba))])  # the lowest, on a tie
+        before = PREVIOUS[name]
+        width = getattr(states, scale)
+        out[name] = {
+            "chosen": chosen, "before": before, "rule": "max over the grid of balanced accuracy averaged over the "
+            "frames and fold 0 of the public set", "grid": [float(grid[0]), float(grid[-1]), 0.005],
+            "mean_balanced_accuracy_fold0": {"chosen": round(max(mean_ba), 4),
+                                             "before": round(mean_ba[int(np.argmin(abs(grid - before)))], 4)},
+            "held_out": {where: {"before": called_right(d[measure], d["y"], before, below),
+                                 "chosen": called_right(d[measure], d["y"], chosen, below)}
+                         for where, d in (("public_fold1", folds[1]), ("frames", frames))},
+            "width": {"name": scale, "value": width, "mean_log_loss_fold0": {
+                str(w): round(float(np.mean([log_loss(d[measure], d["y"], chosen, w, below) for d in fit_sets.values()])), 4)
+                for w in sorted({width, *np.round(np.arange(0.005, 0.0501, 0.005), 4)})}},
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="/work/data", help="folder holding smilesmiled/, face-mask-detection/, cew-closed-utkface/, yawdd-yawn/")
     ap.add_argument("--pack", default=str(TESTDATA / "models" / "pack-small"))
     ap.add_argument("--fit", action="store_true", help="fit smile and occluded_mouth on fold 0 and print them")
+    ap.add_argument("--fit-thresholds", action="store_true",
+                    help="choose EAR_CLOSED and MOUTH_GAP_OPEN on the frames and fold 0 of the public sets")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "states.json"))
     args = ap.parse_args()
     data = Path(args.data)
@@ -194,6 +279,10 @@ def main() -> None:
                                            "open": data / "cew-closed-utkface/regular_faces"}, bordered),
             "mouth": image_set(fm, "mouth", {"open": data / "yawdd-yawn/dataset_noisy/yawn",
                                              "closed": data / "yawdd-yawn/dataset_noisy/no-yawn"}),
+            # the bare faces are the next SAMPLE of without_mask in the hash order "masks" samples: none is in both
+            "sunglasses": image_set(fm, "sunglasses", {
+                "sunglasses": sorted((data / "selfies-sunglasses/selfies-sunglasses").glob("selfies_*")),
+                "bare": data / "face-mask-detection/dataset/without_mask"}, skip={"bare": SAMPLE}),
         }
     if args.fit:
         fitted = {}
@@ -206,8 +295,12 @@ def main() -> None:
         d = tables["dlib"]["masks"].query("found")
         tr = d[[fold(n) == 0 for n in d["name"]]]
         fitted["OCCLUDED_MOUTH"] = fit_logistic(np.stack(tr["f_occ"]), (tr["label"] == "covered").to_numpy())
-        (ROOT / "bench" / "results" / "states_fit.json").write_text(json.dumps(fitted, indent=1) + "\n")
+        write_fit(fitted)
         print(json.dumps(fitted, indent=1))
+    if args.fit_thresholds:
+        chosen = fit_thresholds(tables["dlib"])
+        write_fit({"THRESHOLDS": chosen})
+        print(json.dumps(chosen, indent=1))
     for method, t in tables.items():
         f = t["frames"]
         eyes = f[f["eyes"].isin(["O", "C"])]
@@ -231,8 +324,10 @@ def main() -> None:
                                    "missed_covered": int((~ms["found"] & (ms["label"] == "covered")).sum())},
         }
         for key, t_key, state, pos in (("eyes_closed_cew_utkface", "eyes", "eyes_closed", "closed"),
-                                       ("mouth_open_yawn", "mouth", "mouth_open", "open")):
+                                       ("mouth_open_yawn", "mouth", "mouth_open", "open"),
+                                       ("sunglasses_occluded_eyes", "sunglasses", "occluded_eyes", "sunglasses")):
             r[key] = public_auc(t[t_key], state, pos)
+        r["sunglasses_occluded_eyes"]["auc_occlusion"] = public_auc(t["sunglasses"], "occlusion", "sunglasses")["auc"]
         # winks: one eye closed; the per-eye columns should say which (image-left eye is the subject's right)
         winks = f[f["eyes"].isin(["L", "R"])]
         r["winks"] = {"frames": len(winks), "right_eye_lower": int(sum(
