@@ -585,7 +585,8 @@ def review(
 
     Creates or updates one persistent FiftyOne dataset for the workspace with the faces of the --faces
     scope (faces that leave it take their tags to the table first; tags of the others are never touched),
-    with saved views and embeddings-panel maps, starts the App and prints its URL.
+    with saved views and embeddings-panel maps, starts the App and prints its URL (it opens on the
+    selection's saved view; FiftyOne's analytics stay off unless you turned them on yourself).
     Tags reach `rejected`, `kept` and `review_tags` within seconds (curate and export respect them),
     and once more when Ctrl-C stops the App. Needs FiftyOne's MongoDB: FIFTYONE_DATABASE_URI (docs/review.md).
 
