@@ -355,12 +355,17 @@ def states_auc(d: dict) -> str:
          f"**{cov['auc']:.2f}** (`occlusion`: {cov['auc_occlusion']:.2f})", f"{kp['covered_lower_face']['auc']:.2f}", "0.90"],
     ]
     if "sunglasses_occluded_eyes" in dl:
-        sg = dl["sunglasses_occluded_eyes"]
-        rows.append(["sunglasses (`occluded_eyes`)", "selfies with sunglasses vs Face-Mask-Detection bare faces (below)",
+        sg, sk = dl["sunglasses_occluded_eyes"], kp["sunglasses_occluded_eyes"]
+        held = ", held-out half" if sg.get("fold") == 1 else ""
+
+        def cell(r: dict, bold: bool) -> str:
+            a = f"**{r['auc']:.2f}**" if bold else f"{r['auc']:.2f}"
+            before = f"before {r['auc_before']:.2f}; " if "auc_before" in r else ""
+            return f"{a} ({before}`occlusion`: {r['auc_occlusion']:.2f})"
+
+        rows.append(["sunglasses (`occluded_eyes`)", f"selfies with sunglasses vs Face-Mask-Detection bare faces{held} (below)",
                      f"{sg['faces']} ({sg['sunglasses']} sunglasses; no face in {sum(sg['no_face'].values())})",
-                     f"**{sg['auc']:.2f}** (`occlusion`: {sg['auc_occlusion']:.2f})",
-                     f"{kp['sunglasses_occluded_eyes']['auc']:.2f} (`occlusion`: "
-                     f"{kp['sunglasses_occluded_eyes']['auc_occlusion']:.2f})", "0.90"])
+                     cell(sg, True), cell(sk, False), "0.90"])
     return table(["state (column)", "data", "faces", "`dlib` (the default on a pack without 3D-68)",
                   "`none` (5 keypoints)", "target"], rows)
 
