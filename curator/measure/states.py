@@ -201,8 +201,8 @@ def occlusion_features(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | 
 
 
 def dark_eye_band(crop_bgr: np.ndarray, kps: np.ndarray) -> float:
-    """Share of the eye band darker than 0.35 of the skin's lightness (measured on the nose bridge): the single
-    feature `occluded_eyes` was a fixed rule of before EYE_COVER_FEATURES (bench/states.py reports it as "before")."""
+    """Share of the eye band darker than 0.35 of the skin's lightness (measured on the nose bridge): until
+    `eye_cover_features`, `occluded_eyes` was a fixed rule on this alone (bench/states.py reports it as "before")."""
     lab = _lab(crop_bgr)
     r = regions(kps, None)
     if not r["skin_ref"].any() or not r["eye_band"].any():  # as in occlusion_features: unknown
