@@ -153,7 +153,8 @@ def expression_cells(table: pd.DataFrame, reference: pd.DataFrame) -> pd.Series:
     edges from the reference's rows without states, numbered after the state cells, so a workspace that
     holds both kinds never reads one row on another's scale."""
     new, ref_new = with_states(table), with_states(reference)
-    if not ref_new.any() or not new.any() and not (~ref_new).any():
+    # No states in the reference (a workspace from before them), or none of the rows' kind in it: one scale.
+    if not ref_new.any() or (not new.any() and not (~ref_new).any()):
         return tertile_cells(table, tertile_edges(reference, EXPRESSION_COLUMNS))
     cells = pd.Series(0, index=table.index, dtype=np.int64)
     if new.any():
