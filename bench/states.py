@@ -131,8 +131,19 @@ def analyse(fm, image: np.ndarray) -> dict | None:
     out["f_smile5"] = states.smile_features_kps5(k)
     out["f_occ"] = states.occlusion_features(crop, k, lk)
     out["f_eyes"] = states.eye_cover_features(crop, k, lk)
-    out["f_dark"] = states.dark_eye_band(crop, k)  # occluded_eyes' single feature before OCCLUDED_EYES
+    out["f_dark"] = dark_eye_band(crop, k)  # occluded_eyes' single feature before OCCLUDED_EYES
     return out
+
+
+def dark_eye_band(crop_bgr: np.ndarray, kps: np.ndarray) -> float:
+    """Share of the eye band darker than 0.35 of the skin's lightness (measured on the nose bridge): the fixed
+    rule `occluded_eyes` was before `states.eye_cover_features`, kept here only to report it as "before"."""
+    lab = cv2.cvtColor(crop_bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
+    r = states.regions(kps, None)
+    if not r["skin_ref"].any() or not r["eye_band"].any():  # keypoints at or past the crop's edge: unknown
+        return float("nan")
+    L0 = float(np.median(lab[..., 0][r["skin_ref"]]))
+    return float((lab[..., 0][r["eye_band"]] < 0.35 * L0).mean())
 
 
 def padded(image: np.ndarray) -> np.ndarray:

@@ -66,7 +66,7 @@ OCCLUDED_MOUTH = {"mean": [0.45028, 11.58185, 2.55872, -2.52678, -4.70549], "std
 # `eye_cover_features` (non-skin share around the eyes, log eye-to-face texture) of web selfies with sunglasses
 # against bare faces, fold 0, dlib's points; the intercept then lowered by 1.03 so that at most 2% of fold 0's bare
 # faces score above 0.5 (bench/states.py EYES_FALSE_ALARM). It replaced a fixed rule on the dark share of the eye
-# band (dark_eye_band, held-out AUC 0.68): held out, 0.97 with dlib's points and 0.96 with 5 keypoints, the same
+# band (bench/states.py `dark_eye_band`, held-out AUC 0.68): held out, 0.97 with dlib's points and 0.96 with 5 keypoints, the same
 # coefficients for both (docs/benchmarks.md, with the share of faces above 0.5 on the frames and the masks set).
 OCCLUDED_EYES = {"mean": [0.51605, 1.01614], "std": [0.35635, 1.02785], "coef": [-0.61339, 2.05923, -2.57729]}
 
@@ -198,17 +198,6 @@ def occlusion_features(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | 
     lip_a = float(np.median(lab[..., 1][lips]) - a0) if lips.any() else 0.0
     return [float(not_skin(lab, ref)[low].mean()), float(np.median(chroma[low])), lip_a,
             float(np.median(lab[..., 1][low]) - a0), float(np.median(lab[..., 2][low]) - b0)]
-
-
-def dark_eye_band(crop_bgr: np.ndarray, kps: np.ndarray) -> float:
-    """Share of the eye band darker than 0.35 of the skin's lightness (measured on the nose bridge): until
-    `eye_cover_features`, `occluded_eyes` was a fixed rule on this alone (bench/states.py reports it as "before")."""
-    lab = _lab(crop_bgr)
-    r = regions(kps, None)
-    if not r["skin_ref"].any() or not r["eye_band"].any():  # as in occlusion_features: unknown
-        return float("nan")
-    L0 = float(np.median(lab[..., 0][r["skin_ref"]]))
-    return float((lab[..., 0][r["eye_band"]] < 0.35 * L0).mean())
 
 
 def _skinness(lab: np.ndarray, mask: np.ndarray) -> float:
