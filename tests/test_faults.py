@@ -50,6 +50,11 @@ def write_figures():
         Path(out).write_text(json.dumps({"run": run, **FIGURES}, indent=2) + "\n")
 
 
+def half_written(ws: Path) -> list[Path]:
+    """Files under a temporary name (`curator.fs.atomic`) anywhere in the workspace but its crops."""
+    return [p for p in ws.rglob(".*.tmp*") if p.is_file() and "crops" not in p.relative_to(ws).parts]
+
+
 def landed(test: str, how: str) -> None:
     """Count a fault point; called only once the test has shown that the fault landed."""
     FIGURES["fault_points"] += 1
@@ -143,6 +148,7 @@ def test_kill_during_extract_then_resume(reference, tmp_path, moment):
     curator("extract", *INPUTS, "-w", ws, "-q", check=True)
     ref_cols = [c for c in read_table(open_workspace(ws)).columns]
     assert_same(reference, ws, ref_cols)
+    assert not half_written(ws)
     assert rc in (-signal.SIGKILL, 0)
 
 
@@ -203,6 +209,7 @@ def test_kill_during_curate(reference, tmp_path, moment):
     assert curator_json("verify", "-w", ws)["ok"]
     curator("curate", "-w", ws, "--budget", "20", check=True)
     assert_same(reference, ws)
+    assert not half_written(ws)  # the next writer removed what the killed one left under a temporary name
 
 
 def test_kill_during_export_leaves_old_or_new(reference, tmp_path):

@@ -43,6 +43,22 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+# What `atomic_path` names its temporary files: `.NAME.` + mkstemp's 8 random characters + `.tmp` + NAME's suffix.
+_TEMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def half_written(folder: str | os.PathLike) -> list[Path]:
+    """The temporary files `atomic_path` left in `folder` when its process was killed mid-write.
+
+    Only the writer that owns `folder` may remove them (a live writer's file
+    has the same name pattern): the workspace's lock holder does, on taking it.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob(".*.tmp*") if _TEMP_FILE.match(p.name) and p.is_file())
+
+
 def temp_dir(target: str | os.PathLike) -> Path:
     """A new hidden folder beside `target` to build it in, with the permissions a plain mkdir would give.
 
