@@ -49,6 +49,8 @@ Convergence of the whole pool: trained in chunks of --steps; after each,
 the masked L1 of its reconstruction of a validation tenth of the pool (faces
 held out of its training, never evaluation faces); stopped when a chunk
 lowers it by less than 1% of the best so far, or after --pool-chunks chunks.
+The model evaluated is the chunk with the lowest validation L1, kept aside as
+it is trained (a later chunk can be worse: one diverged in its last chunk).
 FiftyOne needs MongoDB: `eval "$(../shared/ci/mongod.sh start)"` first.
 """
 
@@ -699,6 +701,8 @@ def do_run(args, info: dict, key: str, r: int, name: str, runs: Path) -> dict:
     sets = Path(info["paths"]["sets"]) / f"r{r}"
     run = runs / key
     shutil.rmtree(run, ignore_errors=True)
+    best_run = runs / f"{key}.best"  # the whole pool's best chunk so far, the model it is evaluated with
+    shutil.rmtree(best_run, ignore_errors=True)
     seconds, cpu, curve = 0.0, 0.0, []
     if name == REFERENCE:  # the whole pool: chunks of --steps until the validation L1 stops falling
         best = math.inf
@@ -708,22 +712,28 @@ def do_run(args, info: dict, key: str, r: int, name: str, runs: Path) -> dict:
             v = validation_l1(run, sets / f"{REFERENCE}_val", args.device)
             curve.append({"steps": k * args.steps, "validation_l1": round(v, 5)})
             log(f"  {key}: {k * args.steps} steps, validation L1 {v:.4f}")
+            if v < best:  # keep this chunk's model: a later chunk may be worse (one diverged in its last chunk)
+                shutil.rmtree(best_run, ignore_errors=True)
+                shutil.copytree(run, best_run)
             if v > best * (1 - PLATEAU):
                 break
             best = min(best, v)
         converged = len(curve) < args.pool_chunks or (len(curve) > 1 and
                                                       curve[-1]["validation_l1"] > min(c["validation_l1"] for c in curve[:-1]) * (1 - PLATEAU))
+        evaluated = best_run  # the chunk with the lowest validation L1, not the last one trained
     else:
         seconds, cpu = train(args, sets / name, info["paths"]["b"], run, args.steps, r, resume=False)
         converged = None
+        evaluated = run
     t0, c0 = time.perf_counter(), time.process_time()
-    s = evaluate(run, info["paths"]["evaluation"], side="a", out=run / "evaluate.html", models=str(args.models),
-                 device=args.device)
+    s = evaluate(evaluated, info["paths"]["evaluation"], side="a", out=evaluated / "evaluate.html",
+                 models=str(args.models), device=args.device)
     per_face = s["_per_face"]
     face_ids = load_faces(info["paths"]["evaluation"]).table["face_id"].tolist()
-    last = json.loads((run / "loss.jsonl").read_text().splitlines()[-1])
+    last = json.loads((evaluated / "loss.jsonl").read_text().splitlines()[-1])
     rec = {"key": key, "repeat": r, "set": name, "seed": r, "config": training_config(args),
-           "steps": last["step"], "train_s": round(seconds, 1), "evaluate_s": round(time.perf_counter() - t0, 1),
+           "steps": last["step"], "steps_trained": curve[-1]["steps"] if curve else last["step"],
+           "train_s": round(seconds, 1), "evaluate_s": round(time.perf_counter() - t0, 1),
            "train_cpu_s": round(cpu, 1), "evaluate_cpu_s": round(time.process_time() - c0, 1),
            "loadavg": common.loadavg(),
            "loss": last["loss"], "loss_a": last["loss_a"], "convergence": curve or None, "converged": converged,
@@ -736,6 +746,7 @@ def do_run(args, info: dict, key: str, r: int, name: str, runs: Path) -> dict:
     os.replace(tmp, runs / f"{key}.json")
     if not args.keep_models:
         shutil.rmtree(run, ignore_errors=True)
+        shutil.rmtree(best_run, ignore_errors=True)
     return rec
 
 
