@@ -11,7 +11,8 @@ from typing import Callable, Iterable
 from ..models import faces
 from .. import media
 from ..models import runtime as runtimes
-from ..workspace import PartWriter, Workspace, commit_staging, now, progress_by_source, read_meta, source_sha256, staged_units, unit_source, write_meta
+from ..workspace import (PartWriter, Workspace, commit_staging, now, progress_by_source, read_meta, remove_half_written,
+                         source_sha256, staged_units, unit_source, write_meta)
 from . import ray
 from .frame import StageTimes
 from .settings import ExtractSettings, ExtractSummary, Reporter, check_models, effective_settings
@@ -133,6 +134,7 @@ def extract(
             times.add(stage, seconds)
     with times("write"):
         summary.rows_total = commit_staging(ws)
+    remove_half_written(ws)  # every writer of this run has finished: a part a killed Ray worker was writing goes
     summary.stage_seconds = times.as_dict()
     summary.seconds = round(time.monotonic() - t0, 3)
     return summary

@@ -44,7 +44,7 @@ from .meta import (  # noqa: F401
     Workspace, new_meta, open_workspace, read_meta, write_meta, inputs_of, FIFTYONE_RESERVED, fiftyone_field_name,
 )
 from .lock import (  # noqa: F401
-    locked,
+    locked, remove_half_written,
 )
 from .table import (  # noqa: F401
     Shard, format_version, shards, table_rows, column_groups, table_columns, read_arrow, read_table, iter_table,
