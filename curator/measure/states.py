@@ -37,6 +37,8 @@ the eye and mouth states are appearance proxies at the keypoints
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -131,8 +133,16 @@ def _polygon_mask(points: np.ndarray, shape=(SIZE, SIZE)) -> np.ndarray:
     return mask.astype(bool)
 
 
-def _disc(centre, radius: float, shape=(SIZE, SIZE)) -> np.ndarray:
+@functools.lru_cache(maxsize=4)
+def _grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel rows and columns of a crop (made once: building them was most of a face's states' time)."""
     yy, xx = np.mgrid[: shape[0], : shape[1]]
+    yy.flags.writeable = xx.flags.writeable = False
+    return yy, xx
+
+
+def _disc(centre, radius: float, shape=(SIZE, SIZE)) -> np.ndarray:
+    yy, xx = _grid(tuple(shape))
     return (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius ** 2
 
 
@@ -177,13 +187,15 @@ def not_skin(lab: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return (chroma > 14.0) | (L < 0.45 * L0) | (L > 1.6 * max(L0, 1.0))
 
 
-def occlusion_features(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | None = None) -> list[float]:
+def occlusion_features(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | None = None, *,
+                       lab: np.ndarray | None = None, r: dict | None = None) -> list[float]:
     """The lower face against the skin between the eyes: share of non-skin pixels, median chroma distance,
     redness of the lips (median a* inside the outer lip outline, or between the mouth corners, minus the
     skin's: a mask has no red lips, and alone this told masked faces from bare ones at AUC 0.93), and the
-    median a* and b* differences."""
-    lab = _lab(crop_bgr)
-    r = regions(kps, lmk)
+    median a* and b* differences. `lab` (`_lab` of the crop) and `r` (`regions(kps, lmk)`) when the caller has
+    them already."""
+    lab = _lab(crop_bgr) if lab is None else lab
+    r = regions(kps, lmk) if r is None else r
     ref, low = r["skin_ref"], r["lower"]
     if not ref.any() or not low.any():  # keypoints at or past the crop's edge: no skin to compare, unknown
         return [float("nan")] * 5
@@ -207,13 +219,15 @@ def _skinness(lab: np.ndarray, mask: np.ndarray) -> float:
     return float(np.hypot(a, b)) if 10.0 <= float(np.degrees(np.arctan2(b, a))) <= 90.0 else 0.0
 
 
-def eye_cover_features(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | None = None) -> list[float]:
+def eye_cover_features(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | None = None, *,
+                       lab: np.ndarray | None = None, r: dict | None = None) -> list[float]:
     """What covers the eyes, against the face's own skin: the share of non-skin pixels (`not_skin`) in a ring
     around each eye (lids, the skin under the eye, the brow's lower edge: a lens covers it, the eye itself is
     left out), with the skin measured where it looks most like skin of the nose bridge, the cheeks and the
     forehead (sunglasses' bridge or a mask can cover one of them); and the log ratio of the eyes' Laplacian
     energy (median |Laplacian| of lightness) to the rest of the face's: an eye has lids, lashes and an iris
-    edge, a lens is smooth. The eyes are dlib's eye outlines with 68 points, discs at the keypoints without."""
+    edge, a lens is smooth. The eyes are dlib's eye outlines with 68 points, discs at the keypoints without.
+    `lab` and `r` as for `occlusion_features`."""
     k = np.asarray(kps, np.float64).reshape(5, 2)
     reye, leye, nose = k[0], k[1], k[2]
     iod = max(float(np.linalg.norm(leye - reye)), 4.0)
@@ -221,7 +235,7 @@ def eye_cover_features(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | 
     down = mouth_c - eyes_c
     down = down / max(float(np.linalg.norm(down)), 1e-6)
     side = np.array([-down[1], down[0]])
-    r = regions(k, lmk)
+    r = regions(k, lmk) if r is None else r
     cheeks = (_disc(reye + 0.55 * iod * down - 0.05 * iod * side, 0.16 * iod)
               | _disc(leye + 0.55 * iod * down + 0.05 * iod * side, 0.16 * iod)) & ~_disc(nose, 0.2 * iod)
     forehead = _disc(eyes_c - 0.5 * iod * down, 0.18 * iod)
@@ -234,19 +248,19 @@ def eye_cover_features(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | 
     refs = [r["skin_ref"], cheeks, forehead]
     if min(int(m.sum()) for m in (*refs, eyes, ring, r["face"])) < 3:  # keypoints at or past the crop's edge
         return [float("nan")] * 2
-    lab = _lab(crop_bgr)
+    lab = _lab(crop_bgr) if lab is None else lab
     ref = refs[int(np.argmax([_skinness(lab, m) for m in refs]))]
     lap = np.abs(cv2.Laplacian(np.ascontiguousarray(lab[..., 0]), cv2.CV_32F, ksize=3))
     texture = float(np.log((np.median(lap[eyes]) + 1.0) / (np.median(lap[r["face"]]) + 1.0)))
     return [float(not_skin(lab, ref)[ring].mean()), texture]
 
 
-def teeth_share(crop_bgr: np.ndarray, lmk: np.ndarray) -> float:
+def teeth_share(crop_bgr: np.ndarray, lmk: np.ndarray, *, lab: np.ndarray | None = None) -> float:
     """Share of the inner-lip opening (landmarks 60-67) that is bright and unsaturated: teeth."""
     inner = _polygon_mask(lmk[60:68])
     if inner.sum() < 3:
         return 0.0
-    lab = _lab(crop_bgr)
+    lab = _lab(crop_bgr) if lab is None else lab
     r = regions(np.array([lmk[36:42].mean(0), lmk[42:48].mean(0), lmk[30], lmk[48], lmk[54]]), lmk)
     if not r["skin_ref"].any():
         return float("nan")
@@ -264,6 +278,7 @@ def face_states(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | None = 
     without landmarks)."""
     kps = np.asarray(kps, np.float64).reshape(5, 2)
     out: dict = {}
+    lab = _lab(crop_bgr)  # once per face: extract's hot path; each measure below reads it
     usable = lmk is not None and np.isfinite(np.asarray(lmk, np.float64)).all()
     if usable:
         lmk = np.asarray(lmk, np.float64)[:, :2]
@@ -274,7 +289,7 @@ def face_states(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | None = 
         out["eyes_closed"] = float(1.0 - max(left, right))
         out["eyes_open"] = float(max(left, right))
         out["mouth_open"] = float(sigmoid((mouth_gap(lmk) - MOUTH_GAP_OPEN) / MOUTH_GAP_SCALE))
-        out["teeth"] = teeth_share(crop_bgr, lmk) if out["mouth_open"] > 0.5 else 0.0
+        out["teeth"] = teeth_share(crop_bgr, lmk, lab=lab) if out["mouth_open"] > 0.5 else 0.0
         out["smile"] = logistic(SMILE_LMK68, smile_features(lmk))
         out["states_method"] = "lmk68"
     else:
@@ -291,8 +306,9 @@ def face_states(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | None = 
         out["teeth"] = float("nan")
         out["smile"] = logistic(SMILE_KPS5, smile_features_kps5(kps))
         out["states_method"] = "kps5"
-    out["occluded_mouth"] = logistic(OCCLUDED_MOUTH, occlusion_features(crop_bgr, kps, lmk))
-    out["occluded_eyes"] = logistic(OCCLUDED_EYES, eye_cover_features(crop_bgr, kps, lmk))
+    r = regions(kps, lmk)
+    out["occluded_mouth"] = logistic(OCCLUDED_MOUTH, occlusion_features(crop_bgr, kps, lmk, lab=lab, r=r))
+    out["occluded_eyes"] = logistic(OCCLUDED_EYES, eye_cover_features(crop_bgr, kps, lmk, lab=lab, r=r))
     # the share of the face covered: the lower face (mouth, chin, lower cheeks) is about LOWER_SHARE of the
     # face's ellipse and the eye band about EYE_SHARE (measured on the regions above)
     out["occlusion"] = float(LOWER_SHARE * out["occluded_mouth"] + EYE_SHARE * out["occluded_eyes"])
