@@ -104,3 +104,21 @@ def test_asking_for_cuda_without_one_is_one_clear_line(tmp_path, args):
 def test_unknown_runtime_is_a_usage_error(tmp_path):
     one_line_error(curator("extract", clip("face_1.mp4"), "-w", tmp_path / "ws", "--runtime", "tensorrt", "-q"),
                    "--runtime", "onnxruntime, torch")
+
+
+def test_auto_finds_no_gpu_without_importing_torch_where_none_can_be():
+    """Choosing the runtime on a machine that cannot have CUDA must not import PyTorch (a second per command); and
+    wherever the cheap check says "no CUDA", PyTorch itself must agree."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from curator.models import runtime as r; rt = r.choose(); "
+             "print(r.cannot_have_cuda(), 'torch' in sys.modules, rt.name, rt.device)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    import torch
+
+    if out[0] == "True":
+        assert not torch.cuda.is_available()
+        assert out[1:] == ["False", "onnxruntime", "cpu"]
+    elif out[2] == "torch":  # a GPU device node and a CUDA build: the answer was left to PyTorch, which saw one
+        assert torch.cuda.is_available() and out[3] == "cuda"

@@ -12,7 +12,10 @@ runtimes, chosen with `--runtime`:
   the CPU. One CUDA stack, PyTorch's, for extract, train and convert: no
   onnxruntime-gpu / CUDA / cuDNN versions to match;
 - `auto`: onnxruntime with CUDA if it has it, else torch on CUDA if PyTorch
-  sees a GPU, else onnxruntime on the CPU.
+  sees a GPU, else onnxruntime on the CPU. Where no GPU can be (a CPU build
+  of PyTorch, macOS, Linux without a GPU device node) PyTorch is not even
+  imported to ask (`cannot_have_cuda`): that import was a second or two of
+  every `curator extract` on a CPU machine.
 
 Batches. InsightFace's SCRFD graphs declare batch 1 (`input.1: [1, 3, ?, ?]`)
 and flatten each output over the anchors of the whole batch
@@ -65,11 +68,37 @@ def ort_has_cuda() -> bool:
 
 
 def torch_has_cuda() -> bool:
+    if cannot_have_cuda():
+        return False
     try:
         import torch
     except ImportError:
         return False
     return bool(torch.cuda.is_available())
+
+
+# Where a CUDA (or ROCm, which PyTorch also reports as CUDA) GPU shows up on Linux: NVIDIA's device nodes, WSL2's
+# GPU bridge, AMD's compute node.
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")
+
+
+def cannot_have_cuda() -> bool:
+    """True when PyTorch certainly sees no CUDA GPU, found without importing it (importing torch takes about a
+    second, every `curator` command that loads the face models would pay it on a CPU machine): PyTorch not
+    installed, a CPU build (a `+cpu` version), macOS, or Linux without any GPU device node."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return True
+    try:
+        if importlib.metadata.version("torch").endswith("+cpu"):
+            return True
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    if sys.platform == "darwin":
+        return True
+    return sys.platform.startswith("linux") and not any(os.path.exists(p) for p in GPU_DEVICE_NODES)
 
 
 def check_names(runtime: str, device: str) -> str:
