@@ -78,8 +78,8 @@ def torch_has_cuda() -> bool:
 
 
 # Where a CUDA (or ROCm, which PyTorch also reports as CUDA) GPU shows up on Linux: NVIDIA's device nodes, WSL2's
-# GPU bridge, AMD's compute node.
-GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")
+# GPU bridge, AMD's compute node, a Jetson's integrated GPU.
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd", "/dev/nvhost-ctrl-gpu")
 
 
 def cannot_have_cuda() -> bool:
