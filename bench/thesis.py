@@ -848,7 +848,7 @@ def report(args, info: dict, runs: Path) -> dict:
                                               "candidates")},
         "evaluation": {**ev, "pose_groups": counts},
         "sets": info["repeats"],
-        "runs": {rec["key"]: {k: rec.get(k) for k in ("repeat", "set", "seed", "steps", "train_s", "evaluate_s",
+        "runs": {rec["key"]: {k: rec.get(k) for k in ("repeat", "set", "seed", "steps", "steps_trained", "train_s", "evaluate_s",
                                                       "train_cpu_s", "evaluate_cpu_s", "loadavg", "loss_a",
                                                       "convergence", "converged", "run_id", "git")}
                  | {"figures": {k: _r(v) for k, v in figs[(rec["set"], rec["repeat"])].items()}} for rec in recs},
