@@ -32,8 +32,10 @@ The protocol (docs/benchmarks.md, "Does curation make better models?"):
    curator, curator-for (curator for the evaluation footage, when this build
    has it), DeepFaceLab's sort_best, faceswap's sort chain, FiftyOne Brain's
    find_unique on an image embedding, uniform in time, random
-   (bench/baselines.py says how each is rebuilt). Plus the reference: the
-   whole pool trained to convergence.
+   (bench/baselines.py says how each is rebuilt); and a control no one would
+   choose, the pool's first N faces in time (N consecutive frames: one
+   moment, one expression), which tells whether the experiment can see a
+   bad set at all. Plus the reference: the whole pool trained to convergence.
 5. Every run trains with the same trainer, network and steps (`python -m
    trainer`), then `curator evaluate` measures it on the evaluation faces.
    Each run's result is its own JSON in the runs folder (--runs); a run whose
@@ -82,7 +84,8 @@ DEFAULT_B = ["liveportrait/driving_d12.mp4"]
 MIN_GAP_S = 10.0          # an evaluation face is at least this far in time from every training face of its source
 MIN_BIN_FACES = 5         # pose bins with fewer evaluation faces are merged into one
 CROP_SIZE = 128           # the workspaces' crops; the trainer resizes them to --size
-METHODS = ("curator", "curator-for", "dfl-sort-best", "faceswap-sort", "fiftyone-unique", "uniform", "random")
+METHODS = ("curator", "curator-for", "dfl-sort-best", "faceswap-sort", "fiftyone-unique", "uniform", "random",
+           "consecutive")
 REFERENCE = "all"         # the whole pool, trained to convergence
 FIGURES = ("face_mean", "bin_mean", "worst_decile")
 PER_FACE = ("l1", "ssim", "identity", "swap_identity", "pose_error_deg")
@@ -470,9 +473,15 @@ def sel_random(ctx: Context, pool: np.ndarray, n: int, r: int) -> tuple[np.ndarr
     return pool[baselines.pick_random(len(pool), n, seed=1000 * r + n)], {}
 
 
+def sel_consecutive(ctx: Context, pool: np.ndarray, n: int, r: int) -> tuple[np.ndarray, dict]:
+    """The control: the pool's first n faces in time (the pool is in time order), n consecutive frames of one
+    moment. A selection that cannot beat this is not measured by the experiment at all."""
+    return pool[:n], {"control": "the pool's first N faces in time"}
+
+
 SELECT = {"curator": sel_curator, "curator-for": sel_curator_for, "dfl-sort-best": sel_dfl,
           "faceswap-sort": sel_faceswap, "fiftyone-unique": sel_fiftyone, "uniform": sel_uniform,
-          "random": sel_random}
+          "random": sel_random, "consecutive": sel_consecutive}
 
 
 # --- prepare -------------------------------------------------------------------------------------
@@ -770,16 +779,25 @@ def claim(runs: Path, key: str) -> bool:
     return True
 
 
-def run_all(args, info: dict, runs: Path) -> None:
+def runs_config(runs: Path, cfg: dict) -> dict:
+    """The runs folder's configuration (`config.json`) with `cfg` ({training, budgets, methods}) joined to it:
+    methods may be added to a folder (each run stands alone), its training and budgets may not change (exits)."""
     runs.mkdir(parents=True, exist_ok=True)
     cfg_path = runs / "config.json"
-    cfg = {"training": training_config(args), "budgets": args.budgets, "methods": list(args.methods)}
-    if cfg_path.is_file() and json.loads(cfg_path.read_text()) != cfg:
+    old = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
+    if old is not None and {k: old[k] for k in ("training", "budgets")} != {k: cfg[k] for k in ("training", "budgets")}:
         sys.exit(f"bench/thesis.py: {runs} holds runs of another configuration ({cfg_path}); give another --runs")
-    if not cfg_path.is_file():  # written whole (another process may be reading it)
+    if old is not None:
+        cfg = {**cfg, "methods": old["methods"] + [m for m in cfg["methods"] if m not in old["methods"]]}
+    if old != cfg:  # written whole (another process may be reading it)
         tmp = runs / f".config.json.{os.getpid()}"
         tmp.write_text(json.dumps(cfg))
         os.replace(tmp, cfg_path)
+    return cfg
+
+
+def run_all(args, info: dict, runs: Path) -> None:
+    runs_config(runs, {"training": training_config(args), "budgets": args.budgets, "methods": list(args.methods)})
     todo = [k for k in run_keys(info, args) if not (runs / f"{k[0]}.json").is_file()
             and (not args.only_repeats or k[1] in args.only_repeats)]
     log(f"{len(todo)} runs to do in {runs}")

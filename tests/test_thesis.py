@@ -246,3 +246,22 @@ def test_a_run_is_claimed_by_one_process_and_a_dead_holder_releases_it(tmp_path)
     assert thesis.claim(tmp_path, "r1_n20_curator")
     (tmp_path / ".r2_n20_curator.lock").write_text("")  # a holder that died before writing its pid
     assert thesis.claim(tmp_path, "r2_n20_curator")
+
+
+def test_the_control_takes_the_pools_first_faces_in_time():
+    pool = np.array([40, 41, 42, 43, 44, 45])  # candidates in time order, as prepare gives them
+    rows, extra = thesis.sel_consecutive(None, pool, 4, 0)
+    assert rows.tolist() == [40, 41, 42, 43] and extra["control"]
+
+
+def test_a_runs_folder_takes_new_methods_but_not_other_training(tmp_path):
+    import json
+
+    cfg = {"training": {"size": 64, "steps": 2000}, "budgets": [20, 50], "methods": ["curator", "random"]}
+    assert thesis.runs_config(tmp_path, cfg) == cfg
+    grown = thesis.runs_config(tmp_path, {**cfg, "methods": ["curator", "consecutive"]})
+    assert grown["methods"] == ["curator", "random", "consecutive"]  # the folder's methods, then the new one
+    assert json.loads((tmp_path / "config.json").read_text()) == grown
+    for other in ({**cfg, "training": {"size": 128, "steps": 2000}}, {**cfg, "budgets": [20, 100]}):
+        with pytest.raises(SystemExit, match="another configuration"):
+            thesis.runs_config(tmp_path, other)
