@@ -729,7 +729,8 @@ def do_run(args, info: dict, key: str, r: int, name: str, runs: Path) -> dict:
             best = min(best, v)
         converged = len(curve) < args.pool_chunks or (len(curve) > 1 and
                                                       curve[-1]["validation_l1"] > min(c["validation_l1"] for c in curve[:-1]) * (1 - PLATEAU))
-        evaluated = best_run  # the chunk with the lowest validation L1, not the last one trained
+        # the chunk with the lowest validation L1, not the last one trained (the last if none was finite)
+        evaluated = best_run if best_run.is_dir() else run
     else:
         seconds, cpu = train(args, sets / name, info["paths"]["b"], run, args.steps, r, resume=False)
         converged = None
