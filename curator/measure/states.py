@@ -146,15 +146,22 @@ def _disc(centre, radius: float, shape=(SIZE, SIZE)) -> np.ndarray:
     return (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius ** 2
 
 
+def face_axes(kps: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The frame every region is drawn in: the 5 keypoints (5, 2), the distance between the eyes (at least 4 px),
+    the eyes' and the mouth's centres, and unit vectors `down` (eyes to mouth) and `side` (across the face)."""
+    k = np.asarray(kps, np.float64).reshape(5, 2)
+    iod = max(float(np.linalg.norm(k[1] - k[0])), 4.0)
+    eyes_c, mouth_c = (k[0] + k[1]) / 2, (k[3] + k[4]) / 2
+    down = mouth_c - eyes_c
+    down = down / max(float(np.linalg.norm(down)), 1e-6)
+    return k, iod, eyes_c, mouth_c, down, np.array([-down[1], down[0]])
+
+
 def regions(kps: np.ndarray, lmk: np.ndarray | None) -> dict[str, np.ndarray]:
     """Masks in the analysis crop: `skin_ref` (between the eyes, the nose bridge), `lower` (mouth, chin and
     lower cheeks), `eye_band` (both eyes and the bridge), `face` (the face less eyes and mouth)."""
-    reye, leye, nose, rmouth, lmouth = np.asarray(kps, np.float64).reshape(5, 2)
-    iod = max(float(np.linalg.norm(leye - reye)), 4.0)
-    eyes_c, mouth_c = (reye + leye) / 2, (rmouth + lmouth) / 2
-    down = mouth_c - eyes_c
-    down = down / max(float(np.linalg.norm(down)), 1e-6)
-    side = np.array([-down[1], down[0]])
+    k, iod, eyes_c, mouth_c, down, side = face_axes(kps)
+    reye, leye, nose, rmouth, lmouth = k
     # between the eyes and down the bridge to the top of the nose
     ref = _disc(eyes_c + 0.12 * iod * down, 0.14 * iod) | _disc(eyes_c + 0.35 * iod * down, 0.1 * iod)
     lower = _polygon_mask(np.array([
@@ -204,9 +211,8 @@ def occlusion_features(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | 
     if lmk is not None:
         lips = _polygon_mask(lmk[48:60])
     else:
-        k = np.asarray(kps, np.float64).reshape(5, 2)
-        iod = max(float(np.linalg.norm(k[1] - k[0])), 4.0)
-        lips = _disc((k[3] + k[4]) / 2, 0.18 * iod)
+        _, iod, _, mouth_c, _, _ = face_axes(kps)
+        lips = _disc(mouth_c, 0.18 * iod)
     lip_a = float(np.median(lab[..., 1][lips]) - a0) if lips.any() else 0.0
     return [float(not_skin(lab, ref)[low].mean()), float(np.median(chroma[low])), lip_a,
             float(np.median(lab[..., 1][low]) - a0), float(np.median(lab[..., 2][low]) - b0)]
@@ -228,13 +234,8 @@ def eye_cover_features(crop_bgr: np.ndarray, kps: np.ndarray, lmk: np.ndarray | 
     energy (median |Laplacian| of lightness) to the rest of the face's: an eye has lids, lashes and an iris
     edge, a lens is smooth. The eyes are dlib's eye outlines with 68 points, discs at the keypoints without.
     `lab` and `r` as for `occlusion_features`."""
-    k = np.asarray(kps, np.float64).reshape(5, 2)
+    k, iod, eyes_c, _, down, side = face_axes(kps)
     reye, leye, nose = k[0], k[1], k[2]
-    iod = max(float(np.linalg.norm(leye - reye)), 4.0)
-    eyes_c, mouth_c = (reye + leye) / 2, (k[3] + k[4]) / 2
-    down = mouth_c - eyes_c
-    down = down / max(float(np.linalg.norm(down)), 1e-6)
-    side = np.array([-down[1], down[0]])
     r = regions(k, lmk) if r is None else r
     cheeks = (_disc(reye + 0.55 * iod * down - 0.05 * iod * side, 0.16 * iod)
               | _disc(leye + 0.55 * iod * down + 0.05 * iod * side, 0.16 * iod)) & ~_disc(nose, 0.2 * iod)
