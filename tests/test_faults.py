@@ -186,6 +186,26 @@ CURATE_MOMENTS = {
 }
 
 
+@pytest.mark.pure
+def test_the_next_writer_removes_only_files_under_curators_temporary_names(tmp_path):
+    """Taking the lock removes what a killed `atomic_path` left, and nothing that merely looks like it."""
+    from curator.workspace import locked
+
+    w = open_workspace(tmp_path / "ws", create=True)
+    leftovers = [w.staging_dir / ".part-000020.parquet.c9cap6b5.tmp.parquet",
+                 w.faces_dir / ".000001.parquet.ab_12xyz.tmp.parquet",
+                 w.embeddings_dir / ".000001.npy.k2j4h5g6.tmp.npy", w.root / ".workspace.json.q1w2e3r4.tmp.json"]
+    kept = [w.staging_dir / "part-000020.parquet", w.staging_dir / ".part-1.parquet.abc.tmp.parquet",  # 3, not 8
+            w.root / "notes.tmp.txt", w.root / ".notes.tmp", w.root / "my.parquet.c9cap6b5.tmp.parquet",  # no dot first
+            w.crops_dir / "abc" / ".0000001_00.jpg.tmp"]  # crops are never swept
+    for path in leftovers + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    with locked(w, "test"):
+        assert not any(p.exists() for p in leftovers)
+    assert all(p.read_bytes() == b"x" for p in kept)
+
+
 @pytest.mark.parametrize("moment", list(CURATE_MOMENTS))
 def test_kill_during_curate(reference, tmp_path, moment):
     args = ["curate", "--budget", "7", "-w"]
